@@ -1,0 +1,1 @@
+"""Motion correction: pure alignment and dose-weighting kernels, and the engines that run them."""
