@@ -1,0 +1,158 @@
+"""emlive's configuration: one pydantic-settings model.
+
+Sources, highest priority first:
+
+1. explicit arguments (CLI flags, or ``load_settings(**overrides)``);
+2. ``EMLIVE_*`` environment variables; nested keys use ``__`` (``EMLIVE_WATCH__SETTLE_S=10``);
+3. a TOML file: ``--config PATH``, else ``$EMLIVE_CONFIG``, else ``~/.config/emlive/emlive.toml``
+   when it exists;
+4. the defaults below.
+
+Parameters are split by kind, never mixed: the watcher, the scheduler and the cluster
+(infrastructure) and each processing step (``[motion]``, ``[ctf]``). Instrument and acquisition
+values (pixel size, dose, kV …) belong to a session and come from the command line or the API.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from emlive.ctf.types import CtfParams
+from emlive.motion.types import MotionParams
+
+DEFAULT_CONFIG_PATH = Path("~/.config/emlive/emlive.toml")
+
+_toml_path: ContextVar[Path | None] = ContextVar("emlive_toml_path", default=None)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or not allowed; the message names the key and source."""
+
+
+class WatchSettings(BaseModel):
+    """How new movies are discovered under ``raw/``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settle_s: float = Field(5.0, ge=0.0, description="A file must keep its size and mtime this long")
+    poll_interval_s: PositiveFloat = Field(1.0, description="Seconds between scans of raw/")
+    incomplete_timeout_s: float = Field(
+        120.0, ge=0.0,
+        description="With --watch: a settled file that still fails its integrity check this long "
+        "is marked failed (it is retried if it changes later)",
+    )
+
+
+class SchedulerSettings(BaseModel):
+    """What the controller submits, and how often it gives up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_in_flight: PositiveInt | None = Field(
+        None, description="Exposures submitted at once; default: twice the number of worker threads"
+    )
+    max_attempts: PositiveInt = Field(3, description="Tries per exposure for transient failures")
+    export_interval_s: float = Field(5.0, ge=0.0, description="Least time between export rewrites")
+
+
+class ClusterSettings(BaseModel):
+    """Where the work runs. Only a local Dask cluster for now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_workers: PositiveInt | None = Field(None, description="Worker processes; default: CPU count")
+    threads_per_worker: PositiveInt = 1
+    memory_limit: str = Field("auto", description="Per worker, as Dask reads it ('4GiB', 'auto')")
+
+
+class Settings(BaseSettings):
+    """Everything configurable; see the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMLIVE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    database_url: str | None = Field(
+        None,
+        description="Where results are stored: sqlite:///PATH or postgresql://user@host/db. "
+        "Default: sqlite in the output folder (emlive process) ",
+    )
+    data_root: Path = Field(
+        Path("~/emlive-data"),
+        description="Facility root: <root>/<project>/sessions/<user>/<session>/raw/",
+    )
+    watch: WatchSettings = WatchSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    cluster: ClusterSettings = ClusterSettings()
+    motion: MotionParams = MotionParams()
+    ctf: CtfParams = CtfParams()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _toml_path.get()
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if path is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=path),)
+        return sources
+
+
+def config_path(explicit: Path | None = None) -> Path | None:
+    """The TOML file to read: ``explicit``, else ``$EMLIVE_CONFIG``, else the default if present."""
+    if explicit is not None:
+        path = explicit.expanduser()
+    elif os.environ.get("EMLIVE_CONFIG"):
+        path = Path(os.environ["EMLIVE_CONFIG"]).expanduser()
+    else:
+        default = DEFAULT_CONFIG_PATH.expanduser()
+        return default if default.is_file() else None
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found (from --config or EMLIVE_CONFIG)")
+    return path
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings from every source; raise ``ConfigError`` naming each bad key."""
+    path = config_path(config)
+    if path is not None:
+        try:
+            tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    token = _toml_path.set(path)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path)) from err
+    finally:
+        _toml_path.reset(token)
+
+
+def _describe(err: ValidationError, path: Path | None) -> str:
+    where = f"{path} or EMLIVE_* variables" if path else "EMLIVE_* variables or arguments"
+    lines = [f"invalid configuration (from {where}):"]
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"])
+        env = "EMLIVE_" + "__".join(str(part).upper() for part in problem["loc"])
+        got = problem.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key} [{env}]: {problem['msg']}{shown}")
+    return "\n".join(lines)
