@@ -90,9 +90,11 @@ def specimen_image(
       the given defocus U/V (Å, positive = underfocus), azimuth (degrees from +x) and phase
       shift (rad), times an optional envelope ``exp(-bfactor_a2 k² / 4)``. Its power spectrum is
       the CTF² (times the envelope²): the Thon rings are exact. ``contrast`` is its RMS.
-    - ``texture``: a low-frequency amplitude texture (carbon/ice-like, not CTF-modulated) with
-      a Lorentzian spectrum of corner ``1 / texture_scale_px`` cycles/px and RMS ``texture``;
-      it gives frame alignment something to lock on to at low dose.
+    - ``texture``: a low-frequency amplitude texture (ice/carbon-like blobs about
+      ``texture_scale_px`` across, not CTF-modulated) with a Gaussian spectrum of width
+      ``1 / texture_scale_px`` cycles/px and RMS ``texture``. It gives frame alignment
+      something to lock on to at low dose, and fades out fast enough (its power is below the
+      phase contrast's beyond about ``texture_scale_px / 3`` px) to leave the Thon rings alone.
 
     Both parts are periodic, so Fourier shifts of the image are exact. Returns float32 ``shape``.
     """
@@ -116,8 +118,8 @@ def specimen_image(
     image = 1.0 + phase * (contrast / max(float(phase.std()), 1e-12))
     if texture:
         k2_px = k2_a2 * np.float32(optics.pixel_size_a**2)
-        lorentzian = 1.0 / (1.0 + k2_px * np.float32(texture_scale_px**2))
-        blobs = _filtered_noise(rng, (ny, nx), lorentzian)
+        gaussian = np.exp(-0.5 * k2_px * np.float32(texture_scale_px**2))
+        blobs = _filtered_noise(rng, (ny, nx), gaussian)
         image += blobs * (texture / max(float(blobs.std()), 1e-12))
     return image.astype(np.float32)
 
