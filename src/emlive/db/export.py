@@ -1,0 +1,171 @@
+"""RELION 3.1+ STAR exports of a session, written from the database, atomically.
+
+Two files, as RELION's own MotionCorr and CtfFind jobs write them (``# version 30001`` style:
+a ``data_optics`` table and a ``data_micrographs`` table), one row per processed micrograph:
+
+- ``corrected_micrographs.star``: rlnMicrographName, rlnMicrographNameNoDW,
+  rlnMicrographMetadata, rlnOpticsGroup, rlnAccumMotionTotal/Early/Late (Å).
+- ``micrographs_ctf.star``: the same columns plus rlnDefocusU, rlnDefocusV (Å),
+  rlnCtfAstigmatism (|U − V|, Å), rlnDefocusAngle (°, ctffind's azimuth), rlnCtfFigureOfMerit
+  (the fit's cross-correlation), rlnCtfMaxResolution (Å), and rlnPhaseShift (°, RELION's unit)
+  when any micrograph has a non-zero phase shift.
+
+Conventions chosen here:
+
+- ``rlnMicrographName`` is the dose-weighted sum (``<stem>_DW.mrc``), as RELION names the
+  micrograph its later jobs use; ``rlnMicrographNameNoDW`` is the plain aligned sum (what CTF
+  estimation ran on). ``rlnMicrographMetadata`` is the motion STAR file.
+- Paths are absolute by default, so the files work from any RELION project folder; pass
+  ``relative_to=PROJECT_DIR`` to write them relative to the folder RELION runs in.
+- ``rlnCtfImage`` and ``rlnCtfPowerSpectrum`` are left out: RELION expects MRC images there
+  and emlive's CTF diagnostic is a PNG.
+- One optics group per distinct micrograph pixel size (normally one, ``opticsGroup1``);
+  rlnMicrographOriginalPixelSize is the movie's pixel size, rlnMicrographPixelSize the
+  written micrograph's (they differ when motion correction bins).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from emlive.db.models import Exposure, Session
+from emlive.db.queries import processed_exposures
+from emlive.io.star import write_star_atomic
+
+__all__ = ["CORRECTED_STAR", "CTF_STAR", "export_tables", "write_exports"]
+
+CORRECTED_STAR = "corrected_micrographs.star"
+CTF_STAR = "micrographs_ctf.star"
+
+_OPTICS_COLUMNS = [
+    "rlnOpticsGroupName",
+    "rlnOpticsGroup",
+    "rlnMicrographOriginalPixelSize",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnMicrographPixelSize",
+]
+_CORRECTED_COLUMNS = [
+    "rlnMicrographName",
+    "rlnMicrographNameNoDW",
+    "rlnMicrographMetadata",
+    "rlnOpticsGroup",
+    "rlnAccumMotionTotal",
+    "rlnAccumMotionEarly",
+    "rlnAccumMotionLate",
+]
+_CTF_COLUMNS = [
+    *_CORRECTED_COLUMNS,
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnCtfAstigmatism",
+    "rlnDefocusAngle",
+    "rlnCtfFigureOfMerit",
+    "rlnCtfMaxResolution",
+]
+
+
+def _pixel_key(pixel_size_a: float) -> float:
+    return round(float(pixel_size_a), 6)
+
+
+def _optics(session: Session, rows: list[Exposure]) -> tuple[pd.DataFrame, dict[float, int]]:
+    sizes = sorted({_pixel_key(e.motion.pixel_size_a) for e in rows}) or [_pixel_key(session.pixel_size_a)]
+    groups = {size: i for i, size in enumerate(sizes, start=1)}
+    table = pd.DataFrame(
+        {
+            "rlnOpticsGroupName": [f"opticsGroup{i}" for i in groups.values()],
+            "rlnOpticsGroup": list(groups.values()),
+            "rlnMicrographOriginalPixelSize": [float(session.pixel_size_a)] * len(groups),
+            "rlnVoltage": [float(session.voltage_kv)] * len(groups),
+            "rlnSphericalAberration": [float(session.cs_mm)] * len(groups),
+            "rlnAmplitudeContrast": [float(session.amplitude_contrast)] * len(groups),
+            "rlnMicrographPixelSize": list(groups),
+        },
+        columns=_OPTICS_COLUMNS,
+    )
+    return table, groups
+
+
+def export_tables(
+    session: Session | int,
+    *,
+    relative_to: str | os.PathLike[str] | None = None,
+) -> dict[str, dict[str, pd.DataFrame]]:
+    """The STAR blocks of each export file, ``{file name: {"optics": …, "micrographs": …}}``.
+
+    Built from one read of the processed exposures, so both files describe the same set.
+    """
+    if not isinstance(session, Session):
+        session = Session.objects.get(pk=session)
+    rows = list(processed_exposures(session))
+    optics, groups = _optics(session, rows)
+    base = Path(relative_to).absolute() if relative_to is not None else None
+
+    def star_path(path: str) -> str:
+        return os.path.relpath(path, base) if base is not None else path
+
+    corrected: dict[str, list[object]] = {column: [] for column in _CORRECTED_COLUMNS}
+    ctf: dict[str, list[object]] = {column: [] for column in _CTF_COLUMNS}
+    phase_shift_deg: list[float] = []
+    for e in rows:
+        m, c = e.motion, e.ctf
+        shared = {
+            "rlnMicrographName": star_path(m.dose_weighted_path),
+            "rlnMicrographNameNoDW": star_path(m.micrograph_path),
+            "rlnMicrographMetadata": star_path(m.star_path),
+            "rlnOpticsGroup": groups[_pixel_key(m.pixel_size_a)],
+            "rlnAccumMotionTotal": m.total_drift_a,
+            "rlnAccumMotionEarly": m.early_drift_a,
+            "rlnAccumMotionLate": m.late_drift_a,
+        }
+        for column, value in shared.items():
+            corrected[column].append(value)
+            ctf[column].append(value)
+        ctf["rlnDefocusU"].append(c.defocus_u_a)
+        ctf["rlnDefocusV"].append(c.defocus_v_a)
+        ctf["rlnCtfAstigmatism"].append(c.astigmatism_a)
+        ctf["rlnDefocusAngle"].append(c.azimuth_deg)
+        ctf["rlnCtfFigureOfMerit"].append(c.cross_correlation)
+        ctf["rlnCtfMaxResolution"].append(c.fit_resolution_a)
+        phase_shift_deg.append(math.degrees(c.phase_shift_rad))
+    if any(value != 0.0 for value in phase_shift_deg):
+        ctf["rlnPhaseShift"] = list(phase_shift_deg)
+    return {
+        CTF_STAR: {"optics": optics.copy(), "micrographs": _frame(ctf)},
+        CORRECTED_STAR: {"optics": optics, "micrographs": _frame(corrected)},
+    }
+
+
+def _frame(columns: dict[str, list[object]]) -> pd.DataFrame:
+    frame = pd.DataFrame(columns)
+    if "rlnOpticsGroup" in frame and len(frame):
+        frame["rlnOpticsGroup"] = frame["rlnOpticsGroup"].astype(int)
+    return frame
+
+
+def write_exports(
+    session: Session | int,
+    exports_dir: str | os.PathLike[str],
+    *,
+    relative_to: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """Write ``micrographs_ctf.star`` and ``corrected_micrographs.star`` into ``exports_dir``.
+
+    Each file is replaced atomically (a reader sees the old or the new file, never a part);
+    the folder is created if missing. A session with nothing processed yet gets both files
+    with the optics table and an empty micrographs table. Returns the two paths.
+    """
+    folder = Path(exports_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, blocks in export_tables(session, relative_to=relative_to).items():
+        path = folder / name
+        write_star_atomic(path, blocks)
+        written.append(path)
+    return written

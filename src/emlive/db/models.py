@@ -1,0 +1,187 @@
+"""Tables of the data plane. Units are in the field names (Å, e/Å², kV, mm, px, rad, °).
+
+An exposure moves ``found → submitted → processed`` (or ``→ failed``); its results live in
+one :class:`MotionCorrection` and one :class:`CtfEstimate` row. Paths of outputs are stored
+absolute; the exposure's own ``path`` is relative to its session's ``raw_dir``. Only the
+controller writes these tables, through :mod:`emlive.db.store`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.apps import apps
+from django.db import models
+
+from emlive.acquisition import Acquisition
+
+if not apps.apps_ready:  # imported before Django was configured
+    raise RuntimeError(
+        "emlive.db.models (and emlive.db.store/queries/export) need Django configured first: "
+        "call emlive.db.setup.setup_database(url) before importing them"
+    )
+
+PATH_MAX_CHARS = 1024
+"""Longest path stored in a uniquely indexed column (raw_dir, exposure path)."""
+
+OUTPUT_PATH_MAX_CHARS = 4096
+
+
+def canonical_dir(path: str | os.PathLike[str]) -> str:
+    """The form in which a session folder is stored and looked up: absolute, symlinks resolved."""
+    return str(Path(path).resolve())
+
+
+class Project(models.Model):
+    """A group of sessions (a facility project, or ``default`` on a laptop)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Session(models.Model):
+    """One microscope session: a folder of movies, its acquisition parameters and outputs."""
+
+    class State(models.TextChoices):
+        IDLE = "idle", "idle"
+        PROCESSING = "processing", "processing"
+        STOPPED = "stopped", "stopped"
+        COMPLETE = "complete", "complete"
+        FAILED = "failed", "failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="sessions")
+    name = models.CharField(max_length=200)
+    raw_dir = models.CharField(max_length=PATH_MAX_CHARS, unique=True, help_text="Absolute path of the movies' folder")
+    out_dir = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, help_text="Absolute path of the outputs' folder")
+
+    pixel_size_a = models.FloatField(help_text="Movie pixel size, Å")
+    voltage_kv = models.FloatField(help_text="Accelerating voltage, kV")
+    cs_mm = models.FloatField(help_text="Spherical aberration, mm")
+    amplitude_contrast = models.FloatField(help_text="Amplitude contrast fraction")
+    dose_per_frame_e_a2 = models.FloatField(help_text="Exposure per movie frame (EER: per fraction), e/Å²")
+    pre_exposure_e_a2 = models.FloatField(default=0.0, help_text="Exposure before the first frame, e/Å²")
+    gain_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, blank=True, default="", help_text="Gain reference; empty if none")
+    eer_fractions = models.PositiveIntegerField(default=40, help_text="EER raw frames are summed into this many fractions")
+
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IDLE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.project.name}/{self.name}"
+
+    @property
+    def acquisition(self) -> Acquisition:
+        """The acquisition parameters as the engines take them."""
+        return Acquisition(
+            pixel_size_a=self.pixel_size_a,
+            voltage_kv=self.voltage_kv,
+            cs_mm=self.cs_mm,
+            amplitude_contrast=self.amplitude_contrast,
+            dose_per_frame_e_a2=self.dose_per_frame_e_a2,
+            pre_exposure_e_a2=self.pre_exposure_e_a2,
+            gain_path=Path(self.gain_path) if self.gain_path else None,
+            eer_fractions=self.eer_fractions,
+        )
+
+
+class Exposure(models.Model):
+    """One movie of a session and where it is in the pipeline."""
+
+    class State(models.TextChoices):
+        FOUND = "found", "found"
+        SUBMITTED = "submitted", "submitted"
+        PROCESSED = "processed", "processed"
+        FAILED = "failed", "failed"
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="exposures")
+    path = models.CharField(max_length=PATH_MAX_CHARS, help_text="Movie path relative to the session's raw_dir (POSIX separators)")
+    size_bytes = models.BigIntegerField(help_text="File size when found, bytes")
+    mtime_ns = models.BigIntegerField(help_text="File modification time when found, ns since the epoch")
+
+    state = models.CharField(max_length=16, choices=State.choices, default=State.FOUND)
+    fail_count = models.PositiveIntegerField(default=0)
+    fail_reason = models.TextField(blank=True, default="")
+
+    found_at = models.DateTimeField()
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    motion_done_at = models.DateTimeField(null=True, blank=True)
+    ctf_done_at = models.DateTimeField(null=True, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["found_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "path"], name="emlive_exposure_unique_path"),
+        ]
+        indexes = [
+            models.Index(fields=["session", "state"], name="emlive_exposure_state_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.state})"
+
+    @property
+    def movie_path(self) -> Path:
+        """Absolute path of the movie."""
+        return Path(self.session.raw_dir) / self.path
+
+
+class MotionCorrection(models.Model):
+    """Result of motion correction of one exposure (shifts in unbinned movie pixels)."""
+
+    exposure = models.OneToOneField(Exposure, on_delete=models.CASCADE, related_name="motion")
+    engine = models.CharField(max_length=64)
+    engine_version = models.CharField(max_length=64)
+    shifts_px = models.JSONField(help_text="Per-frame [x, y] correction, px (RELION rlnMicrographShiftX/Y)")
+    total_drift_a = models.FloatField(help_text="Accumulated motion over all frames, Å")
+    early_drift_a = models.FloatField(help_text="Accumulated motion in the first 4 e/Å², Å")
+    late_drift_a = models.FloatField(help_text="Accumulated motion after the first 4 e/Å², Å")
+    n_frames = models.PositiveIntegerField()
+    pixel_size_a = models.FloatField(help_text="Pixel size of the written micrographs, Å")
+    micrograph_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, help_text="Aligned sum (no dose weighting)")
+    dose_weighted_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS)
+    star_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, help_text="RELION 3.1 motion STAR file")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"motion of exposure {self.exposure_id}: {self.total_drift_a:.2f} Å"
+
+
+class CtfEstimate(models.Model):
+    """Result of CTF estimation of one exposure (ctffind's seven numbers plus outputs)."""
+
+    exposure = models.OneToOneField(Exposure, on_delete=models.CASCADE, related_name="ctf")
+    engine = models.CharField(max_length=64)
+    engine_version = models.CharField(max_length=64)
+    defocus_u_a = models.FloatField(help_text="Defocus along the azimuth, Å, positive = underfocus")
+    defocus_v_a = models.FloatField(help_text="Defocus perpendicular to the azimuth, Å")
+    azimuth_deg = models.FloatField(help_text="Angle of the defocus-U axis from +x, counter-clockwise, °")
+    phase_shift_rad = models.FloatField(default=0.0, help_text="Phase-plate phase shift, rad")
+    cross_correlation = models.FloatField(help_text="Score of the fit over the fitting band")
+    fit_resolution_a = models.FloatField(help_text="Resolution to which Thon rings are fitted, Å")
+    output_txt_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, help_text="ctffind 4.1 format result")
+    avrot_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, help_text="ctffind-format rotational average")
+    diagnostic_png_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"CTF of exposure {self.exposure_id}: {self.defocus_u_a:.0f}/{self.defocus_v_a:.0f} Å"
+
+    @property
+    def astigmatism_a(self) -> float:
+        """|defocus U − defocus V|, Å (RELION's rlnCtfAstigmatism)."""
+        return abs(self.defocus_u_a - self.defocus_v_a)

@@ -1,0 +1,246 @@
+"""Configure Django for the data plane from one database URL, without a settings module.
+
+One process serves one database: :func:`setup_database` configures Django the first time it is
+called (settings, app registry, migrations) and is a no-op when called again with the same
+database. A different database in the same process is an error, because Django's settings and
+connections are process-global. Tests that need several databases in one process use
+:func:`switch_database`, which re-points the default connection (see its docstring).
+
+Supported URLs (parsed by ``dj-database-url``):
+
+- ``sqlite:///ABSOLUTE/PATH.sqlite3`` (four slashes for an absolute path; :func:`sqlite_url`
+  builds one from a path). Opened in WAL mode with ``synchronous=NORMAL``, ``BEGIN IMMEDIATE``
+  transactions and a busy timeout, so the API can read while the controller writes.
+- ``postgres://USER:PASSWORD@HOST:PORT/NAME`` (also ``postgresql://``), via psycopg 3.
+- ``mysql://USER:PASSWORD@HOST:PORT/NAME`` (needs ``mysqlclient``; not tested here).
+
+Query parameters of the URL become the backend's ``OPTIONS`` and win over the defaults here
+(for example ``sqlite:////data/emlive.sqlite3?timeout=60``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import dj_database_url
+
+__all__ = [
+    "SUPPORTED_URLS",
+    "configure_django",
+    "current_database_url",
+    "database_settings",
+    "setup_database",
+    "sqlite_url",
+    "switch_database",
+]
+
+SUPPORTED_URLS = (
+    "sqlite:///ABSOLUTE/PATH.sqlite3",
+    "postgres://USER:PASSWORD@HOST:PORT/NAME",
+    "mysql://USER:PASSWORD@HOST:PORT/NAME",
+)
+
+_ENGINES = {
+    "sqlite": "django.db.backends.sqlite3",
+    "postgres": "django.db.backends.postgresql",
+    "postgresql": "django.db.backends.postgresql",
+    "pgsql": "django.db.backends.postgresql",
+    "mysql": "django.db.backends.mysql",
+}
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+"""How long an SQLite connection waits for another writer's lock before failing, seconds."""
+
+_SQLITE_OPTIONS: dict[str, Any] = {
+    # WAL lets readers (API, CLI) run while the controller writes; NORMAL is durable in WAL
+    # mode except for the last transactions before a power loss (never corrupts the file).
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    # Take the write lock at BEGIN, so two writers queue on the busy timeout instead of
+    # failing with "database is locked" when a read transaction tries to upgrade.
+    "transaction_mode": "IMMEDIATE",
+    "timeout": SQLITE_BUSY_TIMEOUT_S,
+}
+
+_lock = threading.RLock()
+_active_url: str | None = None
+_active_db: dict[str, Any] | None = None
+_migrated = False
+
+
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    """The database URL of the SQLite file ``path`` (made absolute; odd characters quoted)."""
+    return "sqlite:///" + quote(str(Path(path).absolute()))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return url
+
+
+def _bad_url(url: str, problem: str) -> ValueError:
+    return ValueError(
+        f"database URL {redact_url(url)!r}: {problem}. Supported: {', '.join(SUPPORTED_URLS)}"
+    )
+
+
+def database_settings(url: str) -> dict[str, Any]:
+    """Django's ``DATABASES["default"]`` for ``url`` (pure apart from resolving a relative
+    SQLite path against the current folder).
+
+    Raises ValueError naming the URL and the supported forms when the URL cannot be used.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise _bad_url(str(url), "empty")
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in _ENGINES:
+        problem = f"unsupported scheme {scheme!r}" if scheme else "not a URL (no scheme://)"
+        raise _bad_url(url, problem)
+    try:
+        db: dict[str, Any] = dict(dj_database_url.parse(url))
+    except ValueError as exc:  # dj-database-url's ParseError/UnknownSchemeError are ValueErrors
+        raise _bad_url(url, str(exc) or "cannot be parsed") from exc
+    if db["ENGINE"] != _ENGINES[scheme]:
+        raise _bad_url(url, f"scheme {scheme!r} maps to {db['ENGINE']}")
+    options = dict(db.get("OPTIONS", {}))
+    if db["ENGINE"] == _ENGINES["sqlite"]:
+        name = str(db.get("NAME") or ":memory:")
+        if name != ":memory:":
+            name = str(Path(name).absolute())
+        db["NAME"] = name
+        options = {**_SQLITE_OPTIONS, **options}
+    else:
+        if not db.get("NAME"):
+            raise _bad_url(url, "no database name after the host")
+    db["OPTIONS"] = options
+    return db
+
+
+def _django_settings(db: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "INSTALLED_APPS": ["django.contrib.contenttypes", "django.contrib.auth", "emlive.db"],
+        # Django fills defaults into the dict it is given: keep ours pristine for comparisons.
+        "DATABASES": {"default": copy.deepcopy(db)},
+        "USE_TZ": True,
+        "TIME_ZONE": "UTC",
+        "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",
+        # DEBUG keeps every query in memory: never in a long-running controller.
+        "DEBUG": False,
+        # Logging is configured by the CLI only; Django must not install its own handlers.
+        "LOGGING_CONFIG": None,
+    }
+
+
+def _prepare_storage(db: dict[str, Any]) -> None:
+    if db["ENGINE"] == _ENGINES["sqlite"] and db["NAME"] != ":memory:":
+        Path(db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def current_database_url() -> str | None:
+    """The URL this process is configured for, or None before :func:`setup_database`."""
+    return _active_url
+
+
+def configure_django(url: str) -> None:
+    """Configure Django's settings and app registry for ``url`` without touching the database.
+
+    :func:`setup_database` is this plus migrations; use this one for management commands that
+    must not migrate (``python -m emlive.db makemigrations``).
+    """
+    global _active_url, _active_db
+    db = database_settings(url)
+    with _lock:
+        if _active_db is not None:
+            if db == _active_db:
+                return
+            raise RuntimeError(
+                f"this process already uses the database {redact_url(_active_url or '')!r} and "
+                f"cannot also use {redact_url(url)!r}: Django's settings are process-wide. "
+                "Run one emlive process per database (tests: emlive.db.setup.switch_database)."
+            )
+        import django
+        from django.conf import settings
+
+        if settings.configured:
+            raise RuntimeError(
+                "Django settings were configured outside emlive.db.setup; emlive configures "
+                "Django itself from a database URL (call setup_database(url) instead)"
+            )
+        _prepare_storage(db)
+        settings.configure(**_django_settings(db))
+        django.setup()
+        _active_url, _active_db = url, db
+
+
+def _migrate(url: str) -> None:
+    from django.core.management import call_command
+
+    try:
+        call_command("migrate", verbosity=0, interactive=False)
+    except Exception as exc:
+        exc.add_note(f"while applying emlive's migrations to {redact_url(url)!r}")
+        raise
+
+
+def setup_database(url: str) -> None:
+    """Configure Django for the database at ``url`` and apply emlive's migrations.
+
+    Called once per process (the CLI and the service call it at start). Calling it again with
+    the same database does nothing; with another database it raises RuntimeError. A URL that
+    cannot be used raises ValueError naming it and the supported forms (see module doc).
+    """
+    global _migrated
+    with _lock:
+        configure_django(url)
+        if not _migrated:
+            _migrate(url)
+            _migrated = True
+
+
+def switch_database(url: str) -> None:
+    """Re-point this process's default database to ``url`` and migrate it. **Tests only.**
+
+    Closes this thread's connections, replaces ``settings.DATABASES["default"]``, drops every
+    thread's connection objects (threads still holding an open connection must close it
+    themselves: ``django.db.connections.close_all()``), clears the content-type cache and
+    applies the migrations. Not safe while other threads use the database. In a process not
+    yet configured it is :func:`setup_database`.
+    """
+    global _active_url, _active_db, _migrated
+    db = database_settings(url)
+    with _lock:
+        if _active_db is None:
+            setup_database(url)
+            return
+        if db == _active_db:
+            if not _migrated:
+                _migrate(url)
+                _migrated = True
+            return
+        from asgiref.local import Local
+        from django.conf import settings
+        from django.contrib.contenttypes.models import ContentType
+        from django.db import connections
+
+        connections.close_all()
+        _prepare_storage(db)
+        settings.DATABASES = {"default": copy.deepcopy(db)}
+        # ConnectionHandler caches the settings it read and the per-thread connections.
+        connections._settings = None
+        connections.__dict__.pop("settings", None)
+        connections._connections = Local(connections.thread_critical)
+        ContentType.objects.clear_cache()
+        _active_url, _active_db, _migrated = url, db, False
+        _migrate(url)
+        _migrated = True

@@ -1,0 +1,385 @@
+"""The controller's writes to the data plane: one function, one transaction.
+
+The controller is the only caller (workers return plain results and never touch the
+database). Every function is idempotent where the pipeline may repeat it: a rescan records a
+file once, a result stored twice leaves one row per step and the exposure processed once.
+
+Exposure states::
+
+    found ──mark_submitted──▶ submitted ──store_result──▶ processed
+      ▲                          │    ▲
+      └────reset_in_flight───────┘    │
+                       mark_failed ▼  │ mark_submitted (retry)
+                                  failed ──record_exposure (file rewritten)──▶ found
+
+Timestamps are timezone-aware (UTC); a naive datetime given to a function is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from emlive.acquisition import Acquisition
+from emlive.ctf.types import CtfResult
+from emlive.db.models import CtfEstimate, Exposure, MotionCorrection, Project, Session, canonical_dir
+from emlive.motion.types import MotionResult
+
+__all__ = [
+    "FAIL_REASON_MAX_CHARS",
+    "InvalidTransition",
+    "SessionConflict",
+    "get_or_create_session",
+    "mark_failed",
+    "mark_submitted",
+    "record_exposure",
+    "reset_in_flight",
+    "set_session_state",
+    "store_exposure_result",
+    "store_result",
+]
+
+logger = logging.getLogger(__name__)
+
+FAIL_REASON_MAX_CHARS = 20_000
+"""Longer failure reasons (tracebacks) are cut to their last this-many characters."""
+
+_ACQUISITION_FIELDS = (
+    "pixel_size_a",
+    "voltage_kv",
+    "cs_mm",
+    "amplitude_contrast",
+    "dose_per_frame_e_a2",
+    "pre_exposure_e_a2",
+    "gain_path",
+    "eer_fractions",
+)
+
+
+class InvalidTransition(ValueError):
+    """An exposure was asked to move to a state it cannot reach from where it is."""
+
+
+class SessionConflict(ValueError):
+    """A session folder is already recorded with different parameters."""
+
+
+def _pk(obj: Session | Exposure | int) -> int:
+    return int(obj) if isinstance(obj, int) else int(obj.pk)
+
+
+def _aware(name: str, value: datetime | None, default: datetime) -> datetime:
+    if value is None:
+        return default
+    if timezone.is_naive(value):
+        raise ValueError(f"{name} must be timezone-aware (got the naive datetime {value.isoformat()})")
+    return value
+
+
+def _finite(owner: str, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{owner}.{key} is {value}; only finite numbers can be stored")
+
+
+def _acquisition_fields(acquisition: Acquisition) -> dict[str, Any]:
+    return {
+        "pixel_size_a": float(acquisition.pixel_size_a),
+        "voltage_kv": float(acquisition.voltage_kv),
+        "cs_mm": float(acquisition.cs_mm),
+        "amplitude_contrast": float(acquisition.amplitude_contrast),
+        "dose_per_frame_e_a2": float(acquisition.dose_per_frame_e_a2),
+        "pre_exposure_e_a2": float(acquisition.pre_exposure_e_a2),
+        "gain_path": str(Path(acquisition.gain_path).absolute()) if acquisition.gain_path else "",
+        "eer_fractions": int(acquisition.eer_fractions),
+    }
+
+
+def _default_session_name(raw_dir: str) -> str:
+    """The session folder's name; for the facility layout ``<session_id>/raw`` the session id."""
+    folder = Path(raw_dir)
+    return folder.parent.name if folder.name == "raw" and folder.parent.name else folder.name
+
+
+def get_or_create_session(
+    raw_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    acquisition: Acquisition,
+    *,
+    project: str = "default",
+    name: str | None = None,
+) -> Session:
+    """The session of ``raw_dir`` (stored absolute, symlinks resolved), created if new.
+
+    An existing session is returned as it is when everything given matches what is stored;
+    otherwise :class:`SessionConflict` lists each difference (resuming a session with other
+    acquisition parameters would mix incompatible results). ``name`` defaults to the folder's
+    name (for ``…/<session_id>/raw`` the session id); None means "any name" for an existing one.
+    """
+    raw = canonical_dir(raw_dir)
+    out = canonical_dir(out_dir)
+    fields = _acquisition_fields(acquisition)
+    _finite("acquisition", fields)
+    with transaction.atomic():
+        existing = Session.objects.select_for_update().select_related("project").filter(raw_dir=raw).first()
+        if existing is None:
+            proj, _ = Project.objects.get_or_create(name=project)
+            try:
+                with transaction.atomic():
+                    session = Session.objects.create(
+                        project=proj,
+                        name=name or _default_session_name(raw),
+                        raw_dir=raw,
+                        out_dir=out,
+                        **fields,
+                    )
+            except IntegrityError:  # created concurrently by another process: compare with it
+                existing = Session.objects.select_for_update().select_related("project").get(raw_dir=raw)
+            else:
+                logger.info("new session %s in project %s: %s", session.name, project, raw)
+                return session
+        wanted: dict[str, Any] = {"project": project, "out_dir": out, **fields}
+        stored: dict[str, Any] = {"project": existing.project.name, "out_dir": existing.out_dir}
+        stored.update({key: getattr(existing, key) for key in _ACQUISITION_FIELDS})
+        if name is not None:
+            wanted["name"], stored["name"] = name, existing.name
+        differences = [f"{key}: stored {stored[key]!r}, given {wanted[key]!r}" for key in wanted if stored[key] != wanted[key]]
+        if differences:
+            raise SessionConflict(
+                f"session {raw} is already recorded with other parameters ({'; '.join(differences)}); "
+                "use the stored values, or a new database/output folder for a fresh start"
+            )
+        return existing
+
+
+def _relative_path(rel_path: str | os.PathLike[str]) -> str:
+    text = os.fspath(rel_path).replace(os.sep, "/")
+    posix = PurePosixPath(text)
+    if not text or posix.is_absolute() or Path(text).is_absolute() or ".." in posix.parts or text in (".", "./"):
+        raise ValueError(f"exposure path {text!r} must be relative to the session's raw_dir, without '..'")
+    return posix.as_posix()
+
+
+def record_exposure(
+    session: Session | int,
+    rel_path: str | os.PathLike[str],
+    size_bytes: int,
+    mtime_ns: int,
+) -> tuple[Exposure, bool]:
+    """Record a complete movie found at ``raw_dir / rel_path``; returns (exposure, created).
+
+    Idempotent: (session, path) is unique, so a rescan returns the existing row
+    (``created=False``) and never duplicates it. A *failed* exposure whose size or mtime has
+    changed was rewritten: it is reset to ``found`` (fail count and reason cleared) so the
+    controller schedules it again. Callers schedule every exposure returned in state ``found``.
+    """
+    rel = _relative_path(rel_path)
+    if size_bytes < 0:
+        raise ValueError(f"{rel}: size_bytes must be >= 0, got {size_bytes}")
+    now = timezone.now()
+    with transaction.atomic():
+        exposure, created = Exposure.objects.select_for_update().get_or_create(
+            session_id=_pk(session),
+            path=rel,
+            defaults={"size_bytes": int(size_bytes), "mtime_ns": int(mtime_ns), "found_at": now},
+        )
+        if created:
+            return exposure, True
+        changed = (exposure.size_bytes, exposure.mtime_ns) != (int(size_bytes), int(mtime_ns))
+        if changed and exposure.state == Exposure.State.FAILED:
+            logger.info("%s was rewritten after failing (%s); processing it again", rel, exposure.fail_reason)
+            exposure.size_bytes, exposure.mtime_ns = int(size_bytes), int(mtime_ns)
+            exposure.state = Exposure.State.FOUND
+            exposure.fail_count, exposure.fail_reason = 0, ""
+            exposure.found_at = now
+            exposure.submitted_at = exposure.failed_at = None
+            exposure.motion_done_at = exposure.ctf_done_at = None
+            exposure.save()
+        elif changed:
+            logger.warning(
+                "%s changed on disk (size %d → %d) while %s; keeping the recorded file",
+                rel, exposure.size_bytes, size_bytes, exposure.state,
+            )
+        return exposure, False
+
+
+def _locked(exposure_id: int) -> Exposure:
+    try:
+        return Exposure.objects.select_for_update().get(pk=exposure_id)
+    except Exposure.DoesNotExist:
+        raise Exposure.DoesNotExist(f"no exposure with id {exposure_id}") from None
+
+
+def mark_submitted(exposure_id: int) -> Exposure:
+    """found, submitted (a retry) or failed (a manual retry) → submitted, stamping submitted_at.
+
+    A processed exposure is never submitted again: :class:`InvalidTransition`.
+    """
+    with transaction.atomic():
+        exposure = _locked(exposure_id)
+        if exposure.state == Exposure.State.PROCESSED:
+            raise InvalidTransition(f"exposure {exposure_id} ({exposure.path}) is already processed")
+        exposure.state = Exposure.State.SUBMITTED
+        exposure.submitted_at = timezone.now()
+        exposure.save(update_fields=["state", "submitted_at"])
+        return exposure
+
+
+def store_result(
+    exposure_id: int,
+    motion: MotionResult,
+    ctf: CtfResult,
+    *,
+    motion_engine: str,
+    motion_engine_version: str,
+    ctf_engine: str,
+    ctf_engine_version: str,
+    motion_done_at: datetime | None = None,
+    ctf_done_at: datetime | None = None,
+) -> Exposure:
+    """Store one exposure's motion and CTF results and mark it processed, in one transaction.
+
+    Storing again (a task that ran twice, a sidecar ingested after a crash) updates the same
+    two result rows: never a duplicate, and ``processed_at`` keeps the first time the exposure
+    was processed. ``*_done_at`` are when each step finished (aware datetimes; default now).
+    Output paths are stored absolute. Non-finite numbers raise ValueError before anything is
+    written.
+    """
+    now = timezone.now()
+    motion_fields = {
+        "engine": motion_engine,
+        "engine_version": motion_engine_version,
+        "shifts_px": [[float(x), float(y)] for x, y in motion.shifts_px],
+        "total_drift_a": float(motion.total_drift_a),
+        "early_drift_a": float(motion.early_drift_a),
+        "late_drift_a": float(motion.late_drift_a),
+        "n_frames": int(motion.n_frames),
+        "pixel_size_a": float(motion.pixel_size_a),
+        "micrograph_path": str(Path(motion.micrograph_path).absolute()),
+        "dose_weighted_path": str(Path(motion.dose_weighted_path).absolute()),
+        "star_path": str(Path(motion.star_path).absolute()),
+    }
+    ctf_fields = {
+        "engine": ctf_engine,
+        "engine_version": ctf_engine_version,
+        "defocus_u_a": float(ctf.defocus_u_a),
+        "defocus_v_a": float(ctf.defocus_v_a),
+        "azimuth_deg": float(ctf.azimuth_deg),
+        "phase_shift_rad": float(ctf.phase_shift_rad),
+        "cross_correlation": float(ctf.cross_correlation),
+        "fit_resolution_a": float(ctf.fit_resolution_a),
+        "output_txt_path": str(Path(ctf.output_txt_path).absolute()),
+        "avrot_path": str(Path(ctf.avrot_path).absolute()),
+        "diagnostic_png_path": str(Path(ctf.diagnostic_png_path).absolute()),
+    }
+    _finite("motion", motion_fields)
+    _finite("motion", {f"shifts_px[{i}][{j}]": v for i, xy in enumerate(motion_fields["shifts_px"]) for j, v in enumerate(xy)})
+    _finite("ctf", ctf_fields)
+    motion_at = _aware("motion_done_at", motion_done_at, now)
+    ctf_at = _aware("ctf_done_at", ctf_done_at, now)
+    with transaction.atomic():
+        exposure = _locked(exposure_id)
+        MotionCorrection.objects.update_or_create(exposure=exposure, defaults=motion_fields)
+        CtfEstimate.objects.update_or_create(exposure=exposure, defaults=ctf_fields)
+        exposure.motion_done_at, exposure.ctf_done_at = motion_at, ctf_at
+        if exposure.state != Exposure.State.PROCESSED:
+            exposure.state = Exposure.State.PROCESSED
+            exposure.processed_at = now
+        else:
+            logger.info("exposure %s (%s) stored again; results updated", exposure_id, exposure.path)
+        exposure.save(update_fields=["state", "processed_at", "motion_done_at", "ctf_done_at"])
+        return exposure
+
+
+class StepRecordLike(Protocol):
+    """What :func:`store_exposure_result` reads of a step's provenance record."""
+
+    step: str
+    engine: str
+    engine_version: str
+    finished_at: datetime
+
+
+class ExposureResultLike(Protocol):
+    """What :func:`store_exposure_result` reads of a worker's result (``pipeline.ExposureResult``)."""
+
+    motion: MotionResult
+    ctf: CtfResult
+    steps: Sequence[StepRecordLike]
+
+
+def store_exposure_result(exposure_id: int, result: ExposureResultLike) -> Exposure:
+    """:func:`store_result` for a whole pipeline result: the engines, their versions and the
+    steps' finish times come from its step records (``motion`` and ``ctf`` must be there)."""
+    records = {record.step: record for record in result.steps}
+    missing = sorted({"motion", "ctf"} - records.keys())
+    if missing:
+        raise ValueError(f"exposure {exposure_id}: the result has no step record for {', '.join(missing)}")
+    motion, ctf = records["motion"], records["ctf"]
+    return store_result(
+        exposure_id,
+        result.motion,
+        result.ctf,
+        motion_engine=motion.engine,
+        motion_engine_version=motion.engine_version,
+        ctf_engine=ctf.engine,
+        ctf_engine_version=ctf.engine_version,
+        motion_done_at=motion.finished_at,
+        ctf_done_at=ctf.finished_at,
+    )
+
+
+def mark_failed(exposure_id: int, reason: str) -> Exposure:
+    """Mark an exposure failed with ``reason`` (what went wrong, for a person), counting it.
+
+    A processed exposure stays processed (a late failure of a duplicate task is logged and
+    ignored). Reasons longer than :data:`FAIL_REASON_MAX_CHARS` keep their end.
+    """
+    reason = str(reason).strip() or "unknown error"
+    if len(reason) > FAIL_REASON_MAX_CHARS:
+        reason = "…" + reason[-(FAIL_REASON_MAX_CHARS - 1):]
+    with transaction.atomic():
+        exposure = _locked(exposure_id)
+        if exposure.state == Exposure.State.PROCESSED:
+            logger.warning("exposure %s (%s) is processed; ignoring a failure: %s", exposure_id, exposure.path, reason)
+            return exposure
+        exposure.state = Exposure.State.FAILED
+        exposure.fail_count += 1
+        exposure.fail_reason = reason
+        exposure.failed_at = timezone.now()
+        exposure.save(update_fields=["state", "fail_count", "fail_reason", "failed_at"])
+        return exposure
+
+
+def reset_in_flight(session: Session | int) -> int:
+    """Return every submitted exposure of ``session`` to found (after a crash or a stop).
+
+    Returns how many were reset; their results, if a worker finished them, come back through
+    the sidecars and :func:`store_result`.
+    """
+    with transaction.atomic():
+        return Exposure.objects.filter(session_id=_pk(session), state=Exposure.State.SUBMITTED).update(
+            state=Exposure.State.FOUND, submitted_at=None
+        )
+
+
+def set_session_state(session: Session | int, state: str) -> Session:
+    """Set a session's state (one of :class:`Session.State`); returns the updated session."""
+    try:
+        value = Session.State(state)
+    except ValueError:
+        allowed = ", ".join(Session.State.values)
+        raise ValueError(f"session state {state!r} is not one of: {allowed}") from None
+    with transaction.atomic():
+        updated = Session.objects.filter(pk=_pk(session)).update(state=value, updated_at=timezone.now())
+        if not updated:
+            raise Session.DoesNotExist(f"no session with id {_pk(session)}")
+        return Session.objects.select_related("project").get(pk=_pk(session))

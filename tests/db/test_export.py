@@ -1,0 +1,157 @@
+"""RELION 3.1+ exports: the column names and units RELION reads, one row per processed micrograph."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import starfile
+
+OPTICS_COLUMNS = [
+    "rlnOpticsGroupName",
+    "rlnOpticsGroup",
+    "rlnMicrographOriginalPixelSize",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnMicrographPixelSize",
+]
+CORRECTED_COLUMNS = [
+    "rlnMicrographName",
+    "rlnMicrographNameNoDW",
+    "rlnMicrographMetadata",
+    "rlnOpticsGroup",
+    "rlnAccumMotionTotal",
+    "rlnAccumMotionEarly",
+    "rlnAccumMotionLate",
+]
+CTF_COLUMNS = [
+    *CORRECTED_COLUMNS,
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnCtfAstigmatism",
+    "rlnDefocusAngle",
+    "rlnCtfFigureOfMerit",
+    "rlnCtfMaxResolution",
+]
+
+
+@pytest.fixture
+def session(db, tmp_path, acquisition):
+    return db.store.get_or_create_session(tmp_path / "raw", tmp_path / "out", acquisition)
+
+
+@pytest.fixture
+def three_processed(db, session, store_processed):
+    """m0, m1, m2 processed (different drift and defocus); a found and a failed one besides."""
+    for i in range(3):
+        exposure, _ = db.store.record_exposure(session, f"m{i}.tif", 10, 20)
+        store_processed(exposure.pk, f"m{i}", total_drift_a=10.0 + i, defocus_u_a=15000.0 + 1000 * i)
+    db.store.record_exposure(session, "waiting.tif", 10, 20)
+    failed, _ = db.store.record_exposure(session, "broken.tif", 0, 20)
+    db.store.mark_failed(failed.pk, "zero bytes")
+    return session
+
+
+def test_exports_load_with_relion_columns(db, three_processed, tmp_path):
+    exports = tmp_path / "out" / "exports"
+    written = db.export.write_exports(three_processed, exports)
+    assert written == [exports / "micrographs_ctf.star", exports / "corrected_micrographs.star"]
+
+    for path, columns in [(written[0], CTF_COLUMNS), (written[1], CORRECTED_COLUMNS)]:
+        blocks = starfile.read(path, always_dict=True)
+        assert list(blocks) == ["optics", "micrographs"]
+        optics, mics = blocks["optics"], blocks["micrographs"]
+        assert list(optics.columns) == OPTICS_COLUMNS
+        assert optics.iloc[0].to_dict() == {
+            "rlnOpticsGroupName": "opticsGroup1",
+            "rlnOpticsGroup": 1,
+            "rlnMicrographOriginalPixelSize": 1.05,
+            "rlnVoltage": 300.0,
+            "rlnSphericalAberration": 2.7,
+            "rlnAmplitudeContrast": 0.07,
+            "rlnMicrographPixelSize": 1.05,
+        }
+        assert list(mics.columns) == columns
+        assert len(mics) == 3  # processed only
+        assert mics["rlnOpticsGroup"].tolist() == [1, 1, 1]
+        assert mics["rlnAccumMotionTotal"].tolist() == [10.0, 11.0, 12.0]
+        assert mics["rlnAccumMotionEarly"].tolist() == pytest.approx([2.5, 2.75, 3.0])
+        names = [Path(p) for p in mics["rlnMicrographName"]]
+        assert [p.name for p in names] == ["m0_DW.mrc", "m1_DW.mrc", "m2_DW.mrc"]
+        assert all(p.is_absolute() and p.exists() for p in names)
+        assert all(Path(p).exists() for p in mics["rlnMicrographNameNoDW"])
+        assert [Path(p).name for p in mics["rlnMicrographMetadata"]] == ["m0.star", "m1.star", "m2.star"]
+
+    ctf = starfile.read(written[0], always_dict=True)["micrographs"]
+    assert ctf["rlnDefocusU"].tolist() == [15000.0, 16000.0, 17000.0]
+    assert ctf["rlnDefocusV"].tolist() == [14000.0, 14000.0, 14000.0]
+    assert ctf["rlnCtfAstigmatism"].tolist() == [1000.0, 2000.0, 3000.0]
+    assert ctf["rlnDefocusAngle"].tolist() == [33.0] * 3
+    assert ctf["rlnCtfFigureOfMerit"].tolist() == [0.21] * 3
+    assert ctf["rlnCtfMaxResolution"].tolist() == [4.2] * 3
+
+
+def test_exports_follow_the_session_and_leave_no_temporary_files(db, three_processed, tmp_path, store_processed):
+    exports = tmp_path / "exports"
+    db.export.write_exports(three_processed, exports)
+    waiting = db.queries.exposures(three_processed, "found").get()
+    store_processed(waiting.pk, "waiting")
+    db.export.write_exports(three_processed, exports)
+
+    assert sorted(p.name for p in exports.iterdir()) == ["corrected_micrographs.star", "micrographs_ctf.star"]
+    for name in ["corrected_micrographs.star", "micrographs_ctf.star"]:
+        assert len(starfile.read(exports / name, always_dict=True)["micrographs"]) == 4
+
+
+def test_a_failed_write_keeps_the_previous_export(db, three_processed, tmp_path, monkeypatch):
+    exports = tmp_path / "exports"
+    db.export.write_exports(three_processed, exports)
+    before = {p.name: p.read_bytes() for p in exports.iterdir()}
+
+    real_write = starfile.write
+
+    def write_half_then_fail(data, filename, **kwargs):
+        real_write(data, filename, **kwargs)
+        Path(filename).write_bytes(Path(filename).read_bytes()[:100])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(starfile, "write", write_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        db.export.write_exports(three_processed, exports)
+    assert {p.name: p.read_bytes() for p in exports.iterdir()} == before
+
+
+def test_phase_shift_is_exported_in_degrees(db, session, store_processed, tmp_path):
+    exposure, _ = db.store.record_exposure(session, "vpp.tif", 10, 20)
+    store_processed(exposure.pk, "vpp", phase_shift_rad=math.pi / 2)
+    ctf_star, corrected_star = db.export.write_exports(session, tmp_path / "exports")
+    ctf = starfile.read(ctf_star, always_dict=True)["micrographs"]
+    assert ctf["rlnPhaseShift"].tolist() == [90.0]
+    assert "rlnPhaseShift" not in starfile.read(corrected_star, always_dict=True)["micrographs"]
+
+
+def test_paths_relative_to_a_relion_project(db, three_processed, tmp_path):
+    project = tmp_path / "relion_project"
+    project.mkdir()
+    ctf_star, _ = db.export.write_exports(three_processed, tmp_path / "exports", relative_to=project)
+    mics = starfile.read(ctf_star, always_dict=True)["micrographs"]
+    assert mics["rlnMicrographName"].tolist()[0] == "../out/motion/m0_DW.mrc"
+    assert all((project / p).exists() for p in mics["rlnMicrographName"])
+
+
+def test_binned_micrographs_get_their_own_pixel_size(db, session, store_processed, tmp_path):
+    exposure, _ = db.store.record_exposure(session, "binned.tif", 10, 20)
+    store_processed(exposure.pk, "binned", pixel_size_a=2.1)
+    ctf_star, _ = db.export.write_exports(session, tmp_path / "exports")
+    optics = starfile.read(ctf_star, always_dict=True)["optics"]
+    assert optics[["rlnMicrographOriginalPixelSize", "rlnMicrographPixelSize"]].iloc[0].tolist() == [1.05, 2.1]
+
+
+def test_a_session_with_nothing_processed_exports_empty_tables(db, session, tmp_path):
+    db.store.record_exposure(session, "waiting.tif", 10, 20)
+    for path in db.export.write_exports(session.pk, tmp_path / "exports"):
+        blocks = starfile.read(path, always_dict=True)
+        assert len(blocks["optics"]) == 1
+        assert len(blocks["micrographs"]) == 0

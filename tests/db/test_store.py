@@ -1,0 +1,240 @@
+"""The controller's writes: idempotent, one transaction each, states that only move forward."""
+
+from __future__ import annotations
+
+import math
+import threading
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from emlive.acquisition import Acquisition
+
+
+@pytest.fixture
+def session(db, tmp_path, acquisition):
+    return db.store.get_or_create_session(tmp_path / "raw", tmp_path / "out", acquisition)
+
+
+def test_session_is_created_once_and_keeps_its_acquisition(db, tmp_path, acquisition):
+    first = db.store.get_or_create_session(tmp_path / "s1" / "raw", tmp_path / "out", acquisition, project="facility")
+    again = db.store.get_or_create_session(tmp_path / "s1" / "raw", tmp_path / "out", acquisition, project="facility")
+    assert again.pk == first.pk
+    assert db.models.Session.objects.count() == 1
+    assert first.name == "s1"  # facility layout <session_id>/raw
+    assert first.raw_dir == str((tmp_path / "s1" / "raw").resolve())
+    assert first.project.name == "facility"
+    assert first.state == "idle"
+    stored = db.models.Session.objects.get(pk=first.pk)
+    assert stored.acquisition == acquisition
+
+
+def test_session_with_other_acquisition_is_a_conflict(db, tmp_path, acquisition):
+    db.store.get_or_create_session(tmp_path / "raw", tmp_path / "out", acquisition)
+    other = Acquisition(**{**acquisition.model_dump(), "pixel_size_a": 0.83, "gain_path": tmp_path / "gain.mrc"})
+    with pytest.raises(db.store.SessionConflict, match=r"pixel_size_a: stored 1\.05, given 0\.83.*gain_path"):
+        db.store.get_or_create_session(tmp_path / "raw", tmp_path / "out", other)
+    assert db.models.Session.objects.count() == 1
+
+
+def test_record_twice_gives_one_row(db, session):
+    first, created = db.store.record_exposure(session, "movies/a.tif", 1000, 111)
+    again, created_again = db.store.record_exposure(session, Path("movies") / "a.tif", 1000, 111)
+    assert (created, created_again) == (True, False)
+    assert again.pk == first.pk
+    assert db.models.Exposure.objects.count() == 1
+    assert again.state == "found" and again.found_at is not None and timezone.is_aware(again.found_at)
+    assert again.movie_path == Path(session.raw_dir) / "movies" / "a.tif"
+
+
+@pytest.mark.parametrize("bad", ["/abs/a.mrc", "../a.mrc", "a/../../b.mrc", ""])
+def test_record_rejects_paths_outside_raw_dir(db, session, bad):
+    with pytest.raises(ValueError, match="relative to the session's raw_dir"):
+        db.store.record_exposure(session, bad, 1, 1)
+    assert db.models.Exposure.objects.count() == 0
+
+
+def test_concurrent_rescans_never_duplicate(db, session):
+    from django.db import connections
+
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def rescan() -> None:
+        try:
+            barrier.wait()
+            for i in range(5):
+                db.store.record_exposure(session.pk, f"m{i}.mrc", 10, 20)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=rescan) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert db.models.Exposure.objects.count() == 5
+
+
+def test_store_result_twice_keeps_one_result_and_processes_once(db, session, make_results, engines):
+    exposure, _ = db.store.record_exposure(session, "a.mrc", 10, 20)
+    db.store.mark_submitted(exposure.pk)
+    motion, ctf = make_results("a", total_drift_a=12.5, defocus_u_a=15000.0)
+    first = db.store.store_result(exposure.pk, motion, ctf, **engines)
+    assert first.state == "processed"
+    processed_at = first.processed_at
+
+    motion2, ctf2 = make_results("a", total_drift_a=13.0, defocus_u_a=15100.0)
+    second = db.store.store_result(exposure.pk, motion2, ctf2, **engines)
+
+    assert db.models.MotionCorrection.objects.count() == 1
+    assert db.models.CtfEstimate.objects.count() == 1
+    stored = db.models.Exposure.objects.select_related("motion", "ctf").get(pk=exposure.pk)
+    assert stored.state == "processed"
+    assert second.processed_at == processed_at == stored.processed_at
+    assert stored.motion.total_drift_a == 13.0 and stored.ctf.defocus_u_a == 15100.0
+    assert stored.motion.shifts_px == [[0.0, 0.0], [-1.25, 0.5], [-2.5, 1.0]]
+    assert stored.motion.engine == "native" and stored.ctf.engine_version == "test-1"
+    assert Path(stored.motion.dose_weighted_path) == motion.dose_weighted_path
+    assert stored.ctf.astigmatism_a == 1100.0
+
+
+def test_store_result_records_step_timestamps(db, session, make_results, engines):
+    exposure, _ = db.store.record_exposure(session, "a.mrc", 10, 20)
+    motion_at = timezone.now() - timedelta(seconds=30)
+    ctf_at = motion_at + timedelta(seconds=10)
+    motion, ctf = make_results("a")
+    stored = db.store.store_result(exposure.pk, motion, ctf, **engines, motion_done_at=motion_at, ctf_done_at=ctf_at)
+    stored = db.models.Exposure.objects.get(pk=stored.pk)
+    assert stored.motion_done_at == motion_at
+    assert stored.ctf_done_at == ctf_at
+    assert stored.processed_at >= ctf_at
+
+
+def test_store_result_refuses_naive_times_and_nan_without_writing(db, session, make_results, engines):
+    exposure, _ = db.store.record_exposure(session, "a.mrc", 10, 20)
+    motion, ctf = make_results("a")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        db.store.store_result(exposure.pk, motion, ctf, **engines, motion_done_at=datetime(2026, 1, 1))
+    nan_ctf = ctf.model_copy(update={"fit_resolution_a": math.nan})
+    with pytest.raises(ValueError, match=r"ctf\.fit_resolution_a is nan"):
+        db.store.store_result(exposure.pk, motion, nan_ctf, **engines)
+    nan_motion = motion.model_copy(update={"shifts_px": [(0.0, 0.0), (math.inf, 1.0)]})
+    with pytest.raises(ValueError, match=r"shifts_px\[1\]\[0\] is inf"):
+        db.store.store_result(exposure.pk, nan_motion, ctf, **engines)
+    assert db.models.MotionCorrection.objects.count() == 0
+    assert db.models.Exposure.objects.get(pk=exposure.pk).state == "found"
+
+
+def test_mark_failed_records_reason_and_counts(db, session):
+    exposure, _ = db.store.record_exposure(session, "bad.tif", 10, 20)
+    db.store.mark_submitted(exposure.pk)
+    db.store.mark_failed(exposure.pk, "bad.tif: LZW strip 3 is corrupt")
+    db.store.mark_submitted(exposure.pk)  # the controller retries
+    failed = db.store.mark_failed(exposure.pk, "bad.tif: LZW strip 3 is corrupt (again)")
+    stored = db.models.Exposure.objects.get(pk=exposure.pk)
+    assert stored.state == failed.state == "failed"
+    assert stored.fail_count == 2
+    assert stored.fail_reason == "bad.tif: LZW strip 3 is corrupt (again)"
+    assert stored.failed_at is not None
+
+
+def test_long_failure_reason_keeps_its_end(db, session):
+    exposure, _ = db.store.record_exposure(session, "bad.tif", 10, 20)
+    reason = "x" * 30_000 + " the actual error"
+    stored = db.store.mark_failed(exposure.pk, reason)
+    assert len(stored.fail_reason) == db.store.FAIL_REASON_MAX_CHARS
+    assert stored.fail_reason.endswith(" the actual error")
+
+
+def test_processed_exposure_is_never_failed_or_resubmitted(db, session, store_processed):
+    exposure, _ = db.store.record_exposure(session, "a.mrc", 10, 20)
+    store_processed(exposure.pk, "a")
+    db.store.mark_failed(exposure.pk, "late duplicate task crashed")
+    stored = db.models.Exposure.objects.get(pk=exposure.pk)
+    assert (stored.state, stored.fail_count, stored.fail_reason) == ("processed", 0, "")
+    with pytest.raises(db.store.InvalidTransition, match="already processed"):
+        db.store.mark_submitted(exposure.pk)
+
+
+def test_reset_in_flight_returns_submitted_to_found(db, session, tmp_path, acquisition, store_processed):
+    ids = [db.store.record_exposure(session, f"m{i}.mrc", 10, 20)[0].pk for i in range(4)]
+    for pk in ids[:3]:
+        db.store.mark_submitted(pk)
+    store_processed(ids[0], "m0")
+    other = db.store.get_or_create_session(tmp_path / "other" / "raw", tmp_path / "other_out", acquisition)
+    other_exposure, _ = db.store.record_exposure(other, "x.mrc", 1, 1)
+    db.store.mark_submitted(other_exposure.pk)
+
+    assert db.store.reset_in_flight(session) == 2
+    states = dict(db.models.Exposure.objects.filter(session=session).values_list("path", "state"))
+    assert states == {"m0.mrc": "processed", "m1.mrc": "found", "m2.mrc": "found", "m3.mrc": "found"}
+    assert db.models.Exposure.objects.get(pk=ids[1]).submitted_at is None
+    assert db.models.Exposure.objects.get(pk=other_exposure.pk).state == "submitted"
+    assert db.store.reset_in_flight(session) == 0
+
+
+def test_failed_then_rewritten_file_is_found_again(db, session):
+    exposure, _ = db.store.record_exposure(session, "a.mrc", 0, 100)
+    db.store.mark_failed(exposure.pk, "a.mrc: zero bytes")
+
+    unchanged, created = db.store.record_exposure(session, "a.mrc", 0, 100)
+    assert not created and unchanged.state == "failed"  # same file: stays failed
+
+    rewritten, created = db.store.record_exposure(session, "a.mrc", 4096, 200)
+    assert not created
+    stored = db.models.Exposure.objects.get(pk=exposure.pk)
+    assert stored.state == rewritten.state == "found"
+    assert (stored.size_bytes, stored.mtime_ns, stored.fail_count, stored.fail_reason) == (4096, 200, 0, "")
+    assert stored.failed_at is None
+    assert db.models.Exposure.objects.count() == 1
+
+
+def test_processed_file_changing_on_disk_stays_processed(db, session, store_processed):
+    exposure, _ = db.store.record_exposure(session, "a.mrc", 10, 100)
+    store_processed(exposure.pk, "a")
+    again, created = db.store.record_exposure(session, "a.mrc", 20, 200)
+    assert not created
+    assert (again.state, again.size_bytes) == ("processed", 10)
+
+
+def test_set_session_state(db, session):
+    updated = db.store.set_session_state(session, "processing")
+    assert updated.state == "processing"
+    assert db.models.Session.objects.get(pk=session.pk).state == "processing"
+    assert updated.updated_at >= session.updated_at
+    with pytest.raises(ValueError, match="not one of: idle, processing, stopped, complete, failed"):
+        db.store.set_session_state(session, "running")
+
+
+def test_unknown_exposure_names_its_id(db):
+    with pytest.raises(db.models.Exposure.DoesNotExist, match="no exposure with id 987654"):
+        db.store.mark_submitted(987654)
+
+
+def test_a_pipeline_result_is_stored_with_its_step_provenance(db, session, make_results):
+    from types import SimpleNamespace
+
+    exposure, _ = db.store.record_exposure(session, "a.mrc", 10, 20)
+    motion, ctf = make_results("a")
+    motion_at = timezone.now() - timedelta(seconds=20)
+    ctf_at = motion_at + timedelta(seconds=5)
+    steps = [
+        SimpleNamespace(step="motion", engine="native", engine_version="2026.11.21", finished_at=motion_at),
+        SimpleNamespace(step="ctf", engine="ctffind", engine_version="4.1.14", finished_at=ctf_at),
+        SimpleNamespace(step="thumbnail", engine="native", engine_version="1", finished_at=ctf_at),
+    ]
+    db.store.store_exposure_result(exposure.pk, SimpleNamespace(motion=motion, ctf=ctf, steps=steps))
+    stored = db.models.Exposure.objects.select_related("motion", "ctf").get(pk=exposure.pk)
+    assert stored.state == "processed"
+    assert (stored.motion.engine, stored.motion.engine_version) == ("native", "2026.11.21")
+    assert (stored.ctf.engine, stored.ctf.engine_version) == ("ctffind", "4.1.14")
+    assert (stored.motion_done_at, stored.ctf_done_at) == (motion_at, ctf_at)
+
+    with pytest.raises(ValueError, match="no step record for ctf"):
+        db.store.store_exposure_result(exposure.pk, SimpleNamespace(motion=motion, ctf=ctf, steps=steps[:1]))
