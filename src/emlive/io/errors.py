@@ -13,3 +13,19 @@ class MovieFormatError(ValueError):
 
 class GainError(ValueError):
     """A gain reference cannot be read or does not fit the movie it is applied to."""
+
+
+INCOMPLETE_ADVICE = (
+    "the file is truncated or still being written; wait for the transfer to finish or remove it"
+)
+"""What to do about a file that ends too early (appended to MovieFormatError messages)."""
+
+
+def human_bytes(n_bytes: int) -> str:
+    """``1234567`` → ``'1.2 MB'`` (decimal units), for messages."""
+    size = float(n_bytes)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"

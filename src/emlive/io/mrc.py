@@ -50,8 +50,8 @@ def read_mrc(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
     """Read an MRC image or stack: ``(data, pixel_size_a)``.
 
     ``data`` keeps the file's dtype ([y, x] or [z, y, x]); ``pixel_size_a`` is the x voxel size
-    from the header, or ``None`` when the header holds none (0). A damaged file raises
-    :class:`MovieFormatError`.
+    from the header to 6 significant digits, or ``None`` when the header holds none (0).
+    A damaged file raises :class:`MovieFormatError`.
     """
     try:
         with mrcfile.open(path, mode="r", permissive=False) as mrc:
@@ -62,4 +62,5 @@ def read_mrc(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
             f"{path}: not a readable MRC file ({err}); it is damaged or was not fully written — "
             "write it again"
         ) from err
-    return data, (size if size > 0 else None)
+    # the header holds float32: keep 6 significant digits (1.1, not 1.0999999841)
+    return data, (float(f"{size:.6g}") if size > 0 else None)

@@ -1,0 +1,190 @@
+"""Cheap structural checks of TIFF/BigTIFF files (also EER, which is BigTIFF).
+
+tifffile is lenient by design: an IFD chain cut short is logged and the file reads as having
+fewer pages, and a strip cut short surfaces only when it is decoded. For a live session that is
+the wrong default, so the chain is walked here with a few small reads (no tags parsed, no pixels
+decoded) and every strip is checked against the file size before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+import tifffile
+
+from emlive.io.errors import INCOMPLETE_ADVICE, MovieFormatError, human_bytes
+
+__all__ = [
+    "DECODE_ERRORS",
+    "EER_CODES",
+    "EER_VARIABLE",
+    "check_strips",
+    "is_eer_compression",
+    "open_tiff_checked",
+    "walk_ifd_chain",
+]
+
+# Errors the decoders raise on bad data: tifffile.TiffFileError and mrcfile's are ValueErrors,
+# imagecodecs' (LzwError, EerError, ZlibError, ...) are RuntimeErrors; tifffile reading past a
+# short buffer gives struct.error, and its pure-Python fallbacks zlib.error.
+DECODE_ERRORS = (ValueError, RuntimeError, EOFError, struct.error, zlib.error)
+
+EER_CODES = {65000: (8, 2, 2), 65001: (7, 2, 2)}  # compression → (run, horizontal, vertical) bits
+EER_VARIABLE = 65002  # bit sizes in tags 65007, 65008, 65009
+
+_MAX_PAGES = 10_000_000
+_INCOMPLETE = INCOMPLETE_ADVICE
+
+
+def walk_ifd_chain(fh: BinaryIO, path: Path, file_size: int) -> list[int]:
+    """Return the byte offsets of all IFDs (one per page), checking the chain is whole.
+
+    Raises :class:`MovieFormatError` when the header is not TIFF, an IFD or its entries lie
+    past the end of the file, the chain loops, or there is no page at all.
+    """
+    fh.seek(0)
+    head = fh.read(16)
+    if len(head) < 8:
+        raise MovieFormatError(
+            f"{path}: {file_size} bytes is too short for a TIFF header; {_INCOMPLETE}"
+        )
+    if head[:2] == b"II":
+        order = "<"
+    elif head[:2] == b"MM":
+        order = ">"
+    else:
+        raise MovieFormatError(
+            f"{path}: not a TIFF file (starts with {head[:4]!r}, expected b'II' or b'MM'); "
+            "the file is corrupt or has the wrong suffix — check how it was written"
+        )
+    (magic,) = struct.unpack(order + "H", head[2:4])
+    if magic == 42:
+        header_size, count_fmt, entry_size, offset_fmt = 8, "H", 12, "I"
+        (first,) = struct.unpack(order + "I", head[4:8])
+    elif magic == 43:
+        if len(head) < 16:
+            raise MovieFormatError(
+                f"{path}: {file_size} bytes is too short for a BigTIFF header; {_INCOMPLETE}"
+            )
+        header_size, count_fmt, entry_size, offset_fmt = 16, "Q", 20, "Q"
+        (first,) = struct.unpack(order + "Q", head[8:16])
+    else:
+        raise MovieFormatError(
+            f"{path}: not a TIFF file (version {magic}, expected 42 or 43); "
+            "the file is corrupt — check how it was written"
+        )
+    count_size = struct.calcsize(count_fmt)
+    offset_size = struct.calcsize(offset_fmt)
+
+    offsets: list[int] = []
+    seen: set[int] = set()
+    offset = first
+    while offset != 0:
+        n = len(offsets)
+        if offset in seen:
+            raise MovieFormatError(
+                f"{path}: the TIFF page chain loops back at page {n} (byte {offset}); "
+                "the file is corrupt — write it again"
+            )
+        if offset < header_size or offset + count_size > file_size:
+            raise MovieFormatError(
+                f"{path}: TIFF page {n} should start at byte {offset} but the file has only "
+                f"{file_size} bytes; {_INCOMPLETE}"
+            )
+        fh.seek(offset)
+        (n_entries,) = struct.unpack(order + count_fmt, fh.read(count_size))
+        next_at = offset + count_size + n_entries * entry_size
+        if next_at + offset_size > file_size:
+            raise MovieFormatError(
+                f"{path}: TIFF page {n} ({n_entries} tags at byte {offset}) needs "
+                f"{next_at + offset_size} bytes but the file has only {file_size}; {_INCOMPLETE}"
+            )
+        fh.seek(next_at)
+        (next_offset,) = struct.unpack(order + offset_fmt, fh.read(offset_size))
+        offsets.append(offset)
+        seen.add(offset)
+        if len(offsets) > _MAX_PAGES:
+            raise MovieFormatError(f"{path}: more than {_MAX_PAGES} TIFF pages; the file is corrupt")
+        offset = next_offset
+    if not offsets:
+        raise MovieFormatError(f"{path}: the TIFF file holds no page (no image); {_INCOMPLETE}")
+    return offsets
+
+
+def check_strips(
+    path: Path,
+    file_size: int,
+    page_index: int,
+    offsets: tuple[int, ...],
+    bytecounts: tuple[int, ...],
+) -> None:
+    """Raise :class:`MovieFormatError` if a page's strips/tiles are missing or reach past EOF."""
+    if not offsets or len(offsets) != len(bytecounts):
+        raise MovieFormatError(
+            f"{path}: TIFF page {page_index} has no image data; the file is corrupt — write it again"
+        )
+    for offset, count in zip(offsets, bytecounts, strict=True):
+        if count <= 0 or offset <= 0:
+            raise MovieFormatError(
+                f"{path}: TIFF page {page_index} has an empty image strip; {_INCOMPLETE}"
+            )
+        if offset + count > file_size:
+            raise MovieFormatError(
+                f"{path}: TIFF page {page_index} has image data up to byte {offset + count} "
+                f"({human_bytes(offset + count)}) but the file has {file_size} bytes "
+                f"({human_bytes(file_size)}); {_INCOMPLETE}"
+            )
+
+
+def open_tiff_checked(path: Path, file_size: int, *, eer: bool = False) -> tuple[tifffile.TiffFile, int]:
+    """Walk the page chain, open with tifffile, check every strip lies inside the file.
+
+    Frames are read as TiffFrames (offsets and byte counts only) sharing the first page's
+    tags; for EER the keyframe is the first EER page (some files start with an uncompressed
+    integrated image).
+    """
+    with open(path, "rb") as fh:
+        ifd_offsets = walk_ifd_chain(fh, path, file_size)
+    try:
+        tif = tifffile.TiffFile(path)
+    except DECODE_ERRORS as err:
+        raise MovieFormatError(
+            f"{path}: tifffile cannot read the TIFF structure ({type(err).__name__}: {err}); "
+            "the file is corrupt — write it again"
+        ) from err
+    try:
+        pages = tif.pages
+        pages.cache = True
+        pages.useframes = True
+        n_pages = len(pages)
+        if n_pages != len(ifd_offsets):
+            raise MovieFormatError(
+                f"{path}: the TIFF page chain holds {len(ifd_offsets)} pages but tifffile reads "
+                f"{n_pages}; the file is corrupt — write it again"
+            )
+        first = pages.first
+        check_strips(path, file_size, 0, tuple(first.dataoffsets), tuple(first.databytecounts))
+        if eer and n_pages > 1 and not is_eer_compression(first.compression):
+            pages.set_keyframe(1)
+        for i in range(1, n_pages):
+            page = pages[i]
+            check_strips(path, file_size, i, tuple(page.dataoffsets), tuple(page.databytecounts))
+    except DECODE_ERRORS as err:
+        tif.close()
+        if isinstance(err, MovieFormatError):
+            raise
+        raise MovieFormatError(
+            f"{path}: cannot read the TIFF pages ({type(err).__name__}: {err}); "
+            "the file is corrupt — write it again"
+        ) from err
+    except BaseException:
+        tif.close()
+        raise
+    return tif, n_pages
+
+
+def is_eer_compression(code: int) -> bool:
+    return int(code) in EER_CODES or int(code) == EER_VARIABLE

@@ -1,0 +1,565 @@
+"""Movies behind one interface: MRC/MRCS (mrcfile), TIFF incl. LZW (tifffile), EER (tifffile +
+imagecodecs).
+
+``open_movie(path)`` is a context manager returning a :class:`Movie`; ``read_movie(path)``
+reads all frames; ``read_movie_header(path)`` reads only the header; ``check_movie_complete``
+is the watcher's cheap integrity check. Frames come back as float32 ``(n, ny, nx)`` arrays
+[frame, y, x], multiplied by the gain reference when one is given.
+
+Readers are strict: opening a movie checks its structure against the file size (MRC header
+versus bytes on disk; TIFF/EER page chain and every strip inside the file) without decoding any
+pixel, and any damage found then or while decoding raises :class:`MovieFormatError` naming the
+file, the problem and what to do. A missing file raises :class:`FileNotFoundError`.
+
+EER movies are decoded at the sensor's native size (4096² on Falcon 4; super-resolution
+sub-pixel bits are ignored) and their raw frames are summed into ``eer_fractions`` fractions of
+``n_raw // eer_fractions`` raw frames each; the ``n_raw % eer_fractions`` remainder frames go
+into the last fraction (``MovieHeader.fraction_sizes`` says how many raw frames each returned
+frame holds, for exact dose weighting). Each raw frame is decoded by ``imagecodecs.eer_decode``
+straight into the fraction's uint16 sum; there is no Python loop over events.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import imagecodecs
+import mrcfile
+import mrcfile.utils
+import numpy as np
+import tifffile
+
+from emlive.io._tiff import (
+    DECODE_ERRORS,
+    EER_CODES,
+    EER_VARIABLE,
+    is_eer_compression,
+    open_tiff_checked,
+)
+from emlive.io.errors import INCOMPLETE_ADVICE, MovieFormatError, human_bytes
+from emlive.io.gain import check_gain_shape, read_gain
+
+__all__ = [
+    "MOVIE_SUFFIXES",
+    "Movie",
+    "MovieFormat",
+    "MovieHeader",
+    "check_movie_complete",
+    "eer_fraction_bounds",
+    "movie_format",
+    "open_movie",
+    "read_movie",
+    "read_movie_header",
+]
+
+logger = logging.getLogger(__name__)
+
+MovieFormat = Literal["mrc", "tiff", "eer"]
+
+MOVIE_SUFFIXES: dict[str, MovieFormat] = {
+    ".mrc": "mrc",
+    ".mrcs": "mrc",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".eer": "eer",
+}
+"""Lower-case file suffix → movie format."""
+
+_MRC_MODES = "0 (int8/uint8), 1 (int16), 2 (float32), 6 (uint16), 12 (float16)"
+_IMOD_STAMP = 1146047817  # 'IMOD': bytes 153–156 of IMOD/SerialEM headers
+
+
+@dataclass(frozen=True)
+class MovieHeader:
+    """What a movie holds, read without decoding any pixel.
+
+    ``n_frames`` and ``shape`` describe the frames :meth:`Movie.frames` returns: for EER the
+    fractions. ``dtype`` is the stored sample type (EER: bool, at most one event per pixel and
+    raw frame). ``fraction_sizes[i]`` is the number of raw frames summed into frame i (all 1
+    except for EER). ``pixel_size_a`` is the pixel size in Å recorded in the file, or None.
+    """
+
+    path: Path
+    format: MovieFormat
+    n_frames: int
+    shape: tuple[int, int]
+    dtype: np.dtype
+    n_raw_frames: int
+    fraction_sizes: tuple[int, ...]
+    pixel_size_a: float | None
+
+
+class _Reader(Protocol):
+    header: MovieHeader
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Fill float32 ``out`` (stop - start, ny, nx) with frames start..stop-1."""
+
+    def close(self) -> None: ...
+
+
+def movie_format(path: str | os.PathLike[str]) -> MovieFormat:
+    """The format of a movie from its suffix; :class:`MovieFormatError` for unknown suffixes."""
+    p = Path(path)
+    try:
+        return MOVIE_SUFFIXES[p.suffix.lower()]
+    except KeyError:
+        raise MovieFormatError(
+            f"{p}: unknown movie suffix {p.suffix!r}; emlive reads "
+            f"{', '.join(MOVIE_SUFFIXES)} files — rename or convert the file"
+        ) from None
+
+
+def _read_full(fh: object, buffer: memoryview, path: Path) -> None:
+    """readinto until the buffer is full (large reads return short on Linux)."""
+    filled = 0
+    total = buffer.nbytes
+    while filled < total:
+        n = fh.readinto(buffer[filled:])  # type: ignore[attr-defined]
+        if not n:
+            raise MovieFormatError(
+                f"{path}: the file ended {total - filled} bytes early while reading frames; "
+                f"{INCOMPLETE_ADVICE}"
+            )
+        filled += n
+
+
+# ----------------------------------------------------------------------------------- MRC
+
+
+class _MrcReader:
+    def __init__(self, header: MovieHeader, fh: object, data_offset: int, dtype: np.dtype) -> None:
+        self.header = header
+        self._fh = fh
+        self._offset = data_offset
+        self._dtype = dtype
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        ny, nx = self.header.shape
+        frame_bytes = ny * nx * self._dtype.itemsize
+        self._fh.seek(self._offset + start * frame_bytes)  # type: ignore[attr-defined]
+        if self._dtype == out.dtype:  # native float32: straight into the output, no copy
+            _read_full(self._fh, memoryview(out).cast("B"), self.header.path)
+            return
+        raw = np.empty(out.shape, self._dtype)
+        _read_full(self._fh, memoryview(raw).cast("B"), self.header.path)
+        out[...] = raw
+
+    def close(self) -> None:
+        self._fh.close()  # type: ignore[attr-defined]
+
+
+def _open_mrc(path: Path, file_size: int) -> _MrcReader:
+    try:
+        with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:
+            header = mrc.header.copy()
+    except ValueError as err:
+        advice = INCOMPLETE_ADVICE if file_size < 1024 else "the file is corrupt or not an MRC file"
+        raise MovieFormatError(f"{path}: not a valid MRC header ({err}); {advice}") from err
+    mode = int(header.mode)
+    try:
+        dtype = mrcfile.utils.data_dtype_from_header(header)
+    except ValueError as err:
+        raise MovieFormatError(
+            f"{path}: MRC mode {mode} is not a movie mode emlive reads (modes {_MRC_MODES}); "
+            "convert the movie"
+        ) from err
+    if dtype.kind == "c":
+        raise MovieFormatError(
+            f"{path}: MRC mode {mode} holds complex numbers, not a movie (modes {_MRC_MODES})"
+        )
+    byteorder = header.mode.dtype.byteorder
+    if mode == 0:
+        with open(path, "rb") as fh:
+            fh.seek(152)
+            stamp, flags = np.frombuffer(fh.read(8), np.dtype("i4").newbyteorder(byteorder))
+        if stamp == _IMOD_STAMP and not flags & 1:  # IMOD convention: bytes unsigned unless flag 1
+            dtype = np.dtype(np.uint8)
+    nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+    if min(nx, ny, nz) < 1:
+        raise MovieFormatError(
+            f"{path}: MRC header declares an empty movie (nx, ny, nz = {nx}, {ny}, {nz}); "
+            f"{INCOMPLETE_ADVICE}"
+        )
+    data_offset = 1024 + int(header.nsymbt)
+    expected = data_offset + nz * ny * nx * dtype.itemsize
+    if file_size < expected:
+        raise MovieFormatError(
+            f"{path}: MRC header says {nz} frames of {ny}×{nx} {dtype.name} "
+            f"({expected} bytes = {human_bytes(expected)} with the header) but the file has "
+            f"{file_size} bytes ({human_bytes(file_size)}); {INCOMPLETE_ADVICE}"
+        )
+    if file_size > expected:
+        logger.warning(
+            "%s: %d bytes beyond the %d frames its MRC header declares; reading those frames",
+            path, file_size - expected, nz,
+        )
+    mx, cell_x = int(header.mx), float(header.cella.x)
+    # the header holds float32: keep 6 significant digits (1.1, not 1.0999999841)
+    pixel_size = float(f"{cell_x / mx:.6g}") if mx > 0 and cell_x > 0 else None
+    movie_header = MovieHeader(
+        path=path,
+        format="mrc",
+        n_frames=nz,
+        shape=(ny, nx),
+        dtype=dtype,
+        n_raw_frames=nz,
+        fraction_sizes=(1,) * nz,
+        pixel_size_a=pixel_size,
+    )
+    fh = open(path, "rb", buffering=0)  # noqa: SIM115 - owned by the reader, closed by Movie
+    return _MrcReader(movie_header, fh, data_offset, dtype)
+
+
+# ----------------------------------------------------------------------------------- TIFF
+
+
+class _TiffReader:
+    def __init__(self, header: MovieHeader, tif: tifffile.TiffFile) -> None:
+        self.header = header
+        self._tif = tif
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        pages = self._tif.pages
+        native_float32 = self.header.dtype == out.dtype
+        for j, i in enumerate(range(start, stop)):
+            try:
+                if native_float32:
+                    pages[i].asarray(out=out[j])
+                else:
+                    out[j] = pages[i].asarray()
+            except DECODE_ERRORS as err:
+                raise MovieFormatError(
+                    f"{self.header.path}: cannot decode TIFF frame {i} "
+                    f"({type(err).__name__}: {err}); the file is corrupt — write it again"
+                ) from err
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+def _open_tiff(path: Path, file_size: int) -> _TiffReader:
+    tif, n_pages = open_tiff_checked(path, file_size)
+    try:
+        page = tif.pages.first
+        if page.samplesperpixel != 1 or len(page.shape) != 2:
+            raise MovieFormatError(
+                f"{path}: TIFF pages are {page.shape} with {page.samplesperpixel} samples per "
+                "pixel, not grey-scale frames; this is not a movie"
+            )
+        if is_eer_compression(page.compression):
+            raise MovieFormatError(
+                f"{path}: this TIFF holds EER frames (compression {page.compression}); "
+                "give it the .eer suffix"
+            )
+        dtype = np.dtype(page.dtype)
+        if dtype.kind not in "uifb":
+            raise MovieFormatError(f"{path}: TIFF sample type {dtype} is not a movie's")
+        ny, nx = (int(s) for s in page.shape)
+        header = MovieHeader(
+            path=path,
+            format="tiff",
+            n_frames=n_pages,
+            shape=(ny, nx),
+            dtype=dtype.newbyteorder("="),
+            n_raw_frames=n_pages,
+            fraction_sizes=(1,) * n_pages,
+            pixel_size_a=None,  # TIFF resolution tags do not hold a trustworthy specimen pixel size
+        )
+    except BaseException:
+        tif.close()
+        raise
+    return _TiffReader(header, tif)
+
+
+# ------------------------------------------------------------------------------------ EER
+
+
+@functools.cache
+def _eer_decode_accumulates() -> bool:
+    """Whether eer_decode adds into a given uint16 ``out`` (imagecodecs ≥ 2024) or overwrites it.
+
+    One event at pixel 0 of a 1×16 image, 7-bit runs: run 0, sub-pixel 0, then a run of 15
+    reaching the end.
+    """
+    stream = struct.pack("<I", 15 << 11)
+    out = np.ones((1, 16), np.uint16)
+    try:
+        result = imagecodecs.eer_decode(stream, (1, 16), 7, 2, 2, out=out)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    expected = np.ones((1, 16), np.uint16)
+    expected[0, 0] = 2
+    return result is out and bool(np.array_equal(out, expected))
+
+
+def eer_fraction_bounds(n_raw_frames: int, n_fractions: int) -> list[tuple[int, int]]:
+    """Raw-frame ranges [start, stop) of each fraction; the remainder joins the last one."""
+    per = n_raw_frames // n_fractions
+    starts = [i * per for i in range(n_fractions)]
+    stops = [*starts[1:], n_raw_frames]
+    return list(zip(starts, stops, strict=True))
+
+
+class _EerReader:
+    def __init__(
+        self,
+        header: MovieHeader,
+        tif: tifffile.TiffFile,
+        fd: int,
+        first_page: int,
+        bits: tuple[int, int, int],
+        rows_per_strip: int,
+    ) -> None:
+        self.header = header
+        self._tif = tif
+        self._fd = fd
+        self._first_page = first_page
+        self._bits = bits
+        self._rows_per_strip = rows_per_strip
+        self._bounds = eer_fraction_bounds(header.n_raw_frames, header.n_frames)
+
+    def _add_raw_frame(self, raw_index: int, acc: np.ndarray, accumulates: bool) -> None:
+        page_index = self._first_page + raw_index
+        page = self._tif.pages[page_index]
+        skip_bits, horz_bits, vert_bits = self._bits
+        ny = self.header.shape[0]
+        for s, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts, strict=True)):
+            rows = acc[s * self._rows_per_strip : min(ny, (s + 1) * self._rows_per_strip)]
+            data = os.pread(self._fd, count, offset)
+            if len(data) != count:
+                raise MovieFormatError(
+                    f"{self.header.path}: EER frame {raw_index} ends early (strip of {count} "
+                    f"bytes at byte {offset}); {INCOMPLETE_ADVICE}"
+                )
+            try:
+                if accumulates:
+                    imagecodecs.eer_decode(data, rows.shape, skip_bits, horz_bits, vert_bits, out=rows)
+                else:
+                    rows += imagecodecs.eer_decode(data, rows.shape, skip_bits, horz_bits, vert_bits)
+            except DECODE_ERRORS as err:
+                raise MovieFormatError(
+                    f"{self.header.path}: cannot decode EER frame {raw_index} (TIFF page "
+                    f"{page_index}): {err}; the event stream is corrupt — the file is damaged, "
+                    "copy it again from the microscope"
+                ) from err
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        accumulates = _eer_decode_accumulates()
+        acc = np.zeros(self.header.shape, np.uint16)
+        for j, fraction in enumerate(range(start, stop)):
+            raw_start, raw_stop = self._bounds[fraction]
+            for raw in range(raw_start, raw_stop):
+                self._add_raw_frame(raw, acc, accumulates)
+            out[j] = acc
+            acc.fill(0)
+
+    def close(self) -> None:
+        try:
+            os.close(self._fd)
+        finally:
+            self._tif.close()
+
+
+def _eer_pixel_size_a(tif: tifffile.TiffFile) -> float | None:
+    """Pixel size in Å from EER metadata (``sensorPixelSize``, in m), if present and positive."""
+    try:
+        meta = tif.eer_metadata or {}
+    except DECODE_ERRORS:
+        return None
+    for key in ("sensorPixelSize.width", "sensorPixelSize"):
+        value = meta.get(key)
+        if isinstance(value, int | float) and value > 0:
+            unit = meta.get(f"{key}.unit", "m")
+            scale = {"m": 1e10, "nm": 10.0, "A": 1.0, "Å": 1.0}.get(str(unit))
+            return float(f"{float(value) * scale:.6g}") if scale else None
+    return None
+
+
+def _open_eer(path: Path, file_size: int, eer_fractions: int) -> _EerReader:
+    tif, n_pages = open_tiff_checked(path, file_size, eer=True)
+    try:
+        pages = tif.pages
+        # Some EER files start with an uncompressed integrated image; the frames follow it.
+        first_page = 0 if is_eer_compression(pages.first.compression) or n_pages == 1 else 1
+        compression = int(pages.keyframe.compression)
+        if not is_eer_compression(compression):
+            raise MovieFormatError(
+                f"{path}: not an EER movie (TIFF compression {compression}, expected 65000, 65001 "
+                "or 65002); if it is an ordinary TIFF movie, give it the .tif suffix"
+            )
+        keyframe = pages.keyframe
+        if compression == EER_VARIABLE:
+            bits = tuple(int(keyframe.tags.valueof(code, default)) for code, default in
+                         ((65007, 7), (65008, 2), (65009, 2)))
+        else:
+            bits = EER_CODES[compression]
+        ny, nx = int(keyframe.imagelength), int(keyframe.imagewidth)
+        rows_per_strip = min(int(keyframe.rowsperstrip or ny), ny)
+        n_raw = n_pages - first_page
+        if eer_fractions > n_raw:
+            raise ValueError(
+                f"{path}: the EER movie has {n_raw} raw frames, fewer than the {eer_fractions} "
+                f"fractions asked for; ask for at most {n_raw} fractions"
+            )
+        if len(keyframe.dataoffsets) != math.ceil(ny / rows_per_strip):
+            raise MovieFormatError(
+                f"{path}: EER page has {len(keyframe.dataoffsets)} strips for {ny} rows of "
+                f"{rows_per_strip}; the file is corrupt"
+            )
+        bounds = eer_fraction_bounds(n_raw, eer_fractions)
+        header = MovieHeader(
+            path=path,
+            format="eer",
+            n_frames=eer_fractions,
+            shape=(ny, nx),
+            dtype=np.dtype(bool),
+            n_raw_frames=n_raw,
+            fraction_sizes=tuple(stop - start for start, stop in bounds),
+            pixel_size_a=_eer_pixel_size_a(tif),
+        )
+        fd = os.open(path, os.O_RDONLY)
+    except BaseException:
+        tif.close()
+        raise
+    return _EerReader(header, tif, fd, first_page, bits, rows_per_strip)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- the public API
+
+
+class Movie:
+    """An open movie: ``header``, ``len(movie)`` frames, ``frames(start, stop)``.
+
+    Use as a context manager (``with open_movie(path) as movie:``) so the file is closed.
+    Not thread-safe: open one Movie per thread.
+    """
+
+    def __init__(self, reader: _Reader, gain: np.ndarray | None) -> None:
+        self._reader: _Reader | None = reader
+        self.header: MovieHeader = reader.header
+        self.gain = gain
+
+    def __len__(self) -> int:
+        return self.header.n_frames
+
+    def __enter__(self) -> Movie:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        h = self.header
+        return f"<Movie {h.path.name} {h.format} {h.n_frames}×{h.shape[0]}×{h.shape[1]}>"
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            reader.close()
+
+    def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames ``start..stop-1`` as float32 (k, ny, nx), gain applied (Python slice rules).
+
+        For EER, frames are the summed fractions (event counts).
+        """
+        if self._reader is None:
+            raise ValueError(f"{self.header.path}: the movie is closed")
+        first, last, _ = slice(start, stop).indices(self.header.n_frames)
+        n = max(0, last - first)
+        out = np.empty((n, *self.header.shape), np.float32)
+        if n:
+            self._reader.read(first, last, out)
+            if self.gain is not None:
+                out *= self.gain
+        return out
+
+    def iter_frames(self, chunk: int = 1) -> Iterator[np.ndarray]:
+        """Yield blocks of at most ``chunk`` frames (float32, gain applied), in order."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        for start in range(0, self.header.n_frames, chunk):
+            yield self.frames(start, start + chunk)
+
+
+def _open_reader(path: Path, eer_fractions: int) -> _Reader:
+    fmt = movie_format(path)
+    if isinstance(eer_fractions, bool) or not isinstance(eer_fractions, int) or eer_fractions < 1:
+        raise ValueError(f"eer_fractions must be an integer >= 1, got {eer_fractions!r}")
+    file_size = os.stat(path).st_size
+    if file_size == 0:
+        raise MovieFormatError(f"{path}: the file is empty (0 bytes); {INCOMPLETE_ADVICE}")
+    if fmt == "mrc":
+        return _open_mrc(path, file_size)
+    if fmt == "tiff":
+        return _open_tiff(path, file_size)
+    return _open_eer(path, file_size, eer_fractions)
+
+
+def open_movie(
+    path: str | os.PathLike[str],
+    *,
+    gain: np.ndarray | str | os.PathLike[str] | None = None,
+    eer_fractions: int = 40,
+) -> Movie:
+    """Open a movie for reading (use as a context manager).
+
+    ``gain`` is a gain reference [y, x] (array, or MRC/TIFF path read by
+    :func:`emlive.io.gain.read_gain`) multiplied into every frame; its shape must equal the
+    frames' or :class:`GainError` is raised. ``eer_fractions`` is used for EER movies only.
+    Raises :class:`MovieFormatError` for empty, truncated or corrupt files (no pixel is
+    decoded on opening).
+    """
+    p = Path(path)
+    reader = _open_reader(p, eer_fractions)
+    try:
+        gain_array: np.ndarray | None = None
+        if gain is not None:
+            if isinstance(gain, np.ndarray):
+                gain_array, source = np.ascontiguousarray(gain, dtype=np.float32), "(array)"
+            else:
+                gain_array, source = read_gain(gain), str(gain)
+            check_gain_shape(gain_array, reader.header.shape, gain_source=source, movie=p)
+    except BaseException:
+        reader.close()
+        raise
+    logger.debug("opened %s: %s", p, reader.header)
+    return Movie(reader, gain_array)
+
+
+def read_movie(
+    path: str | os.PathLike[str],
+    *,
+    gain: np.ndarray | str | os.PathLike[str] | None = None,
+    eer_fractions: int = 40,
+) -> np.ndarray:
+    """All frames of a movie as float32 (n, ny, nx), gain applied (see :func:`open_movie`)."""
+    with open_movie(path, gain=gain, eer_fractions=eer_fractions) as movie:
+        return movie.frames()
+
+
+def read_movie_header(path: str | os.PathLike[str], *, eer_fractions: int = 40) -> MovieHeader:
+    """The movie's :class:`MovieHeader`, after the structural checks, without decoding pixels."""
+    reader = _open_reader(Path(path), eer_fractions)
+    reader.close()
+    return reader.header
+
+
+def check_movie_complete(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`MovieFormatError` unless the file looks complete; decode nothing.
+
+    Checks: not empty; MRC: the header's frames fit in the file; TIFF/EER: the page chain is
+    whole and every strip lies inside the file. Meant for a watcher deciding whether a file
+    that stopped growing is a finished movie.
+    """
+    read_movie_header(path, eer_fractions=1)
+
