@@ -91,7 +91,7 @@ def redact_url(url: str) -> str:
 
 def _bad_url(url: str, problem: str) -> ValueError:
     return ValueError(
-        f"database URL {redact_url(url)!r}: {problem}. Supported: {', '.join(SUPPORTED_URLS)}"
+        f"database URL {redact_url(url)!r}: {problem.rstrip('.')}. Supported: {', '.join(SUPPORTED_URLS)}"
     )
 
 
