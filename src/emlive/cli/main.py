@@ -1,0 +1,258 @@
+"""The ``emlive`` command line (typer). Logging is configured here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from emlive.acquisition import Acquisition, Optics
+from emlive.config import ConfigError, Settings, load_settings
+from emlive.ctf.types import CtfParams
+from emlive.motion.types import MotionParams
+
+app = typer.Typer(
+    name="emlive",
+    help="Near-real-time cryo-EM preprocessing: motion correction, CTF, database, exports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+log = logging.getLogger("emlive")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML settings file (default: $EMLIVE_CONFIG or ~/.config/emlive/emlive.toml)"),
+]
+Apix = Annotated[float, typer.Option("--apix", help="Pixel size of the movie/micrograph, Å")]
+Kv = Annotated[float, typer.Option("--kv", help="Accelerating voltage, kV")]
+Cs = Annotated[float, typer.Option("--cs", help="Spherical aberration, mm")]
+Amp = Annotated[float, typer.Option("--amp", help="Amplitude contrast fraction")]
+Dose = Annotated[float, typer.Option("--dose-per-frame", help="Exposure per frame (EER: per fraction), e/Å²")]
+Gain = Annotated[Path | None, typer.Option("--gain", help="Gain reference (MRC or TIFF), multiplied into frames")]
+EerFractions = Annotated[int, typer.Option("--eer-fractions", help="EER: fractions the raw frames are summed into")]
+Workers = Annotated[int | None, typer.Option("--workers", help="Local Dask worker processes (default: CPU count)")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, markup=False)],
+    )
+    for noisy in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as err:
+        raise _fail(str(err)) from None
+
+
+def _acquisition(**values: object) -> Acquisition:
+    try:
+        return Acquisition(**values)
+    except ValueError as err:
+        raise _fail(f"invalid acquisition parameters: {err}") from None
+
+
+@app.command()
+def motioncorr(
+    movie: Annotated[Path, typer.Argument(help="Movie: MRC/MRCS, TIFF (incl. LZW) or EER")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder")],
+    apix: Apix,
+    dose_per_frame: Dose,
+    kv: Kv = 300.0,
+    gain: Gain = None,
+    eer_fractions: EerFractions = 40,
+    bin_factor: Annotated[float, typer.Option("--bin", help="Output binning by Fourier cropping")] = 1.0,
+    engine: Annotated[str, typer.Option("--engine", help="Motion-correction engine")] = "native",
+    config: ConfigOption = None,
+) -> None:
+    """Align one movie: writes OUT/<stem>.mrc, OUT/<stem>_DW.mrc and OUT/<stem>.star (RELION 3.1)."""
+    from emlive.pipeline.steps import engine as find_engine
+
+    settings = _settings(config)
+    acq = _acquisition(
+        pixel_size_a=apix, dose_per_frame_e_a2=dose_per_frame, voltage_kv=kv, gain_path=gain,
+        eer_fractions=eer_fractions,
+    )
+    try:
+        params = MotionParams.model_validate(settings.motion.model_dump() | {"engine": engine, "bin_factor": bin_factor})
+        run = find_engine("motion", engine).run
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = run(movie, out_dir, acq, params)
+    except (ValueError, OSError) as err:
+        raise _fail(str(err)) from None
+    out.print(
+        f"{movie.name}: {result.n_frames} frames, total drift {result.total_drift_a:.1f} Å "
+        f"(early {result.early_drift_a:.1f}, late {result.late_drift_a:.1f}) → {result.micrograph_path}",
+        highlight=False,
+    )
+
+
+@app.command()
+def ctf(
+    micrograph: Annotated[Path, typer.Argument(help="Micrograph (MRC)")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder")],
+    apix: Apix,
+    kv: Kv = 300.0,
+    cs: Cs = 2.7,
+    amp: Amp = 0.07,
+    min_res: Annotated[float | None, typer.Option("--min-res", help="Lowest resolution fitted, Å")] = None,
+    max_res: Annotated[float | None, typer.Option("--max-res", help="Highest resolution fitted, Å")] = None,
+    min_defocus: Annotated[float | None, typer.Option("--min-defocus", help="Search start, Å")] = None,
+    max_defocus: Annotated[float | None, typer.Option("--max-defocus", help="Search end, Å")] = None,
+    phase_shift: Annotated[bool, typer.Option("--phase-shift", help="Fit a phase-plate phase shift")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="CTF engine")] = "native",
+    config: ConfigOption = None,
+) -> None:
+    """Estimate the CTF of one micrograph: writes OUT/<stem>.txt (ctffind 4.1), _avrot.txt, .png."""
+    from emlive.pipeline.steps import engine as find_engine
+
+    settings = _settings(config)
+    update = {
+        "min_res_a": min_res, "max_res_a": max_res, "min_defocus_a": min_defocus,
+        "max_defocus_a": max_defocus, "engine": engine,
+    }
+    try:
+        optics = Optics(pixel_size_a=apix, voltage_kv=kv, cs_mm=cs, amplitude_contrast=amp)
+        params = CtfParams.model_validate(
+            settings.ctf.model_dump() | {k: v for k, v in update.items() if v is not None}
+            | ({"fit_phase_shift": True} if phase_shift else {})
+        )
+        run = find_engine("ctf", engine).run
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = run(micrograph, out_dir, optics, params)
+    except (ValueError, OSError) as err:
+        raise _fail(str(err)) from None
+    out.print(
+        f"{micrograph.name}: defocus {result.defocus_u_a:.0f} / {result.defocus_v_a:.0f} Å, "
+        f"azimuth {result.azimuth_deg:.1f}°, CC {result.cross_correlation:.3f}, "
+        f"fit to {result.fit_resolution_a:.1f} Å → {result.output_txt_path}",
+        highlight=False,
+    )
+
+
+@app.command()
+def process(
+    raw_dir: Annotated[Path, typer.Argument(help="Folder the microscope writes movies to")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder (results, database, exports)")],
+    apix: Apix,
+    dose_per_frame: Dose,
+    kv: Kv = 300.0,
+    cs: Cs = 2.7,
+    amp: Amp = 0.07,
+    gain: Gain = None,
+    eer_fractions: EerFractions = 40,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep watching for new movies until SIGTERM/SIGINT")] = False,
+    settle_s: Annotated[float | None, typer.Option("--settle-s", help="Seconds a file must stay unchanged")] = None,
+    workers: Workers = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", help="Default: sqlite in OUT")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the whole pipeline on RAW: motion, CTF, thumbnails, database, STAR exports in OUT/exports."""
+    from emlive.cli.report import print_exposures, run_with_progress
+
+    acq = _acquisition(
+        pixel_size_a=apix, dose_per_frame_e_a2=dose_per_frame, voltage_kv=kv, cs_mm=cs,
+        amplitude_contrast=amp, gain_path=gain.resolve() if gain else None, eer_fractions=eer_fractions,
+    )
+    overrides = _overrides(settle_s=settle_s, workers=workers, database_url=database_url)
+    settings = _settings(config, **overrides)
+    if not raw_dir.is_dir():
+        raise _fail(f"{raw_dir}: no such folder; give the folder the movies are written to")
+    try:
+        session = run_with_progress(raw_dir, out_dir, acq, settings, watch=watch, signals=_install_signal_handlers())
+    except ValueError as err:  # a bad database URL, or a session recorded with other parameters
+        raise _fail(str(err)) from None
+    print_exposures(out, session)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Where to write the demo session")] = Path("emlive-demo"),
+    movies: Annotated[int, typer.Option("--movies", min=1, help="Number of synthetic movies")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the synthetic session")] = 0,
+    workers: Workers = None,
+) -> None:
+    """Make a synthetic session with known drift and CTF, process it, compare with the truth."""
+    from emlive.cli.report import compare_with_truth, run_with_progress
+    from emlive.synth.session import load_truth, write_session
+
+    truth_path = directory / "truth.json"
+    if truth_path.exists():
+        log.info("%s exists: reusing the synthetic session in %s", truth_path, directory)
+    else:
+        log.info("writing %d synthetic movies to %s", movies, directory / "raw")
+        write_session(directory, n_movies=movies, seed=seed)
+    truth = load_truth(truth_path)
+    acq = Acquisition(
+        pixel_size_a=truth.pixel_size_a, dose_per_frame_e_a2=truth.dose_per_frame_e_a2,
+        voltage_kv=truth.voltage_kv, cs_mm=truth.cs_mm, amplitude_contrast=truth.amplitude_contrast,
+        eer_fractions=truth.eer_fractions,
+    )
+    settings = _settings(None, **_overrides(settle_s=1.0, workers=workers, database_url=None))
+    session = run_with_progress(
+        directory / "raw", directory / "processed", acq, settings, watch=False, signals=_install_signal_handlers()
+    )
+    if not compare_with_truth(out, session, truth):
+        raise typer.Exit(1)
+
+
+def _overrides(*, settle_s: float | None, workers: int | None, database_url: str | None) -> dict[str, object]:
+    """CLI flags as settings overrides (unset flags leave the configured values alone)."""
+    overrides: dict[str, object] = {}
+    if settle_s is not None:
+        overrides["watch"] = {"settle_s": settle_s}
+    if workers is not None:
+        overrides["cluster"] = {"n_workers": workers}
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    return overrides
+
+
+def _install_signal_handlers():
+    """SIGTERM/SIGINT once: finish the exposures in flight and exit 0; twice: leave them."""
+    from emlive.runtime.loop import StopSignals
+
+    signals = StopSignals(threading.Event(), threading.Event())
+
+    def handler(signum: int, _frame: object) -> None:
+        if signals.stop.is_set():
+            log.warning("second %s: leaving exposures in flight to be processed next time", signal.Signals(signum).name)
+            signals.abandon.set()
+        else:
+            log.warning(
+                "%s: finishing exposures in flight (signal again to leave them for next time)",
+                signal.Signals(signum).name,
+            )
+            signals.stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return signals
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,213 @@
+"""The controller loop: watcher events in, Dask tasks out, results into the database.
+
+This process is the only database writer. Workers run ``process_exposure`` and return plain
+results; the loop feeds what happens to the pure ``decide`` function and performs the actions
+it returns. On start it puts back exposures an earlier run left in flight, and stores results
+whose checkpoints exist but never reached the database, instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from distributed import Client, Future
+
+from emlive.config import Settings
+from emlive.pipeline.exposure import ExposureSpec, PipelineParams, completed_result, process_exposure
+from emlive.runtime.cluster import local_client, worker_count
+from emlive.runtime.controller import (
+    Action,
+    ControllerState,
+    Event,
+    ExposureReady,
+    MarkFailed,
+    StopRequested,
+    Store,
+    Submit,
+    TaskFailed,
+    TaskFinished,
+    decide,
+)
+from emlive.runtime.watcher import Found, new_watcher
+
+if TYPE_CHECKING:  # Django models can be imported only once the database is set up
+    from emlive.db.models import Session
+
+log = logging.getLogger(__name__)
+
+_WAKE_S = 0.1  # how often finished tasks are collected
+
+
+@dataclass(frozen=True)
+class StopSignals:
+    """``stop``: finish what is in flight, then return. ``abandon``: return now."""
+
+    stop: threading.Event
+    abandon: threading.Event
+
+
+def never_stop() -> StopSignals:
+    return StopSignals(threading.Event(), threading.Event())
+
+
+def run_session(
+    session: Session,
+    params: PipelineParams,
+    settings: Settings,
+    *,
+    watch: bool,
+    signals: StopSignals | None = None,
+    client: Client | None = None,
+    on_change: Callable[[dict[str, int]], None] | None = None,
+) -> dict[str, int]:
+    """Process ``session``'s raw folder: once over what is there, or until stopped (``watch``).
+
+    Returns the exposure counts by state. ``client`` defaults to a new local cluster.
+    """
+    if client is None:
+        with local_client(settings.cluster) as own_client:
+            return run_session(
+                session, params, settings, watch=watch, signals=signals, client=own_client, on_change=on_change
+            )
+    from django.db import close_old_connections
+
+    from emlive.db import export, queries, store
+
+    signals = signals or never_stop()
+    raw_dir, out_dir = Path(session.raw_dir), Path(session.out_dir)
+    threads = worker_count(settings.cluster) * settings.cluster.threads_per_worker
+    state = ControllerState(
+        max_in_flight=settings.scheduler.max_in_flight or 2 * threads,
+        max_attempts=settings.scheduler.max_attempts,
+    )
+    watcher = new_watcher(
+        raw_dir, settle_s=settings.watch.settle_s, incomplete_timeout_s=settings.watch.incomplete_timeout_s
+    )
+    if (reset := store.reset_in_flight(session)) > 0:
+        log.info("%d exposures left in flight by an earlier run will be processed again", reset)
+    store.set_session_state(session, "processing")
+
+    specs: dict[int, ExposureSpec] = {}
+    futures: dict[int, Future] = {}
+    exports_dirty, last_export_s, next_poll_s = True, 0.0, 0.0
+
+    def notify() -> None:
+        if on_change is not None:
+            on_change(queries.counts_by_state(session))
+
+    def perform(actions: list[Action]) -> None:
+        nonlocal exports_dirty
+        for action in actions:
+            match action:
+                case Submit(exposure_id, attempt):
+                    store.mark_submitted(exposure_id)
+                    futures[exposure_id] = client.submit(
+                        process_exposure,
+                        specs[exposure_id],
+                        params,
+                        key=f"exposure-{session.pk}-{exposure_id}-{attempt}",
+                        pure=False,
+                    )
+                case Store(exposure_id, result):
+                    store.store_exposure_result(exposure_id, result)
+                    exports_dirty = True
+                    notify()
+                case MarkFailed(exposure_id, reason):
+                    log.warning("%s failed: %s", specs[exposure_id].movie_path, reason)
+                    store.mark_failed(exposure_id, reason)
+                    notify()
+
+    def handle(events: list[Event]) -> None:
+        nonlocal state
+        for event in events:
+            state, actions = decide(state, event)
+            perform(actions)
+
+    while True:
+        close_old_connections()  # a long-running controller must survive database restarts
+        now_s = time.time()
+        if signals.abandon.is_set():
+            break
+        if signals.stop.is_set() and not state.stopping:
+            log.info("stopping: finishing %d exposures in flight", len(state.in_flight))
+            handle([StopRequested()])
+        if not state.stopping and now_s >= next_poll_s:
+            next_poll_s = now_s + settings.watch.poll_interval_s
+            found = watcher.poll(now_s=now_s, final=not watch)
+            handle(_admit(session, found, specs, params, out_dir))
+            if found:
+                notify()
+        handle(_collect(futures))
+        if exports_dirty and now_s - last_export_s >= settings.scheduler.export_interval_s:
+            export.write_exports(session, out_dir / "exports")
+            exports_dirty, last_export_s = False, now_s
+        if state.idle and (state.stopping or (not watch and watcher.unsettled == 0)):
+            break
+        time.sleep(_WAKE_S)
+
+    for future in futures.values():
+        future.cancel()
+    left = store.reset_in_flight(session)
+    if left:
+        log.info("%d exposures in flight were left to be processed next time", left)
+    export.write_exports(session, out_dir / "exports")
+    store.set_session_state(session, "stopped" if watch or left else "complete")
+    return queries.counts_by_state(session)
+
+
+def _admit(
+    session: Session,
+    found: list[Found],
+    specs: dict[int, ExposureSpec],
+    params: PipelineParams,
+    out_dir: Path,
+) -> list[Event]:
+    """Record newly found movies; fail broken ones, ingest checkpointed ones, queue the rest."""
+    from emlive.db import store
+
+    events: list[Event] = []
+    for item in found:
+        exposure, _ = store.record_exposure(session, item.rel_path, item.stat.size_bytes, item.stat.mtime_ns)
+        if exposure.state not in ("found", "submitted"):
+            continue  # processed or failed before, and the file has not changed since
+        if item.reason is not None:
+            store.mark_failed(exposure.pk, item.reason)
+            continue
+        spec = ExposureSpec(
+            movie_path=Path(session.raw_dir) / item.rel_path,
+            name=str(Path(item.rel_path).with_suffix("")),
+            out_dir=out_dir,
+        )
+        specs[exposure.pk] = spec
+        cached = completed_result(spec, params)
+        if cached is not None:
+            log.info("%s: results found on disk, stored without recomputing", item.rel_path)
+            store.store_exposure_result(exposure.pk, cached)
+        else:
+            events.append(ExposureReady(exposure.pk))
+    return events
+
+
+def _collect(futures: dict[int, Future]) -> list[Event]:
+    """Events for tasks that have ended; permanent failures are bad input (ValueError)."""
+    events: list[Event] = []
+    for exposure_id, future in list(futures.items()):
+        if not future.done():
+            continue
+        del futures[exposure_id]
+        if future.status == "finished":
+            events.append(TaskFinished(exposure_id, future.result()))
+        elif future.status == "error":
+            error = future.exception()
+            reason = f"{type(error).__name__}: {error}"
+            events.append(TaskFailed(exposure_id, reason, permanent=isinstance(error, ValueError)))
+        else:  # cancelled or lost with its worker: worth another try
+            events.append(TaskFailed(exposure_id, f"task {future.status}", permanent=False))
+    return events
