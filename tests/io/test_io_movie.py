@@ -239,3 +239,17 @@ def test_orient_gain():
     np.testing.assert_array_equal(orient_gain(gain, rotate_90=4), gain)
     with pytest.raises(ValueError, match="flip"):
         orient_gain(gain, flip="z")  # type: ignore[arg-type]
+
+
+def test_frames_into_a_reused_output(tmp_path, counts_movie, mrc_writer):
+    path = mrc_writer(tmp_path / "m.mrc", counts_movie.view(np.int8))
+    gain = np.full((48, 64), 2.0, np.float32)
+    buffer = np.full((2, 48, 64), np.nan, np.float32)
+    with open_movie(path, gain=gain) as movie:
+        result = movie.frames(1, 3, out=buffer)
+        assert result is buffer
+        np.testing.assert_array_equal(buffer, counts_movie[1:3].astype(np.float32) * 2)
+        with pytest.raises(ValueError, match="out must be"):
+            movie.frames(0, 3, out=buffer)
+        with pytest.raises(ValueError, match="out must be"):
+            movie.frames(0, 2, out=buffer.astype(np.float64))

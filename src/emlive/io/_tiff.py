@@ -87,7 +87,7 @@ def walk_ifd_chain(fh: BinaryIO, path: Path, file_size: int) -> list[int]:
         if offset in seen:
             raise MovieFormatError(
                 f"{path}: the TIFF page chain loops back at page {n} (byte {offset}); "
-                "the file is corrupt — write it again"
+                "the file is damaged; copy it again from its source or remove it"
             )
         if offset < header_size or offset + count_size > file_size:
             raise MovieFormatError(
@@ -124,7 +124,7 @@ def check_strips(
     """Raise :class:`MovieFormatError` if a page's strips/tiles are missing or reach past EOF."""
     if not offsets or len(offsets) != len(bytecounts):
         raise MovieFormatError(
-            f"{path}: TIFF page {page_index} has no image data; the file is corrupt — write it again"
+            f"{path}: TIFF page {page_index} has no image data; the file is damaged; copy it again from its source or remove it"
         )
     for offset, count in zip(offsets, bytecounts, strict=True):
         if count <= 0 or offset <= 0:
@@ -153,7 +153,7 @@ def open_tiff_checked(path: Path, file_size: int, *, eer: bool = False) -> tuple
     except DECODE_ERRORS as err:
         raise MovieFormatError(
             f"{path}: tifffile cannot read the TIFF structure ({type(err).__name__}: {err}); "
-            "the file is corrupt — write it again"
+            "the file is damaged; copy it again from its source or remove it"
         ) from err
     try:
         pages = tif.pages
@@ -163,7 +163,7 @@ def open_tiff_checked(path: Path, file_size: int, *, eer: bool = False) -> tuple
         if n_pages != len(ifd_offsets):
             raise MovieFormatError(
                 f"{path}: the TIFF page chain holds {len(ifd_offsets)} pages but tifffile reads "
-                f"{n_pages}; the file is corrupt — write it again"
+                f"{n_pages}; the file is damaged; copy it again from its source or remove it"
             )
         first = pages.first
         check_strips(path, file_size, 0, tuple(first.dataoffsets), tuple(first.databytecounts))
@@ -178,7 +178,7 @@ def open_tiff_checked(path: Path, file_size: int, *, eer: bool = False) -> tuple
             raise
         raise MovieFormatError(
             f"{path}: cannot read the TIFF pages ({type(err).__name__}: {err}); "
-            "the file is corrupt — write it again"
+            "the file is damaged; copy it again from its source or remove it"
         ) from err
     except BaseException:
         tif.close()

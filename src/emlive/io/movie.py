@@ -141,6 +141,7 @@ class _MrcReader:
         self._fh = fh
         self._offset = data_offset
         self._dtype = dtype
+        self._buffer: np.ndarray | None = None  # one stored frame, reused
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         ny, nx = self.header.shape
@@ -149,9 +150,11 @@ class _MrcReader:
         if self._dtype == out.dtype:  # native float32: straight into the output, no copy
             _read_full(self._fh, memoryview(out).cast("B"), self.header.path)
             return
-        raw = np.empty(out.shape, self._dtype)
-        _read_full(self._fh, memoryview(raw).cast("B"), self.header.path)
-        out[...] = raw
+        if self._buffer is None:
+            self._buffer = np.empty((ny, nx), self._dtype)
+        for j in range(stop - start):  # frame by frame: a small, hot buffer; one cast each
+            _read_full(self._fh, memoryview(self._buffer).cast("B"), self.header.path)
+            out[j] = self._buffer
 
     def close(self) -> None:
         self._fh.close()  # type: ignore[attr-defined]
@@ -226,20 +229,25 @@ class _TiffReader:
     def __init__(self, header: MovieHeader, tif: tifffile.TiffFile) -> None:
         self.header = header
         self._tif = tif
+        self._page_dtype = np.dtype(tif.pages.first.dtype)
+        self._buffer: np.ndarray | None = None  # one decoded frame, reused
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         pages = self._tif.pages
-        native_float32 = self.header.dtype == out.dtype
+        direct = self._page_dtype == out.dtype  # native float32: decode into the output
+        if not direct and self._buffer is None:
+            self._buffer = np.empty(self.header.shape, self._page_dtype)
         for j, i in enumerate(range(start, stop)):
             try:
-                if native_float32:
+                if direct:
                     pages[i].asarray(out=out[j])
                 else:
-                    out[j] = pages[i].asarray()
+                    pages[i].asarray(out=self._buffer)
+                    out[j] = self._buffer
             except DECODE_ERRORS as err:
                 raise MovieFormatError(
                     f"{self.header.path}: cannot decode TIFF frame {i} "
-                    f"({type(err).__name__}: {err}); the file is corrupt — write it again"
+                    f"({type(err).__name__}: {err}); the file is damaged; copy it again from its source or remove it"
                 ) from err
 
     def close(self) -> None:
@@ -467,16 +475,25 @@ class Movie:
             reader, self._reader = self._reader, None
             reader.close()
 
-    def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def frames(self, start: int = 0, stop: int | None = None, *, out: np.ndarray | None = None) -> np.ndarray:
         """Frames ``start..stop-1`` as float32 (k, ny, nx), gain applied (Python slice rules).
 
-        For EER, frames are the summed fractions (event counts).
+        For EER, frames are the summed fractions (event counts). ``out``: a C-contiguous
+        float32 (k, ny, nx) array to fill and return instead of a new one (reusing memory
+        saves the page faults of a fresh 4K stack).
         """
         if self._reader is None:
             raise ValueError(f"{self.header.path}: the movie is closed")
         first, last, _ = slice(start, stop).indices(self.header.n_frames)
         n = max(0, last - first)
-        out = np.empty((n, *self.header.shape), np.float32)
+        shape = (n, *self.header.shape)
+        if out is None:
+            out = np.empty(shape, np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be a C-contiguous float32 array of shape {shape}, got "
+                f"{out.dtype} {out.shape}"
+            )
         if n:
             self._reader.read(first, last, out)
             if self.gain is not None:
