@@ -227,3 +227,31 @@ def test_rgb_tiff_is_not_a_movie(tmp_path):
     path = tmp_path / "photo.tif"
     tifffile.imwrite(path, np.zeros((8, 8, 3), np.uint8), photometric="rgb")
     assert_rejected(path, "samples per pixel")
+
+
+@pytest.mark.parametrize("fmt", ["mrc", "tif", "eer"])
+def test_no_cut_loses_data_silently(tmp_path, rng, fmt, mrc_writer, eer_writer, raw_frame_maker):
+    """Cut a small movie at many bytes: each prefix is refused, or reads back identical."""
+    frames = rng.poisson(1.0, size=(3, 12, 16)).astype(np.uint8)
+    if fmt == "mrc":
+        good = mrc_writer(tmp_path / "small.mrc", frames.view(np.int8))
+    elif fmt == "tif":
+        good = tmp_path / "small.tif"
+        tifffile.imwrite(good, frames, compression="lzw", photometric="minisblack")
+    else:
+        good = eer_writer(tmp_path / "small.eer", raw_frame_maker(rng, 3, (12, 16)))
+    data = good.read_bytes()
+    expected = read_movie(good, eer_fractions=3)
+    prefix = tmp_path / f"prefix.{fmt}"
+    silently_complete = []
+    for size in sorted({*range(0, len(data), 7), *range(max(0, len(data) - 40), len(data))}):
+        prefix.write_bytes(data[:size])
+        try:
+            check_movie_complete(prefix)
+        except MovieFormatError as err:
+            assert "prefix" in str(err)
+            continue
+        np.testing.assert_array_equal(read_movie(prefix, eer_fractions=3), expected)
+        silently_complete.append(size)
+    # only trailing padding may go missing unnoticed
+    assert all(data[size:].strip(b"\0") == b"" for size in silently_complete)

@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import tifffile
 
 from emlive.io.errors import INCOMPLETE_ADVICE, MovieFormatError, human_bytes
@@ -39,11 +40,33 @@ _MAX_PAGES = 10_000_000
 _INCOMPLETE = INCOMPLETE_ADVICE
 
 
+# bytes per value of each TIFF field type (0: unknown type, not checked)
+_TYPE_SIZES = np.array([0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8], np.uint64)
+
+
+def _check_tag_values(
+    entries: np.ndarray, *, inline_size: int, file_size: int, path: Path, page: int
+) -> None:
+    """Raise if a tag's value stored outside the IFD reaches past the end of the file."""
+    types = entries["type"].astype(np.intp)
+    sizes = np.where(types < len(_TYPE_SIZES), _TYPE_SIZES[np.minimum(types, len(_TYPE_SIZES) - 1)], 0)
+    nbytes = entries["count"].astype(np.uint64) * sizes
+    outside = nbytes > inline_size
+    ends = entries["value"].astype(np.uint64) + nbytes
+    bad = np.flatnonzero(outside & (ends > file_size))
+    if bad.size:
+        i = int(bad[0])
+        raise MovieFormatError(
+            f"{path}: TIFF page {page} tag {int(entries['tag'][i])} has its value up to byte "
+            f"{int(ends[i])} but the file has {file_size} bytes; {_INCOMPLETE}"
+        )
+
+
 def walk_ifd_chain(fh: BinaryIO, path: Path, file_size: int) -> list[int]:
     """Return the byte offsets of all IFDs (one per page), checking the chain is whole.
 
-    Raises :class:`MovieFormatError` when the header is not TIFF, an IFD or its entries lie
-    past the end of the file, the chain loops, or there is no page at all.
+    Raises :class:`MovieFormatError` when the header is not TIFF, an IFD, its entries or a tag
+    value stored outside it lie past the end of the file, the chain loops, or there is no page.
     """
     fh.seek(0)
     head = fh.read(16)
@@ -78,6 +101,8 @@ def walk_ifd_chain(fh: BinaryIO, path: Path, file_size: int) -> list[int]:
         )
     count_size = struct.calcsize(count_fmt)
     offset_size = struct.calcsize(offset_fmt)
+    word = order + ("u4" if offset_size == 4 else "u8")
+    entry_dtype = np.dtype([("tag", order + "u2"), ("type", order + "u2"), ("count", word), ("value", word)])
 
     offsets: list[int] = []
     seen: set[int] = set()
@@ -102,8 +127,10 @@ def walk_ifd_chain(fh: BinaryIO, path: Path, file_size: int) -> list[int]:
                 f"{path}: TIFF page {n} ({n_entries} tags at byte {offset}) needs "
                 f"{next_at + offset_size} bytes but the file has only {file_size}; {_INCOMPLETE}"
             )
-        fh.seek(next_at)
-        (next_offset,) = struct.unpack(order + offset_fmt, fh.read(offset_size))
+        block = fh.read(n_entries * entry_size + offset_size)
+        entries = np.frombuffer(block, entry_dtype, count=n_entries)
+        _check_tag_values(entries, inline_size=offset_size, file_size=file_size, path=path, page=n)
+        (next_offset,) = struct.unpack(order + offset_fmt, block[-offset_size:])
         offsets.append(offset)
         seen.add(offset)
         if len(offsets) > _MAX_PAGES:

@@ -22,6 +22,7 @@ straight into the fraction's uint16 sum; there is no Python loop over events.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import math
 import os
@@ -118,12 +119,12 @@ def movie_format(path: str | os.PathLike[str]) -> MovieFormat:
         ) from None
 
 
-def _read_full(fh: object, buffer: memoryview, path: Path) -> None:
+def _read_full(fh: io.FileIO, buffer: memoryview, path: Path) -> None:
     """readinto until the buffer is full (large reads return short on Linux)."""
     filled = 0
     total = buffer.nbytes
     while filled < total:
-        n = fh.readinto(buffer[filled:])  # type: ignore[attr-defined]
+        n = fh.readinto(buffer[filled:])
         if not n:
             raise MovieFormatError(
                 f"{path}: the file ended {total - filled} bytes early while reading frames; "
@@ -136,7 +137,7 @@ def _read_full(fh: object, buffer: memoryview, path: Path) -> None:
 
 
 class _MrcReader:
-    def __init__(self, header: MovieHeader, fh: object, data_offset: int, dtype: np.dtype) -> None:
+    def __init__(self, header: MovieHeader, fh: io.FileIO, data_offset: int, dtype: np.dtype) -> None:
         self.header = header
         self._fh = fh
         self._offset = data_offset
@@ -146,7 +147,7 @@ class _MrcReader:
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         ny, nx = self.header.shape
         frame_bytes = ny * nx * self._dtype.itemsize
-        self._fh.seek(self._offset + start * frame_bytes)  # type: ignore[attr-defined]
+        self._fh.seek(self._offset + start * frame_bytes)
         if self._dtype == out.dtype:  # native float32: straight into the output, no copy
             _read_full(self._fh, memoryview(out).cast("B"), self.header.path)
             return
@@ -157,7 +158,7 @@ class _MrcReader:
             out[j] = self._buffer
 
     def close(self) -> None:
-        self._fh.close()  # type: ignore[attr-defined]
+        self._fh.close()
 
 
 def _open_mrc(path: Path, file_size: int) -> _MrcReader:
@@ -218,7 +219,7 @@ def _open_mrc(path: Path, file_size: int) -> _MrcReader:
         fraction_sizes=(1,) * nz,
         pixel_size_a=pixel_size,
     )
-    fh = open(path, "rb", buffering=0)  # noqa: SIM115 - owned by the reader, closed by Movie
+    fh = io.FileIO(path, "rb")  # owned by the reader, closed by Movie.close
     return _MrcReader(movie_header, fh, data_offset, dtype)
 
 
@@ -246,8 +247,8 @@ class _TiffReader:
                     out[j] = self._buffer
             except DECODE_ERRORS as err:
                 raise MovieFormatError(
-                    f"{self.header.path}: cannot decode TIFF frame {i} "
-                    f"({type(err).__name__}: {err}); the file is damaged; copy it again from its source or remove it"
+                    f"{self.header.path}: cannot decode TIFF frame {i} ({type(err).__name__}: "
+                    f"{err}); the file is damaged; copy it again from its source or remove it"
                 ) from err
 
     def close(self) -> None:
@@ -293,7 +294,7 @@ def _open_tiff(path: Path, file_size: int) -> _TiffReader:
 
 @functools.cache
 def _eer_decode_accumulates() -> bool:
-    """Whether eer_decode adds into a given uint16 ``out`` (imagecodecs ≥ 2024) or overwrites it.
+    """Whether eer_decode adds into a given uint16 ``out`` (imagecodecs 2026.3 does) or resets it.
 
     One event at pixel 0 of a 1×16 image, 7-bit runs: run 0, sub-pixel 0, then a run of 15
     reaching the end.
@@ -405,9 +406,10 @@ def _open_eer(path: Path, file_size: int, eer_fractions: int) -> _EerReader:
                 "or 65002); if it is an ordinary TIFF movie, give it the .tif suffix"
             )
         keyframe = pages.keyframe
+        bits: tuple[int, int, int]
         if compression == EER_VARIABLE:
-            bits = tuple(int(keyframe.tags.valueof(code, default)) for code, default in
-                         ((65007, 7), (65008, 2), (65009, 2)))
+            tags = keyframe.tags
+            bits = (int(tags.valueof(65007, 7)), int(tags.valueof(65008, 2)), int(tags.valueof(65009, 2)))
         else:
             bits = EER_CODES[compression]
         ny, nx = int(keyframe.imagelength), int(keyframe.imagewidth)
@@ -438,7 +440,7 @@ def _open_eer(path: Path, file_size: int, eer_fractions: int) -> _EerReader:
     except BaseException:
         tif.close()
         raise
-    return _EerReader(header, tif, fd, first_page, bits, rows_per_strip)  # type: ignore[arg-type]
+    return _EerReader(header, tif, fd, first_page, bits, rows_per_strip)
 
 
 # ---------------------------------------------------------------------------- the public API
