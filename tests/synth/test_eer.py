@@ -7,7 +7,15 @@ import pytest
 import tifffile
 
 from emlive.acquisition import Optics
-from emlive.synth import encode_eer_frame, movie_events, split_into_raw_frames, specimen_image, trajectory, write_eer
+from emlive.synth import (
+    RawFrame,
+    encode_eer_frame,
+    movie_events,
+    split_into_raw_frames,
+    specimen_image,
+    trajectory,
+    write_eer,
+)
 from emlive.synth.eer import EER_COMPRESSION_7BIT, EER_COMPRESSION_8BIT
 
 
@@ -54,6 +62,24 @@ def test_eer_round_trip_is_exact_at_native_and_super_resolution(tmp_path, compre
             assert np.array_equal(decoded[i].astype(np.int64), _render(events, shape, upsampling)), (superres, i)
 
 
+def test_raw_frames_round_trip_with_their_quarter_pixel_positions(tmp_path):
+    rng = np.random.default_rng(2)
+    shape = (32, 48)
+    counts = rng.poisson(1.5, size=shape).clip(max=6)
+    frames = list(split_into_raw_frames(rng, counts, n_raw_frames=6))
+    path = tmp_path / "raw.eer"
+    write_eer(path, frames, shape=shape)
+    for superres, upsampling in [(0, 1), (1, 2), (2, 4)]:
+        with tifffile.TiffFile(path, superres=superres) as tif:
+            decoded = tif.series[0].asarray()
+        for frame, image in zip(frames, decoded, strict=True):
+            assert np.array_equal(image, frame.render(shape, upsampling=upsampling).astype(bool))
+    assert np.array_equal(decoded.reshape(6, 32, 4, 48, 4).sum(axis=(0, 2, 4)), counts)
+    # a RawFrame made from positions encodes like the positions themselves
+    xy = np.array([[5.9, 1.1], [0.3, 0.7], [47.99, 31.99]])
+    assert encode_eer_frame(RawFrame.from_positions(xy, shape), shape) == encode_eer_frame(xy, shape)
+
+
 def test_eer_metadata_is_readable(tmp_path):
     path = tmp_path / "m.eer"
     write_eer(path, [np.array([[1.5, 2.5]])] * 3, shape=(8, 16), pixel_size_a=0.83, metadata={"totalDose": (40.0, "e/A2")})
@@ -85,11 +111,15 @@ def test_split_into_raw_frames_sums_back_with_one_event_per_pixel():
     raw = list(split_into_raw_frames(rng, counts, n_raw_frames=10))
     assert len(raw) == 10
     total = np.zeros((64, 64), np.int64)
-    for events in raw:
-        frame = _render(events, (64, 64), 1)
-        assert frame.max() <= 1
-        total += frame
+    for frame in raw:
+        assert np.all(np.diff(frame.pixel) > 0)  # sorted, at most one event per pixel
+        total += frame.render((64, 64))
     assert np.array_equal(total, counts)
+    # events spread over the raw frames and over the quarter-pixel positions
+    per_frame = [len(frame.pixel) for frame in raw]
+    assert min(per_frame) > 0.8 * counts.sum() / 10
+    quarters = np.concatenate([frame.quarter_xy for frame in raw])
+    assert set(np.unique(quarters)) == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="raw frames"):
         list(split_into_raw_frames(rng, counts, n_raw_frames=5))
 

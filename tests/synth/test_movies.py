@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.fft
+import scipy.stats
 
 from emlive.acquisition import Optics
 from emlive.optics import ctf_2d
-from emlive.synth import movie_frames, shifted_images, specimen_image, trajectory
+from emlive.synth import movie_frames, poisson_counts, shifted_images, specimen_image, trajectory
 
 OPTICS = Optics(pixel_size_a=1.0, voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07)
 
@@ -151,3 +152,24 @@ def test_movie_frames_with_gain_and_reproducibility():
     assert (a * gain).mean() == pytest.approx(8.0, rel=0.02)
     with pytest.raises(ValueError, match="gain shape"):
         movie_frames(np.random.default_rng(2), image, path, dose_e_per_px_per_frame=1.0, gain=gain[:10])
+
+
+@pytest.mark.parametrize("mean", [0.0, 0.03, 0.7, 1.0, 2.5, 12.0, 35.0])
+def test_poisson_counts_follow_the_poisson_law(mean):
+    counts = poisson_counts(np.random.default_rng(9), np.full((400, 500), mean, dtype=np.float32))
+    assert counts.shape == (400, 500)
+    assert counts.dtype == np.uint16
+    if mean == 0:
+        assert not counts.any()
+        return
+    assert counts.mean() == pytest.approx(mean, rel=0.01, abs=1e-3)
+    assert counts.var() == pytest.approx(mean, rel=0.02, abs=1e-3)
+    # chi-square against the pmf over bins with enough expected counts (tail lumped)
+    k = np.arange(int(counts.max()) + 1)
+    pmf = scipy.stats.poisson.pmf(k, mean) * counts.size
+    observed = np.bincount(counts.ravel(), minlength=k.size).astype(float)
+    keep = pmf > 20
+    expected = np.append(pmf[keep], counts.size - pmf[keep].sum())
+    observed = np.append(observed[keep], counts.size - observed[keep].sum())
+    statistic = ((observed - expected) ** 2 / expected).sum()
+    assert scipy.stats.chi2.sf(statistic, df=expected.size - 1) > 1e-3

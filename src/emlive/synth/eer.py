@@ -18,10 +18,11 @@ This module writes the fixed-width variants that tifffile/imagecodecs decode:
   acquisition XML (``<metadata><item name=...>``) in tag 65001 of the first page: what
   tifffile requires to recognise and decode an EER file.
 
-Events are given per raw frame as an ``(n, 2)`` array of positions ``(x, y)`` in pixels of the
-native grid (``0 <= x < nx``); the writer keeps their quarter-pixel position, so decoding with
-super-resolution 1 (2x) or 2 (4x) reproduces ``floor(2 x)`` / ``floor(4 x)``. A detector frame
-holds at most one event per pixel; two events in one pixel of one raw frame are an error.
+Events are given per raw frame as a :class:`RawFrame` (pixel index and quarter-pixel position
+of each event), or as an ``(n, 2)`` array of positions ``(x, y)`` in pixels of the native grid
+(``0 <= x < nx``). The quarter-pixel position is kept, so decoding with super-resolution 1
+(2x) or 2 (4x) reproduces ``floor(2 x)`` / ``floor(4 x)``. A detector frame holds at most one
+event per pixel; two events in one pixel of one raw frame are an error.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -47,52 +49,93 @@ _METADATA_TAG = 65001
 _SHORT, _LONG, _UNDEFINED, _LONG8 = 3, 4, 7, 16
 
 
+@dataclass(frozen=True)
+class RawFrame:
+    """The electron events of one raw EER frame: at most one per pixel, sorted by pixel.
+
+    ``pixel``: ``(k,)`` int64 linear indices ``y * nx + x``, strictly increasing.
+    ``quarter_xy``: ``(k, 2)`` uint8 quarter-pixel position ``(qx, qy)`` (0–3) of each event
+    inside its pixel: the event lies in ``[x + qx/4, x + (qx+1)/4) × [y + qy/4, y + (qy+1)/4)``.
+    """
+
+    pixel: np.ndarray
+    quarter_xy: np.ndarray
+
+    @classmethod
+    def from_positions(cls, events_xy: np.ndarray, shape: tuple[int, int]) -> RawFrame:
+        """Events from ``(k, 2)`` float positions ``(x, y)`` in native pixels, any order.
+
+        Raises ValueError for events outside the ``(ny, nx)`` frame or two in one pixel.
+        """
+        ny, nx = shape
+        events_xy = np.asarray(events_xy, dtype=np.float64).reshape(-1, 2)
+        quarter = np.floor(events_xy * 4.0).astype(np.int64)
+        px, py = quarter[:, 0] >> 2, quarter[:, 1] >> 2
+        if np.any((px < 0) | (px >= nx) | (py < 0) | (py >= ny)):
+            raise ValueError(f"EER events must lie in the {nx}x{ny} frame (0 <= x < {nx}, 0 <= y < {ny})")
+        pixel = py * nx + px
+        order = np.argsort(pixel, kind="stable")
+        return cls(pixel[order], (quarter[order] & 3).astype(np.uint8))
+
+    def render(self, shape: tuple[int, int], *, upsampling: int = 1) -> np.ndarray:
+        """The frame as an event-count image at ``upsampling`` x 1, 2 or 4 (uint8 0/1)."""
+        if upsampling not in (1, 2, 4):
+            raise ValueError(f"upsampling must be 1, 2 or 4, got {upsampling}")
+        ny, nx = shape
+        image = np.zeros((ny * upsampling, nx * upsampling), dtype=np.uint8)
+        sub = self.quarter_xy.astype(np.int64) * upsampling // 4
+        image[(self.pixel // nx) * upsampling + sub[:, 1], (self.pixel % nx) * upsampling + sub[:, 0]] = 1
+        return image
+
+
 def encode_eer_frame(
-    events_xy: np.ndarray,
+    events: RawFrame | np.ndarray,
     shape: tuple[int, int],
     *,
     compression: int = EER_COMPRESSION_7BIT,
 ) -> bytes:
     """The EER bit stream of one raw frame (see the module docstring for the format).
 
-    ``events_xy``: ``(n, 2)`` float positions ``(x, y)`` in native pixels, any order.
+    ``events``: a :class:`RawFrame`, or ``(k, 2)`` float positions ``(x, y)`` in native pixels.
     Raises ValueError for events outside the frame or two events in one pixel.
     """
     if compression not in _RUN_BITS:
         raise ValueError(f"compression must be 65001 (7-bit) or 65000 (8-bit), got {compression}")
+    if not isinstance(events, RawFrame):
+        events = RawFrame.from_positions(events, shape)
     run_bits = _RUN_BITS[compression]
     skip_max = (1 << run_bits) - 1
     ny, nx = shape
     n_pixels = ny * nx
-    events_xy = np.asarray(events_xy, dtype=np.float64).reshape(-1, 2)
-    quarter = np.floor(events_xy * 4.0).astype(np.int64)
-    px, py = quarter[:, 0] >> 2, quarter[:, 1] >> 2
-    if np.any((px < 0) | (px >= nx) | (py < 0) | (py >= ny)):
-        raise ValueError(f"EER events must lie in the {nx}x{ny} frame (0 <= x < {nx}, 0 <= y < {ny})")
-    pixel = py * nx + px
-    subpixel = (((quarter[:, 1] & 3) ^ 2) << 2) | ((quarter[:, 0] & 3) ^ 2)
-    if pixel.size > 1 and not np.all(pixel[1:] > pixel[:-1]):
-        order = np.argsort(pixel, kind="stable")
-        pixel, subpixel = pixel[order], subpixel[order]
-        if np.any(pixel[1:] == pixel[:-1]):
-            raise ValueError("two EER events in one pixel of one raw frame: a frame holds at most one per pixel")
-
-    # Runs before each event, and the final run to the end of the frame.
-    runs = np.diff(pixel, prepend=-1) - 1
+    pixel = np.asarray(events.pixel, dtype=np.int64)
+    if pixel.size and (pixel[0] < 0 or pixel[-1] >= n_pixels):
+        raise ValueError(f"EER events must lie in the {nx}x{ny} frame")
+    runs = np.diff(pixel, prepend=-1) - 1  # empty pixels before each event
+    if np.any(runs < 0):
+        raise ValueError(
+            "two EER events in one pixel of one raw frame (or events not sorted by pixel): "
+            "a frame holds at most one event per pixel"
+        )
+    quarter = events.quarter_xy.astype(np.int64)
+    subpixel = ((quarter[:, 1] ^ 2) << 2) | (quarter[:, 0] ^ 2)
     final_run = n_pixels - 1 - int(pixel[-1]) if pixel.size else n_pixels
-    n_long = runs // skip_max  # full-length codes (no event) before each event's own code
-    n_fields = n_long + 1
-    first = np.cumsum(n_fields) - n_fields
-    n_event_fields = int(n_fields.sum())
-    is_event = np.zeros(n_event_fields, dtype=bool)
-    is_event[first + n_long] = True
-    values = np.full(n_event_fields, skip_max, dtype=np.int64)
-    values[is_event] = (runs % skip_max) | (subpixel << run_bits)
-    widths = np.where(is_event, run_bits + _SUBPIXEL_BITS, run_bits)
     final_long, final_rest = divmod(final_run, skip_max)
-    tail_values = [skip_max] * final_long + ([final_rest] if final_rest else [])
-    values = np.concatenate([values, np.asarray(tail_values, dtype=np.int64)])
-    widths = np.concatenate([widths, np.full(len(tail_values), run_bits)])
+    tail_values = np.array([skip_max] * final_long + ([final_rest] if final_rest else []), dtype=np.int64)
+    event_values = (runs % skip_max) | (subpixel << run_bits)
+    n_long = runs // skip_max  # full-length codes (no event) before an event's own code
+    if not n_long.any():  # the common case at detector doses: one field per event
+        values = np.concatenate([event_values, tail_values])
+        widths = np.full(values.size, run_bits + _SUBPIXEL_BITS, dtype=np.int64)
+        widths[event_values.size :] = run_bits
+        return _pack_lsb_first(values, widths)
+    n_fields = n_long + 1
+    event_field = np.cumsum(n_fields) - 1
+    values = np.full(int(n_fields.sum()), skip_max, dtype=np.int64)
+    widths = np.full(values.size, run_bits, dtype=np.int64)
+    values[event_field] = event_values
+    widths[event_field] = run_bits + _SUBPIXEL_BITS
+    values = np.concatenate([values, tail_values])
+    widths = np.concatenate([widths, np.full(tail_values.size, run_bits, dtype=np.int64)])
     return _pack_lsb_first(values, widths)
 
 
@@ -130,7 +173,7 @@ def eer_metadata_xml(items: dict[str, tuple[object, str | None]]) -> bytes:
 
 def write_eer(
     path: str | os.PathLike[str],
-    frames: Iterable[np.ndarray],
+    frames: Iterable[RawFrame | np.ndarray],
     *,
     shape: tuple[int, int],
     compression: int = EER_COMPRESSION_7BIT,
@@ -139,8 +182,8 @@ def write_eer(
 ) -> int:
     """Write raw frames of electron events to an EER file at ``path``, atomically.
 
-    ``frames`` yields one ``(n, 2)`` array of event positions ``(x, y)`` (native pixels) per raw
-    frame; it is consumed lazily, so a long movie never has to be held in memory. ``shape`` is
+    ``frames`` yields one :class:`RawFrame` (or an ``(n, 2)`` array of event positions ``(x, y)``
+    in native pixels) per raw frame; it is consumed lazily, so a long movie never has to be held in memory. ``shape`` is
     the native ``(ny, nx)``. The acquisition XML on the first page holds numberOfFrames,
     sensorImageWidth/Height, sensorPixelSize (m, from ``pixel_size_a`` when given) and any
     extra ``metadata`` items. Returns the number of raw frames written.
@@ -221,13 +264,12 @@ def split_into_raw_frames(
     counts: np.ndarray,
     *,
     n_raw_frames: int,
-) -> Iterator[np.ndarray]:
+) -> Iterator[RawFrame]:
     """Distribute a fraction's electron counts over ``n_raw_frames`` raw frames as events.
 
     Each pixel's ``counts`` (at most ``n_raw_frames``) go to distinct raw frames (a random
-    start frame, then consecutive frames, cyclically), at uniformly random positions inside
-    the pixel. Yields one ``(k, 2)`` float64 array of ``(x, y)`` per raw frame, sorted by
-    pixel; the raw frames sum back to ``counts`` exactly.
+    start frame, then consecutive frames, cyclically), each at a uniformly random quarter-pixel
+    position. Yields one :class:`RawFrame` per raw frame; they sum back to ``counts`` exactly.
     """
     counts = np.asarray(counts)
     if counts.size and int(counts.max()) > n_raw_frames:
@@ -235,24 +277,26 @@ def split_into_raw_frames(
             f"a pixel has {int(counts.max())} electrons but there are only {n_raw_frames} raw frames "
             "(one event per pixel per raw frame): lower the dose per fraction or add raw frames"
         )
-    nx = counts.shape[1]
     flat = counts.ravel()
     hit = np.flatnonzero(flat)
-    per_pixel = flat[hit].astype(np.intp)
+    per_pixel = flat[hit].astype(np.int64)
     pixel = np.repeat(hit, per_pixel)
-    # rank of each event within its pixel: 0, 1, ... count-1
-    rank = np.arange(pixel.size, dtype=np.intp) - np.repeat(np.cumsum(per_pixel) - per_pixel, per_pixel)
-    start = rng.integers(0, n_raw_frames, size=hit.size, dtype=np.intp)
+    # the k-th event (k = 0, 1, ...) of a pixel goes to raw frame (start + k) mod n_raw_frames;
+    # with a running event number e, k = e - (events before this pixel)
+    start = rng.integers(0, n_raw_frames, size=hit.size, dtype=np.int64)
+    offset = start - (np.cumsum(per_pixel) - per_pixel)
     key_dtype = np.uint8 if n_raw_frames <= 256 else np.uint16  # small keys: numpy radix-sorts them
-    raw_frame = ((np.repeat(start, per_pixel) + rank) % n_raw_frames).astype(key_dtype)
+    raw_frame = np.arange(pixel.size, dtype=np.int64)
+    raw_frame += np.repeat(offset, per_pixel)
+    raw_frame %= n_raw_frames
+    raw_frame = raw_frame.astype(key_dtype)
     order = np.argsort(raw_frame, kind="stable")  # keeps pixel order within each raw frame
     pixel = pixel[order]
-    bounds = np.searchsorted(raw_frame[order], np.arange(n_raw_frames + 1))
-    xy = rng.random((pixel.size, 2))
-    xy[:, 0] += pixel % nx
-    xy[:, 1] += pixel // nx
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(raw_frame, minlength=n_raw_frames))])
+    quarter_xy = rng.integers(0, 4, size=(pixel.size, 2), dtype=np.uint8)
     for frame in range(n_raw_frames):
-        yield xy[bounds[frame] : bounds[frame + 1]]
+        window = slice(bounds[frame], bounds[frame + 1])
+        yield RawFrame(pixel[window], quarter_xy[window])
 
 
 def movie_events(
@@ -264,7 +308,7 @@ def movie_events(
     raw_frames_per_fraction: int,
     gain: np.ndarray | None = None,
     workers: int | None = None,
-) -> tuple[np.ndarray, Iterator[np.ndarray]]:
+) -> tuple[np.ndarray, Iterator[RawFrame]]:
     """An EER movie of ``image`` drifting along ``trajectory_px`` (one displacement per fraction).
 
     The shift is constant within each fraction of ``raw_frames_per_fraction`` raw frames, so
@@ -287,7 +331,7 @@ def movie_events(
     np.minimum(counts, raw_frames_per_fraction, out=counts)
     split_rng = rng.spawn(1)[0]
 
-    def raw_frames() -> Iterator[np.ndarray]:
+    def raw_frames() -> Iterator[RawFrame]:
         for fraction in counts:
             yield from split_into_raw_frames(split_rng, fraction, n_raw_frames=raw_frames_per_fraction)
 
