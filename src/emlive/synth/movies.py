@@ -93,8 +93,9 @@ def specimen_image(
     - ``texture``: a low-frequency amplitude texture (ice/carbon-like blobs about
       ``texture_scale_px`` across, not CTF-modulated) with a Gaussian spectrum of width
       ``1 / texture_scale_px`` cycles/px and RMS ``texture``. It gives frame alignment
-      something to lock on to at low dose, and fades out fast enough (its power is below the
-      phase contrast's beyond about ``texture_scale_px / 3`` px) to leave the Thon rings alone.
+      something to lock on to at low dose, and fades out fast enough to leave the Thon rings
+      alone: with the defaults its power falls below the phase contrast's at periods shorter
+      than about 15 px (``texture_scale_px / 2.6``).
 
     Both parts are periodic, so Fourier shifts of the image are exact. Returns float32 ``shape``.
     """
@@ -153,6 +154,8 @@ def shifted_images(image: np.ndarray, displacements_px: np.ndarray, *, workers: 
 
 # Above this mean, inverse-CDF search needs too many steps; numpy's sampler is used instead.
 _SMALL_MEAN = 20.0
+# Counts are uint16; keep the mean far enough below 65535 that no draw overflows.
+_LARGEST_MEAN = 60000.0
 
 
 def _poisson_inverse_cdf(uniform: np.ndarray, mean: np.ndarray, dtype: type) -> np.ndarray:
@@ -184,7 +187,10 @@ def poisson_counts(rng: np.random.Generator, expected: np.ndarray) -> np.ndarray
     below them) are searched in float64. Larger means use ``Generator.poisson``.
     """
     expected = np.asarray(expected, dtype=np.float32)
-    if expected.size and float(expected.max()) > _SMALL_MEAN:
+    largest = float(expected.max()) if expected.size else 0.0
+    if largest > _LARGEST_MEAN:
+        raise ValueError(f"a mean of {largest:g} counts per pixel does not fit uint16 counts (max {_LARGEST_MEAN:g})")
+    if largest > _SMALL_MEAN:
         return rng.poisson(expected).astype(np.uint16)
     flat = expected.ravel()
     uniform = rng.random(flat.size, dtype=np.float32)
