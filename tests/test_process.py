@@ -69,8 +69,8 @@ def _write_bad_movies(raw: Path) -> None:
         mrc.set_data(np.ones((8, 256, 256), np.int8))
     with open(raw / "truncated.mrc", "r+b") as fh:
         fh.truncate(1024 + 3 * 256 * 256)
-    good = np.random.default_rng(1).integers(0, 4, (4, 256, 256), dtype=np.uint8)
-    tifffile.imwrite(raw / "corrupt.tif", good, compression="lzw")
+    frames = np.random.default_rng(1).integers(0, 4, (5, 256, 256), dtype=np.uint8)
+    tifffile.imwrite(raw / "corrupt.tif", frames, compression="lzw", photometric="minisblack")
     data = bytearray((raw / "corrupt.tif").read_bytes())
     data[200:4000] = os.urandom(3800)  # scramble the first LZW strip
     (raw / "corrupt.tif").write_bytes(bytes(data))
@@ -80,9 +80,10 @@ def _write_bad_movies(raw: Path) -> None:
 
 
 def test_bad_movies_fail_with_a_reason_and_the_session_goes_on(tmp_path):
-    write_session(tmp_path, n_movies=2, formats=("mrc", "tiff"), seed=3, **SMALL)
+    truth = write_session(tmp_path, n_movies=2, formats=("mrc", "tiff"), seed=3, **SMALL)
     raw, out = tmp_path / "raw", tmp_path / "out"
     _write_bad_movies(raw)
+    good = [movie.name for movie in truth.movies]
 
     proc = run_emlive("process", raw, "-o", out, *ACQ, "--settle-s", "0.5", "--workers", "2")
 
@@ -90,8 +91,8 @@ def test_bad_movies_fail_with_a_reason_and_the_session_goes_on(tmp_path):
     db = out / "emlive.sqlite3"
     states = dict(_rows(db, "SELECT path, state FROM emlive_exposure"))
     assert states == {
-        "movie_000.mrc": "processed",
-        "movie_001.tif": "processed",
+        good[0]: "processed",
+        good[1]: "processed",
         "zero.mrc": "failed",
         "truncated.mrc": "failed",
         "corrupt.tif": "failed",
@@ -109,7 +110,7 @@ def test_bad_movies_fail_with_a_reason_and_the_session_goes_on(tmp_path):
     assert {"rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfMaxResolution"} <= set(
         starfile.read(out / "exports" / "micrographs_ctf.star")["micrographs"].columns
     )
-    assert "movie_000.mrc" in proc.stdout and "failed" in proc.stdout
+    assert good[0] in proc.stdout and "failed" in proc.stdout
     _no_half_written_files(out)
 
 
@@ -162,7 +163,7 @@ def test_watch_processes_a_growing_file_once_complete_and_sigterm_exits_cleanly(
     )
     try:
         # A movie copied in slowly, non-atomically, as a microscope PC's transfer would.
-        source = (tmp_path / "src" / "raw" / session.movies[0].file_name).read_bytes()
+        source = (tmp_path / "src" / "raw" / session.movies[0].name).read_bytes()
         with open(raw / "growing.mrc", "wb") as fh:
             for start in range(0, len(source), len(source) // 6):
                 fh.write(source[start : start + len(source) // 6])
@@ -170,7 +171,7 @@ def test_watch_processes_a_growing_file_once_complete_and_sigterm_exits_cleanly(
                 time.sleep(0.5)
         _wait_for(lambda: _counts(db).get("processed", 0) == 1, timeout_s=120, what="the grown movie")
         # a second movie arriving later is picked up too
-        second = tmp_path / "src" / "raw" / session.movies[1].file_name
+        second = tmp_path / "src" / "raw" / session.movies[1].name
         os.replace(second, raw / "later.mrc")
         _wait_for(lambda: _counts(db).get("processed", 0) == 2, timeout_s=120, what="the later movie")
         assert (out / "exports" / "micrographs_ctf.star").exists()

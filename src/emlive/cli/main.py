@@ -26,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # tables stay whole in logs and pipes
 log = logging.getLogger("emlive")
 
 ConfigOption = Annotated[
@@ -50,6 +50,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deb
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, markup=False)],
     )
+    import distributed  # noqa: F401  (it sets its loggers' levels on import; ours win after)
+
     for noisy in ("distributed", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
 
@@ -204,11 +206,7 @@ def demo(
         log.info("writing %d synthetic movies to %s", movies, directory / "raw")
         write_session(directory, n_movies=movies, seed=seed)
     truth = load_truth(truth_path)
-    acq = Acquisition(
-        pixel_size_a=truth.pixel_size_a, dose_per_frame_e_a2=truth.dose_per_frame_e_a2,
-        voltage_kv=truth.voltage_kv, cs_mm=truth.cs_mm, amplitude_contrast=truth.amplitude_contrast,
-        eer_fractions=truth.eer_fractions,
-    )
+    acq = truth.acquisition(directory.resolve())
     settings = _settings(None, **_overrides(settle_s=1.0, workers=workers, database_url=None))
     session = run_with_progress(
         directory / "raw", directory / "processed", acq, settings, watch=False, signals=_install_signal_handlers()

@@ -29,10 +29,10 @@ def run_with_progress(
     raw_dir: Path, out_dir: Path, acq: Acquisition, settings: Settings, *, watch: bool, signals: StopSignals
 ) -> Session:
     """Open the session's database, run it with a progress bar, return the session."""
-    from emlive.db import store
-
     out_dir.mkdir(parents=True, exist_ok=True)
     setup_database(settings.database_url or sqlite_url(out_dir / "emlive.sqlite3"))
+    from emlive.db import store  # Django models need the database set up first
+
     session = store.get_or_create_session(raw_dir.resolve(), out_dir.resolve(), acq)
     params = PipelineParams(acquisition=acq, motion=settings.motion, ctf=settings.ctf)
     columns = (
@@ -60,15 +60,16 @@ def print_exposures(console: Console, session: Session) -> None:
     table = Table(title=f"{session.raw_dir}", title_justify="left")
     for name in ("exposure", "state", "frames", "drift Å", "defocus U Å", "defocus V Å", "azimuth °", "fit Å", "CC"):
         table.add_column(name, justify="left" if name in ("exposure", "state") else "right")
+    table.add_column("reason", max_width=80, overflow="ellipsis", no_wrap=True)
     for exposure in _exposures(session):
         if exposure.state != "processed":
-            table.add_row(exposure.path, exposure.state, "", exposure.fail_reason[:80])
+            table.add_row(exposure.path, exposure.state, *[""] * 7, exposure.fail_reason)
             continue
         motion, ctf = exposure.motion, exposure.ctf
         table.add_row(
             exposure.path, exposure.state, str(motion.n_frames), f"{motion.total_drift_a:.1f}",
             f"{ctf.defocus_u_a:.0f}", f"{ctf.defocus_v_a:.0f}", f"{ctf.azimuth_deg:.1f}",
-            f"{ctf.fit_resolution_a:.1f}", f"{ctf.cross_correlation:.3f}",
+            f"{ctf.fit_resolution_a:.1f}", f"{ctf.cross_correlation:.3f}", "",
         )
     console.print(table)
     console.print(f"exports: {Path(session.out_dir) / 'exports'}", highlight=False)
@@ -89,23 +90,22 @@ def compare_with_truth(console: Console, session: Session, truth: SessionTruth) 
     by_path = {exposure.path: exposure for exposure in _exposures(session)}
     all_ok = True
     for movie in truth.movies:
-        exposure = by_path.get(movie.file_name)
+        exposure = by_path.get(movie.name)
         if exposure is None or exposure.state != "processed":
             reason = exposure.fail_reason if exposure else "not found"
-            table.add_row(movie.file_name, reason[:60], *[""] * 8, "[red]no")
+            table.add_row(movie.name, reason[:60], *[""] * 8, "[red]no")
             all_ok = False
             continue
         motion, ctf = exposure.motion, exposure.ctf
-        true_disp = np.asarray(movie.trajectory_px, dtype=float)
         measured = -np.asarray(motion.shifts_px, dtype=float)
-        rmsd_px = float(np.sqrt(np.mean(np.sum((measured - true_disp) ** 2, axis=1))))
-        true_drift_a = float(np.sum(np.linalg.norm(np.diff(true_disp, axis=0), axis=1))) * truth.pixel_size_a
+        rmsd_px = float(np.sqrt(np.mean(np.sum((measured - movie.trajectory) ** 2, axis=1))))
+        true_drift_a = movie.total_drift_px * truth.pixel_size_a
         mean, true_mean = (ctf.defocus_u_a + ctf.defocus_v_a) / 2, (movie.defocus_u_a + movie.defocus_v_a) / 2
         error = abs(mean - true_mean) / true_mean
         ok = rmsd_px < MAX_SHIFT_RMSD_PX and error < MAX_DEFOCUS_ERROR
         all_ok &= ok
         table.add_row(
-            movie.file_name, f"{motion.total_drift_a:.1f}", f"{true_drift_a:.1f}", f"{rmsd_px:.2f}",
+            movie.name, f"{motion.total_drift_a:.1f}", f"{true_drift_a:.1f}", f"{rmsd_px:.2f}",
             f"{mean:.0f}", f"{true_mean:.0f}", f"{100 * error:.2f}", f"{ctf.astigmatism_a:.0f}",
             f"{abs(movie.defocus_u_a - movie.defocus_v_a):.0f}", f"{ctf.fit_resolution_a:.1f}",
             "[green]yes" if ok else "[red]no",

@@ -206,8 +206,10 @@ def _collect(futures: dict[int, Future]) -> list[Event]:
             events.append(TaskFinished(exposure_id, future.result()))
         elif future.status == "error":
             error = future.exception()
-            reason = f"{type(error).__name__}: {error}"
-            events.append(TaskFailed(exposure_id, reason, permanent=isinstance(error, ValueError)))
+            if isinstance(error, ValueError):  # bad input or parameters: the message says what
+                events.append(TaskFailed(exposure_id, str(error), permanent=True))
+            else:
+                events.append(TaskFailed(exposure_id, f"{type(error).__name__}: {error}", permanent=False))
         else:  # cancelled or lost with its worker: worth another try
             events.append(TaskFailed(exposure_id, f"task {future.status}", permanent=False))
     return events
