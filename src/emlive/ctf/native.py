@@ -1,0 +1,266 @@
+"""The native CTF engine: a micrograph in, ctffind-4.1-format results and a diagnostic PNG out.
+
+The only part of CTF estimation that touches files. It reads the micrograph (MRC), averages
+the amplitude spectrum of its tiles (:mod:`emlive.ctf.spectrum`), fits the CTF
+(:mod:`emlive.ctf.search`) and writes, each atomically:
+
+- ``OUT/<stem>.txt``: ctffind 4.1's results file (five comment lines, then one line of seven
+  numbers: micrograph number, defocus 1 and 2 (Å), azimuth (°), additional phase shift (rad),
+  cross-correlation, resolution (Å) to which Thon rings were fitted);
+- ``OUT/<stem>_avrot.txt``: ctffind 4.1's 1D profiles (five comment lines, then six lines:
+  spatial frequency (1/Å), rotational average, astigmatism-corrected rotational average, CTF
+  fit, windowed cross-correlation of spectrum and fit, 2σ of that correlation for noise);
+- ``OUT/<stem>.png``: the background-subtracted spectrum (left half) beside the fitted
+  model CTF² (right half).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage
+
+from emlive.acquisition import Optics
+from emlive.ctf.search import FitProfile, Microscope, SpectrumFit, fit_spectrum
+from emlive.ctf.spectrum import average_amplitude_spectrum, radius_grid_px
+from emlive.ctf.types import CtfParams, CtfResult
+from emlive.io.atomic import atomic_write_text
+from emlive.io.mrc import read_mrc
+from emlive.io.png import write_png_atomic
+from emlive.optics import ctf_2d
+
+__all__ = [
+    "CTFFIND_FORMAT_VERSION",
+    "ENGINE_VERSION",
+    "diagnostic_image",
+    "estimate_ctf",
+    "format_avrot",
+    "format_results",
+]
+
+log = logging.getLogger(__name__)
+
+ENGINE_VERSION = "1"
+# The ctffind release whose output format the files follow.
+CTFFIND_FORMAT_VERSION = "4.1.14"
+# Smallest spectrum box that still resolves Thon rings usefully.
+_MIN_TILE_PX = 64
+
+_TXT_COLUMNS = (
+    "# Columns: #1 - micrograph number; #2 - defocus 1 [Angstroms]; #3 - defocus 2; "
+    "#4 - azimuth of astigmatism; #5 - additional phase shift [radians]; #6 - cross correlation; "
+    "#7 - spacing (in Angstroms) up to which CTF rings were fit successfully"
+)
+_AVROT_ROWS = (
+    "# 6 lines per micrograph: #1 - spatial frequency (1/Angstroms); "
+    "#2 - 1D rotational average of spectrum (assuming no astigmatism); "
+    "#3 - 1D rotational average of spectrum; #4 - CTF fit; "
+    "#5 - cross-correlation between spectrum and CTF fit; "
+    "#6 - 2sigma of expected cross correlation of noise"
+)
+
+
+def _header(
+    micrograph: Path,
+    optics: Optics,
+    params: CtfParams,
+    *,
+    tile_px: int,
+    run_at: datetime,
+    avrot: bool,
+) -> list[str]:
+    """ctffind 4.1's comment lines. As ctffind does, the defocus range is written in Å under
+    a "um" label: parsers of ctffind files expect exactly this text."""
+    box = (
+        f"# Box size: {tile_px} pixels ; min. res.: {params.min_res_a:.1f} Angstroms ; "
+        f"max. res.: {params.max_res_a:.1f} Angstroms ; min. def.: {params.min_defocus_a:.1f} um; "
+        f"max. def. {params.max_defocus_a:.1f} um"
+    )
+    if avrot:
+        box += "; num. frames averaged: 1"
+    return [
+        f"# Output from CTFFind version {CTFFIND_FORMAT_VERSION} format by emlive native CTF "
+        f"{ENGINE_VERSION}, run on {run_at:%Y-%m-%d %H:%M:%S}",
+        f"# Input file: {micrograph} ; Number of micrographs: 1",
+        f"# Pixel size: {optics.pixel_size_a:.3f} Angstroms ; acceleration voltage: {optics.voltage_kv:.1f} keV ; "
+        f"spherical aberration: {optics.cs_mm:.2f} mm ; amplitude contrast: {optics.amplitude_contrast:.2f}",
+        box,
+        _AVROT_ROWS if avrot else _TXT_COLUMNS,
+    ]
+
+
+def format_results(header: Sequence[str], result: SpectrumFit) -> str:
+    """The text of ctffind's ``<stem>.txt``: header lines, then the seven numbers of micrograph 1."""
+    fit = result.fit
+    values = (
+        1.0,
+        fit.defocus_u_a,
+        fit.defocus_v_a,
+        fit.azimuth_deg,
+        fit.phase_shift_rad,
+        fit.cross_correlation,
+        result.profile.fit_resolution_a,
+    )
+    return "\n".join([*header, " ".join(f"{v:.6f}" for v in values)]) + "\n"
+
+
+def format_avrot(header: Sequence[str], profile: FitProfile) -> str:
+    """The text of ctffind's ``<stem>_avrot.txt``: header lines, then six rows of numbers."""
+    rows = (
+        profile.frequency_a,
+        profile.rotational_average,
+        profile.astig_average,
+        profile.ctf_fit,
+        profile.fit_cc,
+        profile.noise_cc_2sigma,
+    )
+    lines = [" ".join(f"{v:.6f}" for v in np.asarray(row, dtype=np.float64)) for row in rows]
+    return "\n".join([*header, *lines]) + "\n"
+
+
+def diagnostic_image(result: SpectrumFit, optics: Optics) -> np.ndarray:
+    """Left half: the background-subtracted spectrum; right half: the fitted CTF², centred.
+
+    The spectrum is lightly smoothed (3×3 mean) so that rings read through the noise, and
+    scaled to 0…1 between its 1st and 99th percentiles over the fitted region; the model is
+    CTF² (0…1) out to the fit resolution and mid-grey beyond, so that the picture shows how
+    far the rings were fitted.
+    """
+    spectrum = scipy.ndimage.uniform_filter(np.asarray(result.normalised, dtype=np.float64), size=3)
+    tile = spectrum.shape[0]
+    fit = result.fit
+    model = ctf_2d(
+        (tile, tile),
+        pixel_size_a=optics.pixel_size_a,
+        voltage_kv=optics.voltage_kv,
+        cs_mm=optics.cs_mm,
+        defocus_u_a=fit.defocus_u_a,
+        defocus_v_a=fit.defocus_v_a,
+        azimuth_deg=fit.azimuth_deg,
+        amplitude_contrast=optics.amplitude_contrast,
+        phase_shift_rad=fit.phase_shift_rad,
+        half=False,
+    )
+    model = np.fft.fftshift(model.astype(np.float64) ** 2)
+    fitted = np.asarray(result.normalised) != 0
+    if fitted.any():
+        lo, hi = np.percentile(spectrum[fitted], [1.0, 99.0])
+        spectrum = np.clip((spectrum - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    spectrum = np.where(fitted, spectrum, 0.5)
+    radius_px = radius_grid_px(tile)
+    fit_radius_px = tile * optics.pixel_size_a / result.profile.fit_resolution_a
+    model = np.where(fitted & (radius_px <= fit_radius_px), model, 0.5)
+    picture = spectrum
+    picture[:, tile // 2 :] = model[:, tile // 2 :]
+    return picture.astype(np.float32)
+
+
+def _load_micrograph(micrograph: Path, optics: Optics) -> np.ndarray:
+    data, header_pixel_a = read_mrc(micrograph)
+    image = np.asarray(data)
+    if image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.size == 0:
+        raise ValueError(f"{micrograph}: the micrograph is empty (shape {image.shape}); nothing to fit")
+    if image.ndim != 2:
+        raise ValueError(
+            f"{micrograph}: expected one 2D micrograph, got an array of shape {image.shape}; "
+            "CTF estimation needs a single (motion-corrected) image"
+        )
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        raise ValueError(f"{micrograph}: the micrograph contains NaN or infinite values")
+    if float(image.min()) == float(image.max()):
+        raise ValueError(f"{micrograph}: the micrograph is blank (every pixel is {image.flat[0]}); nothing to fit")
+    if header_pixel_a is not None and abs(header_pixel_a - optics.pixel_size_a) > 0.01 * optics.pixel_size_a:
+        log.warning(
+            "%s: header pixel size %.4f Å differs from the given %.4f Å; using the given one",
+            micrograph,
+            header_pixel_a,
+            optics.pixel_size_a,
+        )
+    return image
+
+
+def estimate_ctf(
+    micrograph: Path,
+    out_dir: Path,
+    optics: Optics,
+    params: CtfParams,
+    *,
+    stem: str | None = None,
+    workers: int | None = None,
+) -> CtfResult:
+    """Estimate the CTF of ``micrograph`` (MRC) and write ctffind-format results to ``out_dir``.
+
+    ``stem`` names the outputs (default: the micrograph's stem); ``workers`` is the number of
+    FFT threads (``scipy.fft`` semantics; ``None`` = 1). The spectrum box is
+    ``params.tile_size_px``, reduced to the largest even size that fits a smaller micrograph.
+    Raises ``ValueError`` naming the file for an unreadable, empty, blank or non-2D input,
+    or a fitting band outside Nyquist.
+    """
+    micrograph = Path(micrograph)
+    out_dir = Path(out_dir)
+    stem = stem or micrograph.stem
+    started = time.perf_counter()
+    image = _load_micrograph(micrograph, optics)
+    tile = min(params.tile_size_px, min(image.shape) // 2 * 2)
+    if tile < _MIN_TILE_PX:
+        raise ValueError(
+            f"{micrograph}: the micrograph ({image.shape[0]}×{image.shape[1]} px) is too small for CTF "
+            f"estimation (at least {_MIN_TILE_PX}×{_MIN_TILE_PX} px)"
+        )
+    if tile != params.tile_size_px:
+        log.info("%s: spectrum box reduced from %d to %d px to fit the micrograph", micrograph, params.tile_size_px, tile)
+    spectrum = average_amplitude_spectrum(image, tile_size_px=tile, workers=workers)
+    try:
+        result = fit_spectrum(
+            spectrum,
+            Microscope(optics.voltage_kv, optics.cs_mm, optics.amplitude_contrast),
+            pixel_size_a=optics.pixel_size_a,
+            min_res_a=params.min_res_a,
+            max_res_a=params.max_res_a,
+            min_defocus_a=params.min_defocus_a,
+            max_defocus_a=params.max_defocus_a,
+            fit_phase_shift=params.fit_phase_shift,
+        )
+    except ValueError as err:
+        raise ValueError(f"{micrograph}: {err}") from err
+    out_dir.mkdir(parents=True, exist_ok=True)
+    txt_path = out_dir / f"{stem}.txt"
+    avrot_path = out_dir / f"{stem}_avrot.txt"
+    png_path = out_dir / f"{stem}.png"
+    run_at = datetime.now()
+    avrot_header = _header(micrograph, optics, params, tile_px=tile, run_at=run_at, avrot=True)
+    txt_header = _header(micrograph, optics, params, tile_px=tile, run_at=run_at, avrot=False)
+    atomic_write_text(avrot_path, format_avrot(avrot_header, result.profile))
+    write_png_atomic(png_path, diagnostic_image(result, optics), max_size_px=512)
+    # the results file last: its presence means the other outputs are complete
+    atomic_write_text(txt_path, format_results(txt_header, result))
+    fit = result.fit
+    log.info(
+        "%s: defocus %.0f/%.0f Å, azimuth %.1f°, CC %.3f, fit to %.1f Å (%.2f s)",
+        micrograph,
+        fit.defocus_u_a,
+        fit.defocus_v_a,
+        fit.azimuth_deg,
+        fit.cross_correlation,
+        result.profile.fit_resolution_a,
+        time.perf_counter() - started,
+    )
+    return CtfResult(
+        defocus_u_a=fit.defocus_u_a,
+        defocus_v_a=fit.defocus_v_a,
+        azimuth_deg=fit.azimuth_deg,
+        phase_shift_rad=fit.phase_shift_rad,
+        cross_correlation=fit.cross_correlation,
+        fit_resolution_a=result.profile.fit_resolution_a,
+        output_txt_path=txt_path,
+        avrot_path=avrot_path,
+        diagnostic_png_path=png_path,
+    )

@@ -1,0 +1,786 @@
+"""Fitting the CTF to an averaged amplitude spectrum: search, refinement, fit statistics.
+
+Pure functions of arrays and numbers. Spectra are centred (see :mod:`emlive.ctf.spectrum`).
+The model is ``CTF² = sin²χ`` with χ from :func:`emlive.optics.ctf_chi` (defocus in Å,
+positive = underfocus; azimuth of the defocus-U axis in degrees from +x counter-clockwise). In
+the weak-signal regime of cryo-EM the background-subtracted amplitude grows linearly with CTF²,
+so the score is the normalised cross-correlation between the spectrum and CTF² over the fitting
+band (ctffind's score).
+
+The method follows ctffind's published one (Rohou & Grigorieff 2015), with its own details:
+
+1. a ring-agnostic background is removed (:func:`emlive.ctf.spectrum.remove_background`);
+2. an exhaustive 1D search of the mean defocus (and phase shift) on the rotational average,
+   vectorised over a grid (:func:`search_defocus_1d`);
+3. a starting astigmatism from the best defocus in angular sectors, then a local refinement of
+   (mean defocus, astigmatism vector[, phase shift]) with L-BFGS-B and the analytic gradient
+   of the score (:func:`fit_ctf`);
+4. with that fit, the background is estimated again, smoothing over the fitted ring spacing
+   with the fitted rings taken out, and the fit is refined once more from the first CTF zero
+   outwards (inside it a ring is too wide to tell from the background), the model multiplied
+   by the ring amplitude found at each frequency (a matched filter, :func:`refine_fit`);
+5. the fit resolution is where a windowed correlation between the astigmatism-corrected
+   1D profile and the fitted CTF falls below 0.5 (:func:`fit_profile`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.optimize
+
+from emlive.ctf.spectrum import radial_profile, radius_grid_px, remove_background
+from emlive.optics import ctf_chi, electron_wavelength_a
+
+__all__ = [
+    "FIT_CC_THRESHOLD",
+    "MAX_ASTIGMATISM_A",
+    "CtfFit",
+    "FitBand",
+    "FitProfile",
+    "Microscope",
+    "SpectrumFit",
+    "background_window_px",
+    "band_pixels",
+    "correlation",
+    "ctf_squared_image",
+    "fit_ctf",
+    "fit_profile",
+    "fit_spectrum",
+    "refine_fit",
+    "search_defocus_1d",
+    "ring_amplitude",
+]
+
+# Largest |U - V| (Å) the sector search for a starting astigmatism looks at; refinement may
+# go beyond.
+MAX_ASTIGMATISM_A = 3000.0
+# Windowed correlation between profile and fit that counts as "rings still fitted".
+FIT_CC_THRESHOLD = 0.5
+# Elements of a (candidates × pixels) block evaluated at once (bounds memory to ~32 MB).
+_BLOCK_ELEMENTS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Microscope:
+    """What the CTF model needs besides defocus: voltage (kV), Cs (mm), amplitude contrast."""
+
+    voltage_kv: float
+    cs_mm: float
+    amplitude_contrast: float
+
+    @property
+    def wavelength_a(self) -> float:
+        return float(electron_wavelength_a(self.voltage_kv))
+
+    def chi(
+        self,
+        s_a2: np.ndarray,
+        angle_rad: np.ndarray,
+        defocus_u_a: np.ndarray | float,
+        defocus_v_a: np.ndarray | float,
+        azimuth_deg: np.ndarray | float,
+        phase_shift_rad: np.ndarray | float,
+    ) -> np.ndarray:
+        """χ of :func:`emlive.optics.ctf_chi`; every argument broadcasts."""
+        return ctf_chi(
+            s_a2,
+            angle_rad,
+            voltage_kv=self.voltage_kv,
+            cs_mm=self.cs_mm,
+            defocus_u_a=defocus_u_a,  # type: ignore[arg-type]  # arrays broadcast
+            defocus_v_a=defocus_v_a,  # type: ignore[arg-type]
+            azimuth_deg=azimuth_deg,  # type: ignore[arg-type]
+            phase_shift_rad=phase_shift_rad,  # type: ignore[arg-type]
+            amplitude_contrast=self.amplitude_contrast,
+        )
+
+
+@dataclass(frozen=True)
+class FitBand:
+    """Pixels of the half-plane of a centred spectrum within the fitting band.
+
+    ``s_a2`` squared spatial frequency (1/Å²), ``angle_rad`` its direction from +x,
+    ``values`` the spectrum there minus its mean, ``norm`` their Euclidean norm, ``amplitude``
+    the expected ring amplitude that multiplies the model CTF² at each pixel; ``box_a`` the tile
+    edge in Å (a Fourier pixel is 1 / box_a).
+    """
+
+    s_a2: np.ndarray
+    angle_rad: np.ndarray
+    values: np.ndarray
+    amplitude: np.ndarray
+    norm: float
+    k_min_a: float
+    k_max_a: float
+    box_a: float
+
+
+@dataclass(frozen=True)
+class CtfFit:
+    """Fitted CTF parameters and the score over the fitting band.
+
+    ``defocus_u_a >= defocus_v_a``; ``azimuth_deg`` in (-90, 90]; ``phase_shift_rad`` in [0, π).
+    """
+
+    defocus_u_a: float
+    defocus_v_a: float
+    azimuth_deg: float
+    phase_shift_rad: float
+    cross_correlation: float
+
+    @property
+    def mean_defocus_a(self) -> float:
+        return 0.5 * (self.defocus_u_a + self.defocus_v_a)
+
+
+@dataclass(frozen=True)
+class FitProfile:
+    """1D statistics of a fit (the rows of ctffind's ``_avrot.txt``) in 1-Fourier-pixel bins.
+
+    ``frequency_a`` (1/Å); ``rotational_average`` of the normalised spectrum (no astigmatism
+    assumed); ``astig_average`` the same with each pixel moved to the radius it would have at
+    the mean defocus, scaled to the range of ``ctf_fit`` (``|CTF|`` at the mean defocus) over
+    the fitting band; ``fit_cc`` the correlation between the two over a window of two Thon
+    rings, ``noise_cc_2sigma`` twice its standard deviation for noise; ``fit_resolution_a``
+    the resolution (Å) to which ``fit_cc`` stays above :data:`FIT_CC_THRESHOLD`.
+    """
+
+    frequency_a: np.ndarray
+    rotational_average: np.ndarray
+    astig_average: np.ndarray
+    ctf_fit: np.ndarray
+    fit_cc: np.ndarray
+    noise_cc_2sigma: np.ndarray
+    fit_resolution_a: float
+
+
+@dataclass(frozen=True)
+class SpectrumFit:
+    """Everything :func:`fit_spectrum` found: the fit, its 1D statistics, the spectra used."""
+
+    fit: CtfFit
+    profile: FitProfile
+    normalised: np.ndarray
+    background: np.ndarray
+
+
+def _frequency_limits(tile: int, pixel_size_a: float, min_res_a: float, max_res_a: float) -> tuple[float, float]:
+    nyquist = 0.5 / pixel_size_a
+    k_max = min(1.0 / max_res_a, nyquist * (1.0 - 2.0 / tile))
+    k_min = 1.0 / min_res_a
+    if not k_min < k_max:
+        raise ValueError(
+            f"fitting band {min_res_a} Å … {max_res_a} Å is empty at pixel size {pixel_size_a} Å "
+            f"(Nyquist {2 * pixel_size_a:.2f} Å); lower min_res_a or the pixel size"
+        )
+    return k_min, k_max
+
+
+def _centred_grid(tile: int) -> tuple[np.ndarray, np.ndarray]:
+    c = np.arange(tile, dtype=np.float64) - tile // 2
+    ky, kx = np.meshgrid(c, c, indexing="ij")
+    return ky, kx
+
+
+def band_pixels(
+    normalised: np.ndarray,
+    *,
+    pixel_size_a: float,
+    min_res_a: float,
+    max_res_a: float,
+    amplitude: np.ndarray | None = None,
+) -> FitBand:
+    """The half-plane pixels of a centred spectrum between ``min_res_a`` and ``max_res_a``.
+
+    ``max_res_a`` is clamped to just inside Nyquist; ``amplitude`` (same shape as the spectrum,
+    default 1) is the ring amplitude the model is multiplied with. Raises ``ValueError`` if the
+    band is empty.
+    """
+    tile = normalised.shape[0]
+    k_min, k_max = _frequency_limits(tile, pixel_size_a, min_res_a, max_res_a)
+    ky, kx = _centred_grid(tile)
+    k = np.hypot(kx, ky) / (tile * pixel_size_a)
+    half_plane = (kx > 0) | ((kx == 0) & (ky > 0))
+    sel = half_plane & (k >= k_min) & (k <= k_max)
+    values = np.asarray(normalised, dtype=np.float64)[sel]
+    amp = np.ones_like(values) if amplitude is None else np.asarray(amplitude, dtype=np.float64)[sel]
+    if not amp.max() > 0:
+        amp = np.ones_like(values)
+    values = values - values.mean()
+    return FitBand(
+        s_a2=k[sel] ** 2,
+        angle_rad=np.arctan2(ky[sel], kx[sel]),
+        values=values,
+        amplitude=amp,
+        norm=float(np.sqrt(_dot(values, values))),
+        k_min_a=k_min,
+        k_max_a=k_max,
+        box_a=tile * pixel_size_a,
+    )
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sum over the last axis of ``a * b``.
+
+    ``einsum`` rather than ``@``: these products are small, and a threaded BLAS sharing its
+    cores with other work (a Dask worker, parallel tests) can be 10-100x slower on them.
+    """
+    return np.einsum("...i,...i->...", a, b)
+
+
+def _row_correlations(
+    model: np.ndarray, centred: np.ndarray, norm: float, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Weighted Pearson correlation of each row of ``model`` with ``centred``.
+
+    ``centred`` has weighted mean 0 and weighted norm ``norm`` (weights default to 1).
+    """
+    if weights is None:
+        weights = np.ones(centred.shape)
+    wsum = weights.sum()
+    dot = _dot(model, weights * centred)
+    mean = _dot(model, weights) / wsum
+    var = _dot(model * model, weights) - wsum * mean * mean
+    denom = np.sqrt(np.maximum(var, 0.0)) * norm
+    return np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
+
+
+def correlation(
+    band: FitBand,
+    microscope: Microscope,
+    *,
+    defocus_u_a: np.ndarray | float,
+    defocus_v_a: np.ndarray | float,
+    azimuth_deg: np.ndarray | float,
+    phase_shift_rad: np.ndarray | float = 0.0,
+) -> np.ndarray:
+    """Score (normalised cross-correlation with amplitude × CTF²) of parameter sets over ``band``.
+
+    Parameters broadcast against each other (arrays of candidates or scalars); returns one
+    score per candidate, in the broadcast shape.
+    """
+    u, v, az, ph = np.broadcast_arrays(
+        *(np.asarray(x, dtype=np.float64) for x in (defocus_u_a, defocus_v_a, azimuth_deg, phase_shift_rad))
+    )
+    shape = u.shape
+    u, v, az, ph = (np.ravel(x) for x in (u, v, az, ph))
+    out = np.empty(u.size)
+    step = max(1, _BLOCK_ELEMENTS // max(band.values.size, 1))
+    for i in range(0, u.size, step):
+        j = slice(i, i + step)
+        chi = microscope.chi(
+            band.s_a2[None, :], band.angle_rad[None, :], u[j, None], v[j, None], az[j, None], ph[j, None]
+        )
+        out[j] = _row_correlations(band.amplitude * np.sin(chi) ** 2, band.values, band.norm)
+    return out.reshape(shape)
+
+
+def _defocus_step_a(wavelength_a: float, k_max_a: float) -> float:
+    """Grid step that changes χ at the highest fitted frequency by π/8 (a sixteenth of a ring)."""
+    return 1.0 / (8.0 * wavelength_a * k_max_a**2)
+
+
+def search_defocus_1d(
+    normalised: np.ndarray,
+    microscope: Microscope,
+    *,
+    pixel_size_a: float,
+    min_res_a: float,
+    max_res_a: float,
+    min_defocus_a: float,
+    max_defocus_a: float,
+    fit_phase_shift: bool = False,
+    n_candidates: int = 3,
+) -> list[tuple[float, float, float]]:
+    """Exhaustive search of the mean defocus on the rotational average of the spectrum.
+
+    Every defocus on a grid over ``min_defocus_a … max_defocus_a`` (and, with
+    ``fit_phase_shift``, every phase shift in [0, π) in steps of π/12) is scored at once
+    against the rotational average over the fitting band, rings weighted by their pixel counts.
+    Returns up to ``n_candidates`` distinct local maxima as ``(score, defocus_a, phase_shift_rad)``,
+    best first.
+    """
+    tile = normalised.shape[0]
+    k_min, k_max = _frequency_limits(tile, pixel_size_a, min_res_a, max_res_a)
+    radius = radius_grid_px(tile)
+    n_bins = tile // 2 + 1
+    profile, counts = radial_profile(normalised, radius, n_bins=n_bins)
+    k_bins = np.arange(n_bins) / (tile * pixel_size_a)
+    sel = (k_bins >= k_min) & (k_bins <= k_max) & (counts > 0)
+    s, w = k_bins[sel] ** 2, counts[sel]
+    p = profile[sel]
+    p = p - _dot(w, p) / w.sum()
+    norm = float(np.sqrt(_dot(w * p, p)))
+    step = _defocus_step_a(microscope.wavelength_a, k_max)
+    defoci = np.arange(min_defocus_a, max_defocus_a + 0.5 * step, step)
+    phases = np.arange(12) * (np.pi / 12) if fit_phase_shift else np.zeros(1)
+    dd, pp = (x.ravel() for x in np.meshgrid(defoci, phases, indexing="ij"))
+    chi = microscope.chi(s[None, :], np.zeros((1, 1)), dd[:, None], dd[:, None], 0.0, pp[:, None])
+    scores = _row_correlations(np.sin(chi) ** 2, p, norm, w).reshape(defoci.size, phases.size)
+    best_phase = scores.argmax(axis=1)
+    curve = scores[np.arange(defoci.size), best_phase]
+    # local maxima along defocus, best first, at least three grid steps apart
+    padded = np.concatenate([[-np.inf], curve, [-np.inf]])
+    peaks = np.flatnonzero((curve >= padded[:-2]) & (curve >= padded[2:]))
+    peaks = peaks[np.argsort(curve[peaks])[::-1]]
+    chosen: list[int] = []
+    for i in peaks:
+        if all(abs(int(i) - j) > 2 for j in chosen):
+            chosen.append(int(i))
+        if len(chosen) == n_candidates:
+            break
+    return [(float(curve[i]), float(defoci[i]), float(phases[best_phase[i]])) for i in chosen]
+
+
+def _astigmatism_start(band: FitBand, microscope: Microscope, mean: float, phase: float, *, step: float) -> np.ndarray:
+    """A starting point (mean, a, b, phase) for refinement from the defocus in angular sectors.
+
+    The band is cut into 12 sectors of 15°; in each, the defocus within ±MAX_ASTIGMATISM_A/2 of
+    ``mean`` that best fits the sector's radial profile is found on a grid, and
+    ``D(θ) = mean + a·cos2θ + b·sin2θ`` is fitted to the sector defoci by least squares,
+    sectors weighted by how well they fit.
+    """
+    n_sectors = 12
+    sector = np.clip(((band.angle_rad + 0.5 * np.pi) / (np.pi / n_sectors)).astype(np.int64), 0, n_sectors - 1)
+    radius = np.sqrt(band.s_a2) * band.box_a
+    r0 = int(np.floor(radius.min()))
+    n_bins = int(np.ceil(radius.max())) + 2 - r0
+    s_bins = ((np.arange(n_bins) + r0) / band.box_a) ** 2
+    offsets = np.arange(-0.5 * MAX_ASTIGMATISM_A, 0.5 * MAX_ASTIGMATISM_A + 0.25 * step, 0.5 * step)
+    defoci = np.maximum(mean + offsets, 1.0)
+    chi = microscope.chi(s_bins[None, :], np.zeros((1, 1)), defoci[:, None], defoci[:, None], 0.0, phase)
+    model = np.sin(chi) ** 2
+    best = np.empty(n_sectors)
+    quality = np.empty(n_sectors)
+    for j in range(n_sectors):
+        sel = sector == j
+        profile, counts = radial_profile(band.values[sel], radius[sel] - r0, n_bins=n_bins)
+        wsum = max(float(counts.sum()), 1e-30)
+        p = profile - _dot(profile, counts) / wsum
+        norm = float(np.sqrt(_dot(counts * p, p)))
+        scores = _row_correlations(model, p, norm, counts)
+        k = int(scores.argmax())
+        best[j], quality[j] = defoci[k], max(float(scores[k]), 0.0)
+    centres = -0.5 * np.pi + (np.arange(n_sectors) + 0.5) * (np.pi / n_sectors)
+    design = np.stack([np.ones(n_sectors), np.cos(2 * centres), np.sin(2 * centres)], axis=1)
+    weights = np.sqrt(quality) + 1e-6
+    (m, a, b), *_ = np.linalg.lstsq(design * weights[:, None], best * weights, rcond=None)
+    return np.array([m, a, b, phase])
+
+
+def _params_to_ctf(x: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean defocus, a, b, phase) → (U, V, azimuth°, phase); D(θ) = mean + a·cos2θ + b·sin2θ."""
+    mean, a, b, phase = (float(v) for v in x)
+    half = float(np.hypot(a, b))
+    azimuth = 0.5 * float(np.degrees(np.arctan2(b, a)))
+    return mean + half, mean - half, azimuth, phase
+
+
+def _ctf_to_params(fit: CtfFit) -> np.ndarray:
+    half = 0.5 * (fit.defocus_u_a - fit.defocus_v_a)
+    two_theta = np.radians(2.0 * fit.azimuth_deg)
+    return np.array([fit.mean_defocus_a, half * np.cos(two_theta), half * np.sin(two_theta), fit.phase_shift_rad])
+
+
+def _refine(
+    band: FitBand,
+    microscope: Microscope,
+    start: np.ndarray,
+    *,
+    scale: np.ndarray,
+    bounds: list[tuple[float, float]],
+    fit_phase_shift: bool,
+) -> tuple[float, np.ndarray]:
+    """Local maximisation of the band score from ``start`` = (mean, a, b, phase); analytic gradient."""
+    ds = np.pi * microscope.wavelength_a * band.s_a2
+    cos2 = np.cos(2.0 * band.angle_rad)
+    sin2 = np.sin(2.0 * band.angle_rad)
+    amp = band.amplitude
+    n = band.values.size
+    free = 4 if fit_phase_shift else 3
+    fixed_phase = start[3]
+    dchis = [ds, ds * cos2, ds * sin2, np.ones_like(ds)][:free]
+
+    def full(y: np.ndarray) -> np.ndarray:
+        return np.append(y * scale[:free], [] if fit_phase_shift else [fixed_phase])
+
+    def objective(y: np.ndarray) -> tuple[float, np.ndarray]:
+        u, v, az, ph = _params_to_ctf(full(y))
+        chi = microscope.chi(band.s_a2, band.angle_rad, u, v, az, ph)
+        model = amp * np.sin(chi) ** 2
+        dmodel = amp * np.sin(2.0 * chi)
+        mean = model.sum() / n
+        dot = _dot(model, band.values)
+        var = max(_dot(model, model) - n * mean * mean, 1e-30)
+        sd = np.sqrt(var)
+        cc = dot / (sd * band.norm)
+        g = np.empty(free)
+        for i, dchi in enumerate(dchis):
+            dm = dmodel * dchi
+            d_dot = _dot(dm, band.values)
+            # d var = 2 Σ (m - mean) dm
+            d_sd = (_dot(dm, model) - mean * dm.sum()) / sd
+            g[i] = (d_dot * sd - dot * d_sd) / (var * band.norm)
+        return -cc, -g * scale[:free]
+
+    y0 = start[:free] / scale[:free]
+    scaled_bounds = [(lo / sc, hi / sc) for (lo, hi), sc in zip(bounds[:free], scale[:free], strict=True)]
+    y0 = np.clip(y0, [b[0] for b in scaled_bounds], [b[1] for b in scaled_bounds])
+    res = scipy.optimize.minimize(objective, y0, jac=True, method="L-BFGS-B", bounds=scaled_bounds)
+    return float(-res.fun), full(res.x)
+
+
+def _to_fit(x: np.ndarray, score: float) -> CtfFit:
+    u, v, az, phase = _params_to_ctf(x)
+    if az <= -90.0:
+        az += 180.0
+    return CtfFit(
+        defocus_u_a=u,
+        defocus_v_a=v,
+        azimuth_deg=az,
+        phase_shift_rad=float(np.mod(phase, np.pi)),
+        cross_correlation=float(score),
+    )
+
+
+def _bounds(min_defocus_a: float, max_defocus_a: float) -> list[tuple[float, float]]:
+    span = max_defocus_a - min_defocus_a
+    return [(min_defocus_a, max_defocus_a), (-span, span), (-span, span), (-np.pi, 2.0 * np.pi)]
+
+
+def fit_ctf(
+    normalised: np.ndarray,
+    microscope: Microscope,
+    *,
+    pixel_size_a: float,
+    min_res_a: float,
+    max_res_a: float,
+    min_defocus_a: float,
+    max_defocus_a: float,
+    fit_phase_shift: bool = False,
+) -> CtfFit:
+    """Fit defocus U/V, azimuth (and phase shift) to a centred background-free spectrum.
+
+    1. :func:`search_defocus_1d` gives a few candidate mean defoci (and phase shifts).
+    2. For the best, a starting astigmatism comes from the defocus in angular sectors.
+    3. From that start and from zero astigmatism at each candidate scoring at least half the
+       best, L-BFGS-B maximises the band score over (mean, a, b[, phase]) where the defocus
+       along direction θ is ``mean + a·cos2θ + b·sin2θ`` (smooth through zero astigmatism).
+
+    The returned score is the normalised cross-correlation over the band at the optimum.
+    """
+    band = band_pixels(normalised, pixel_size_a=pixel_size_a, min_res_a=min_res_a, max_res_a=max_res_a)
+    step = _defocus_step_a(microscope.wavelength_a, band.k_max_a)
+    candidates = search_defocus_1d(
+        normalised,
+        microscope,
+        pixel_size_a=pixel_size_a,
+        min_res_a=min_res_a,
+        max_res_a=max_res_a,
+        min_defocus_a=min_defocus_a,
+        max_defocus_a=max_defocus_a,
+        fit_phase_shift=fit_phase_shift,
+    )
+    best_1d = candidates[0][0]
+    starts = []
+    for i, (score_1d, mean, phase) in enumerate(candidates):
+        if i > 0 and score_1d < 0.5 * best_1d:
+            continue
+        starts.append(np.array([mean, 0.0, 0.0, phase]))
+        if i == 0:
+            starts.append(_astigmatism_start(band, microscope, mean, phase, step=step))
+    scale = np.array([step, step, step, 0.1])
+    bounds = _bounds(min_defocus_a, max_defocus_a)
+    best_score, best_x = -np.inf, starts[0]
+    for x0 in starts:
+        score, x = _refine(band, microscope, x0, scale=scale, bounds=bounds, fit_phase_shift=fit_phase_shift)
+        if score > best_score:
+            best_score, best_x = score, x
+    return _to_fit(best_x, best_score)
+
+
+def refine_fit(
+    normalised: np.ndarray,
+    fit: CtfFit,
+    microscope: Microscope,
+    *,
+    pixel_size_a: float,
+    min_res_a: float,
+    max_res_a: float,
+    min_defocus_a: float,
+    max_defocus_a: float,
+    fit_phase_shift: bool = False,
+    amplitude: np.ndarray | None = None,
+    start_res_a: float | None = None,
+) -> CtfFit:
+    """Refine ``fit`` locally on ``normalised``, the model CTF² multiplied by ``amplitude``.
+
+    With the ring amplitude of each pixel in the model (see :func:`ring_amplitude`), the score
+    is a matched filter: frequencies where the rings have faded into the noise no longer dilute
+    it, and rings whose strength changes across their width (near the centre) pull the fit no
+    more than their share. ``start_res_a`` (Å) moves the start of the refined band to higher
+    frequency where it is finer than ``min_res_a``. The returned score is the plain normalised
+    cross-correlation with CTF² over the full band ``min_res_a … max_res_a`` (the number
+    ctffind reports), whatever ``amplitude`` and ``start_res_a``.
+    """
+    weighted = band_pixels(
+        normalised,
+        pixel_size_a=pixel_size_a,
+        min_res_a=min(min_res_a, start_res_a or min_res_a),  # finer start only
+        max_res_a=max_res_a,
+        amplitude=amplitude,
+    )
+    step = _defocus_step_a(microscope.wavelength_a, weighted.k_max_a)
+    _, x = _refine(
+        weighted,
+        microscope,
+        _ctf_to_params(fit),
+        scale=np.array([step, step, step, 0.1]),
+        bounds=_bounds(min_defocus_a, max_defocus_a),
+        fit_phase_shift=fit_phase_shift,
+    )
+    plain = band_pixels(normalised, pixel_size_a=pixel_size_a, min_res_a=min_res_a, max_res_a=max_res_a)
+    u, v, az, ph = _params_to_ctf(x)
+    score = float(correlation(plain, microscope, defocus_u_a=u, defocus_v_a=v, azimuth_deg=az, phase_shift_rad=ph))
+    return _to_fit(x, score)
+
+
+def _astig_corrected_radius(tile: int, fit: CtfFit, microscope: Microscope, *, pixel_size_a: float) -> np.ndarray:
+    """Radius (Fourier px) at which the mean defocus gives each pixel of the grid its phase χ.
+
+    Solves ``π λ s' D̄ - c s'² = π λ s D(θ) - c s²`` (``c = π Cs λ³ / 2``) for the smaller root
+    ``s'``: averaging the spectrum in rings of that radius undoes the astigmatism.
+    """
+    lam = microscope.wavelength_a
+    cs_a = microscope.cs_mm * 1e7
+    mean = fit.mean_defocus_a
+    half = 0.5 * (fit.defocus_u_a - fit.defocus_v_a)
+    box_a = tile * pixel_size_a
+    ky, kx = _centred_grid(tile)
+    s = (kx * kx + ky * ky) / box_a**2
+    defocus = mean + half * np.cos(2.0 * (np.arctan2(ky, kx) - np.radians(fit.azimuth_deg)))
+    c1 = np.pi * lam * mean
+    c2 = 0.5 * np.pi * cs_a * lam**3
+    g = np.pi * lam * s * defocus - c2 * s * s
+    disc = np.sqrt(np.maximum(c1 * c1 - 4.0 * c2 * g, 0.0))
+    s_eq = np.maximum(2.0 * g / (c1 + disc), 0.0) if c1 > 0 else s
+    return np.sqrt(s_eq) * box_a
+
+
+def _ring_period_px(freq_a: np.ndarray, mean_defocus_a: float, microscope: Microscope, box_a: float) -> np.ndarray:
+    """Distance (Fourier px) between Thon rings (zeros of CTF²) at each frequency, from dχ/dk."""
+    lam = microscope.wavelength_a
+    cs_a = microscope.cs_mm * 1e7
+    dchi_dk = np.abs(2.0 * np.pi * lam * mean_defocus_a * freq_a - 2.0 * np.pi * cs_a * lam**3 * freq_a**3)
+    return np.divide(np.pi, dchi_dk, out=np.full(freq_a.shape, np.inf), where=dchi_dk > 0) * box_a
+
+
+def _windowed_fit(
+    profile: np.ndarray, model: np.ndarray, filled: np.ndarray, half_window_px: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Correlation and regression slope of ``profile`` on ``model`` in a window around each bin.
+
+    A straight line in the radius is removed from both within each window first (partial
+    correlation), so that a slowly varying background residual does not count. Bins where
+    ``filled`` is false are left out. Returns ``(correlation, slope, n_bins_in_window)``.
+    """
+    size = profile.size
+    idx = np.arange(size)
+    lo = np.clip(np.ceil(idx - half_window_px).astype(np.int64), 0, size - 1)
+    hi = np.clip(np.floor(idx + half_window_px).astype(np.int64), 0, size - 1)
+
+    def window_sum(a: np.ndarray) -> np.ndarray:
+        cum = np.concatenate([[0.0], np.cumsum(a)])
+        return cum[hi + 1] - cum[lo]
+
+    f = filled.astype(np.float64)
+    x = np.where(filled, profile, 0.0)
+    y = np.where(filled, model, 0.0)
+    r = idx * f
+    n = window_sum(f)
+    n_safe = np.maximum(n, 1.0)
+    sr, sx, sy = window_sum(r), window_sum(x), window_sum(y)
+    srr = window_sum(r * r) - sr * sr / n_safe
+    srr_inv = np.divide(1.0, srr, out=np.zeros(size), where=srr > 1e-9)
+    sxr = window_sum(x * r) - sx * sr / n_safe
+    syr = window_sum(y * r) - sy * sr / n_safe
+    cov = window_sum(x * y) - sx * sy / n_safe - sxr * syr * srr_inv
+    var_x = window_sum(x * x) - sx * sx / n_safe - sxr * sxr * srr_inv
+    var_y = window_sum(y * y) - sy * sy / n_safe - syr * syr * srr_inv
+    ok = (n > 3) & (var_x > 1e-12) & (var_y > 1e-12)
+    cc = np.divide(cov, np.sqrt(np.abs(var_x * var_y)), out=np.zeros(size), where=ok)
+    slope = np.divide(cov, var_y, out=np.zeros(size), where=ok)
+    return cc, slope, n
+
+
+def _profiles(
+    normalised: np.ndarray, fit: CtfFit, microscope: Microscope, *, pixel_size_a: float
+) -> dict[str, np.ndarray]:
+    """Rotational averages (plain and astigmatism-corrected), the 1D fit and windowed statistics."""
+    tile = normalised.shape[0]
+    box_a = tile * pixel_size_a
+    n_bins = int(np.ceil(tile / np.sqrt(2.0)))
+    rot, _ = radial_profile(normalised, radius_grid_px(tile), n_bins=n_bins)
+    radius_eq = _astig_corrected_radius(tile, fit, microscope, pixel_size_a=pixel_size_a)
+    astig, counts = radial_profile(normalised, radius_eq, n_bins=n_bins)
+    freq = np.arange(n_bins) / box_a
+    mean = fit.mean_defocus_a
+    chi = microscope.chi(freq**2, np.zeros(n_bins), mean, mean, 0.0, fit.phase_shift_rad)
+    ctf_abs = np.abs(np.sin(chi))
+    period_px = _ring_period_px(freq, mean, microscope, box_a)
+    filled = counts > 0
+    cc, slope, n = _windowed_fit(astig, ctf_abs**2, filled, np.clip(period_px, 2.5, n_bins))
+    return {
+        "freq": freq,
+        "rot": rot,
+        "astig": astig,
+        "filled": filled,
+        "ctf_abs": ctf_abs,
+        "period_px": period_px,
+        "cc": cc,
+        "slope": slope,
+        "n": n,
+    }
+
+
+def fit_profile(
+    normalised: np.ndarray,
+    fit: CtfFit,
+    microscope: Microscope,
+    *,
+    pixel_size_a: float,
+    min_res_a: float,
+    max_res_a: float,
+) -> FitProfile:
+    """1D profiles of the spectrum and the fit, their windowed correlation and the fit resolution.
+
+    Each pixel is moved to the radius at which the mean defocus gives it the same phase χ
+    (undoing the astigmatism), and the normalised spectrum is averaged in 1-px rings out to the
+    corner of the box. The correlation with CTF² is taken in a window of ±1 Thon ring (at
+    least ±2.5 px) around each radius, after removing a linear trend. Scanning outwards from
+    the first CTF zero (or the start of the fitting band, whichever is further out), the fit
+    resolution is the last radius with a correlation of at least :data:`FIT_CC_THRESHOLD`
+    before it stays below for more than a ring (and more than 3 px); if fewer than 3 radii
+    reach it, it is the start of the scan. It is never finer than Nyquist.
+    """
+    tile = normalised.shape[0]
+    k_min, _ = _frequency_limits(tile, pixel_size_a, min_res_a, max_res_a)
+    box_a = tile * pixel_size_a
+    prof = _profiles(normalised, fit, microscope, pixel_size_a=pixel_size_a)
+    cc, period_px, freq = prof["cc"], prof["period_px"], prof["freq"]
+    mean = fit.mean_defocus_a
+    first_zero_k = np.sqrt(1.0 / (microscope.wavelength_a * mean)) if mean > 0 else k_min
+    start = min(int(np.ceil(max(k_min, first_zero_k) * box_a)), tile // 2)
+    last_good, n_above, bad_run = start, 0, 0
+    for i in range(start, tile // 2 + 1):
+        if cc[i] >= FIT_CC_THRESHOLD:
+            n_above += 1
+            last_good, bad_run = i, 0
+            continue
+        bad_run += 1
+        if bad_run > max(3.0, min(period_px[i], tile)):
+            break
+    if n_above < 3:
+        last_good = start
+    # the astigmatism-corrected profile scaled onto |CTF| over the fitting band, for plotting
+    astig, ctf_abs = prof["astig"], prof["ctf_abs"]
+    # the centre below half the lowest fitted frequency is not part of the normalised spectrum
+    filled = prof["filled"] & (freq >= 0.5 * k_min)
+    in_band = filled & (freq >= k_min) & (freq <= 1.0 / max_res_a)
+    scaled = astig
+    if in_band.sum() > 2:
+        design = np.stack([np.ones(int(in_band.sum())), ctf_abs[in_band]], axis=1)
+        (offset, gain), *_ = np.linalg.lstsq(design, astig[in_band], rcond=None)
+        if gain > 0:
+            scaled = (astig - offset) / gain
+    return FitProfile(
+        frequency_a=freq,
+        rotational_average=np.where(filled, prof["rot"], 0.0),
+        astig_average=np.where(filled, scaled, 0.0),
+        ctf_fit=ctf_abs,
+        fit_cc=cc,
+        noise_cc_2sigma=2.0 / np.sqrt(np.maximum(prof["n"] - 2.0, 1.0)),
+        fit_resolution_a=float(box_a / max(last_good, 1)),
+    )
+
+
+def ring_amplitude(
+    normalised: np.ndarray, fit: CtfFit, microscope: Microscope, *, pixel_size_a: float
+) -> np.ndarray:
+    """The Thon-ring amplitude that ``fit`` finds at each pixel's radius, largest = 1.
+
+    The windowed regression slope (±1 ring, linear trend removed) of the astigmatism-corrected
+    profile on CTF²; the spectrum is normalised to unit noise, so this is a signal-to-noise
+    ratio. Negative slopes count as 0. Returns the whole grid (ones if no ring is found).
+    """
+    tile = normalised.shape[0]
+    prof = _profiles(normalised, fit, microscope, pixel_size_a=pixel_size_a)
+    amplitude = np.maximum(prof["slope"], 0.0)
+    if not amplitude.max() > 0:
+        return np.ones_like(normalised, dtype=np.float64)
+    return np.interp(radius_grid_px(tile), np.arange(amplitude.size), amplitude / amplitude.max())
+
+
+def ctf_squared_image(tile: int, fit: CtfFit, microscope: Microscope, *, pixel_size_a: float) -> np.ndarray:
+    """CTF² of ``fit`` on the centred ``tile × tile`` grid of a spectrum (float64)."""
+    ky, kx = _centred_grid(tile)
+    s = (kx * kx + ky * ky) / (tile * pixel_size_a) ** 2
+    chi = microscope.chi(s, np.arctan2(ky, kx), fit.defocus_u_a, fit.defocus_v_a, fit.azimuth_deg, fit.phase_shift_rad)
+    return np.sin(chi) ** 2
+
+
+def background_window_px(tile: int, defocus_a: float, microscope: Microscope, *, pixel_size_a: float) -> np.ndarray:
+    """Smoothing width for :func:`emlive.ctf.spectrum.remove_background` at each integer radius.
+
+    The Thon ring spacing of ``defocus_a`` (a triangle of that half-width nulls rings of that
+    spacing and keeps the smooth background), clipped to 3 … tile/8 px.
+    """
+    box_a = tile * pixel_size_a
+    radii = np.arange(int(np.ceil(tile / np.sqrt(2.0))) + 3, dtype=np.float64)
+    period = _ring_period_px(np.maximum(radii, 1.0) / box_a, defocus_a, microscope, box_a)
+    return np.clip(period, 3.0, tile / 8.0)
+
+
+def fit_spectrum(
+    spectrum: np.ndarray,
+    microscope: Microscope,
+    *,
+    pixel_size_a: float,
+    min_res_a: float,
+    max_res_a: float,
+    min_defocus_a: float,
+    max_defocus_a: float,
+    fit_phase_shift: bool = False,
+) -> SpectrumFit:
+    """The whole fit of an averaged amplitude spectrum (centred, as from
+    :func:`emlive.ctf.spectrum.average_amplitude_spectrum`): steps 1–5 of this module's docstring.
+
+    The background is removed twice: first smoothing over the ring spacing of
+    ``min_defocus_a`` (wide enough for any defocus searched), then, once the defocus is known,
+    over the ring spacing of the fit, which follows the background closer at low resolution.
+    """
+    tile = spectrum.shape[0]
+    limits = dict(pixel_size_a=pixel_size_a, min_res_a=min_res_a, max_res_a=max_res_a)
+    search = dict(limits, min_defocus_a=min_defocus_a, max_defocus_a=max_defocus_a, fit_phase_shift=fit_phase_shift)
+    low_cut_px = 0.5 * tile * pixel_size_a / min_res_a
+    normalised, background = remove_background(
+        spectrum,
+        window_px=background_window_px(tile, min_defocus_a, microscope, pixel_size_a=pixel_size_a),
+        low_cut_px=low_cut_px,
+    )
+    fit = fit_ctf(normalised, microscope, **search)
+    normalised, background = remove_background(
+        spectrum,
+        window_px=background_window_px(tile, fit.mean_defocus_a, microscope, pixel_size_a=pixel_size_a),
+        low_cut_px=low_cut_px,
+        rings=ctf_squared_image(tile, fit, microscope, pixel_size_a=pixel_size_a),
+    )
+    amplitude = ring_amplitude(normalised, fit, microscope, pixel_size_a=pixel_size_a)
+    # inside the first zero a Thon ring is wider than half its radius: no smoothing can tell
+    # it from the background there, so the refinement starts at the first zero (or min_res_a)
+    start_res_a = float(np.sqrt(microscope.wavelength_a * fit.mean_defocus_a))
+    fit = refine_fit(normalised, fit, microscope, **search, amplitude=amplitude, start_res_a=start_res_a)
+    profile = fit_profile(normalised, fit, microscope, **limits)
+    return SpectrumFit(fit=fit, profile=profile, normalised=normalised, background=background)

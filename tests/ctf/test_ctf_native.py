@@ -1,0 +1,220 @@
+"""The native engine: MRC in; ctffind-4.1-format .txt and _avrot.txt and a PNG out, atomically."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emlive.acquisition import Optics
+from emlive.ctf.native import ENGINE_VERSION, estimate_ctf
+from emlive.ctf.types import CtfParams
+from emlive.io.mrc import write_mrc_atomic
+
+OPTICS = Optics(pixel_size_a=1.2, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07)
+PARAMS = CtfParams()
+
+# ctffind 4.1.14's header lines, with the run date as a pattern
+TXT_HEADER = [
+    r"# Output from CTFFind version 4\.1\.14 format by emlive native CTF \S+, run on \d{4}-\d\d-\d\d \d\d:\d\d:\d\d",
+    r"# Input file: .*/mic_0001\.mrc ; Number of micrographs: 1",
+    r"# Pixel size: 1\.200 Angstroms ; acceleration voltage: 300\.0 keV ; spherical aberration: 2\.70 mm ; "
+    r"amplitude contrast: 0\.07",
+    r"# Box size: 512 pixels ; min\. res\.: 30\.0 Angstroms ; max\. res\.: 5\.0 Angstroms ; "
+    r"min\. def\.: 5000\.0 um; max\. def\. 50000\.0 um",
+    re.escape(
+        "# Columns: #1 - micrograph number; #2 - defocus 1 [Angstroms]; #3 - defocus 2; "
+        "#4 - azimuth of astigmatism; #5 - additional phase shift [radians]; #6 - cross correlation; "
+        "#7 - spacing (in Angstroms) up to which CTF rings were fit successfully"
+    ),
+]
+AVROT_HEADER = [
+    *TXT_HEADER[:3],
+    TXT_HEADER[3] + re.escape("; num. frames averaged: 1"),
+    re.escape(
+        "# 6 lines per micrograph: #1 - spatial frequency (1/Angstroms); "
+        "#2 - 1D rotational average of spectrum (assuming no astigmatism); "
+        "#3 - 1D rotational average of spectrum; #4 - CTF fit; "
+        "#5 - cross-correlation between spectrum and CTF fit; "
+        "#6 - 2sigma of expected cross correlation of noise"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def estimated(tmp_path_factory, micrograph):
+    """One micrograph (U 16,300 Å, V 15,700 Å, azimuth 25°) run through the engine."""
+    folder = tmp_path_factory.mktemp("ctf")
+    image = micrograph(
+        21, pixel_size_a=1.2, defocus_u_a=16300.0, defocus_v_a=15700.0, azimuth_deg=25.0
+    )
+    path = folder / "mic_0001.mrc"
+    write_mrc_atomic(path, image, pixel_size_a=1.2)
+    result = estimate_ctf(path, folder / "out", OPTICS, PARAMS)
+    return path, result
+
+
+def test_the_result_matches_the_truth_and_names_the_outputs(estimated, azimuth_error):
+    path, result = estimated
+    assert (result.defocus_u_a + result.defocus_v_a) / 2 == pytest.approx(16000.0, rel=0.005)
+    assert result.defocus_u_a - result.defocus_v_a == pytest.approx(600.0, abs=150.0)
+    assert azimuth_error(result.azimuth_deg, 25.0) < 5.0
+    assert result.phase_shift_rad == 0.0
+    assert 0.1 < result.cross_correlation <= 1.0
+    assert 2 * 1.2 <= result.fit_resolution_a < 8.0
+    out = path.parent / "out"
+    assert result.output_txt_path == out / "mic_0001.txt"
+    assert result.avrot_path == out / "mic_0001_avrot.txt"
+    assert result.diagnostic_png_path == out / "mic_0001.png"
+    assert sorted(p.name for p in out.iterdir()) == ["mic_0001.png", "mic_0001.txt", "mic_0001_avrot.txt"]
+
+
+def test_the_results_file_is_ctffind_41_and_parses_back(estimated):
+    _, result = estimated
+    lines = result.output_txt_path.read_text().splitlines()
+    assert len(lines) == 6
+    for line, pattern in zip(lines[:5], TXT_HEADER, strict=True):
+        assert re.fullmatch(pattern, line), line
+    values = [float(v) for v in lines[5].split()]
+    assert len(values) == 7
+    assert re.fullmatch(r"(-?\d+\.\d{6} ){6}-?\d+\.\d{6}", lines[5])
+    expected = [
+        1.0,
+        result.defocus_u_a,
+        result.defocus_v_a,
+        result.azimuth_deg,
+        result.phase_shift_rad,
+        result.cross_correlation,
+        result.fit_resolution_a,
+    ]
+    np.testing.assert_allclose(values, expected, atol=1e-6, rtol=1e-7)
+    # what parsers of ctffind files do: skip comments, take the columns
+    data = np.loadtxt(result.output_txt_path, comments="#")
+    assert data.shape == (7,)
+
+
+def test_the_avrot_file_is_ctffind_41_and_parses_back(estimated):
+    _, result = estimated
+    lines = result.avrot_path.read_text().splitlines()
+    assert len(lines) == 11
+    for line, pattern in zip(lines[:5], AVROT_HEADER, strict=True):
+        assert re.fullmatch(pattern, line), line
+    rows = np.loadtxt(result.avrot_path, comments="#")
+    n_bins = int(np.ceil(512 / np.sqrt(2)))
+    assert rows.shape == (6, n_bins)
+    frequency, rotational, astig, fit, cc, sigma2 = rows
+    np.testing.assert_allclose(frequency, np.arange(n_bins) / (512 * 1.2), atol=1e-6)
+    # the CTF fit is |CTF| at the mean defocus: the amplitude contrast at the origin, ≤ 1
+    assert fit[0] == pytest.approx(0.07, abs=1e-6)
+    assert np.all((fit >= 0) & (fit <= 1))
+    assert np.all(np.abs(cc) <= 1 + 1e-6)
+    assert np.all(sigma2 > 0)
+    # inside the fit resolution the corrected profile follows the fit, and better than without
+    # the astigmatism correction
+    band = (frequency > 1 / 20) & (frequency < 1 / result.fit_resolution_a)
+    corrected = np.corrcoef(astig[band], fit[band])[0, 1]
+    plain = np.corrcoef(rotational[band], fit[band])[0, 1]
+    assert corrected > 0.6
+    assert corrected > plain
+
+
+def test_the_png_shows_spectrum_and_model_side_by_side(estimated):
+    _, result = estimated
+    with Image.open(result.diagnostic_png_path) as picture:
+        assert picture.format == "PNG"
+        assert picture.size == (512, 512)
+        pixels = np.asarray(picture.convert("L"), dtype=np.float64)
+    # the model half is noise-free: neighbouring pixels agree far better than in the spectrum half
+    left, right = pixels[:, :250], pixels[:, 262:]
+    assert np.abs(np.diff(right, axis=1)).mean() < 0.5 * np.abs(np.diff(left, axis=1)).mean()
+
+
+def test_the_stem_and_the_output_folder_are_as_given(tmp_path, micrograph):
+    image = micrograph(22, shape=(512, 512), pixel_size_a=1.2, defocus_u_a=12000.0, defocus_v_a=12000.0, azimuth_deg=0)
+    path = tmp_path / "in" / "movie_0007_sum.mrc"
+    path.parent.mkdir()
+    write_mrc_atomic(path, image, pixel_size_a=1.2)
+    out = tmp_path / "deep" / "ctf"
+    result = estimate_ctf(path, out, OPTICS, PARAMS, stem="movie_0007")
+    assert result.output_txt_path == out / "movie_0007.txt"
+    assert sorted(p.name for p in out.iterdir()) == ["movie_0007.png", "movie_0007.txt", "movie_0007_avrot.txt"]
+
+
+def test_a_micrograph_smaller_than_the_box_uses_a_smaller_box(tmp_path, micrograph):
+    image = micrograph(23, shape=(384, 400), pixel_size_a=1.2, defocus_u_a=12000.0, defocus_v_a=12000.0, azimuth_deg=0)
+    path = tmp_path / "small.mrc"
+    write_mrc_atomic(path, image, pixel_size_a=1.2)
+    result = estimate_ctf(path, tmp_path, OPTICS, PARAMS)
+    assert "# Box size: 384 pixels" in result.output_txt_path.read_text()
+    assert (result.defocus_u_a + result.defocus_v_a) / 2 == pytest.approx(12000.0, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (np.ones((3, 256, 256), np.float32), "2D"),
+        (np.full((256, 256), 7.0, np.float32), "blank"),
+        (np.random.default_rng(0).normal(size=(40, 40)).astype(np.float32), "too small"),
+    ],
+    ids=["stack", "blank", "tiny"],
+)
+def test_unusable_input_is_a_clear_error_naming_the_file(tmp_path, data, message):
+    path = tmp_path / "bad.mrc"
+    write_mrc_atomic(path, data, pixel_size_a=1.2)
+    with pytest.raises(ValueError, match=message) as err:
+        estimate_ctf(path, tmp_path / "out", OPTICS, PARAMS)
+    assert str(path) in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+# mrcfile itself warns when it computes the voxel size of a 0×0 image (0/0)
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
+def test_an_empty_micrograph_is_a_clear_error_naming_the_file(tmp_path):
+    path = tmp_path / "empty.mrc"
+    write_mrc_atomic(path, np.zeros((0, 0), np.float32), pixel_size_a=1.2)
+    with pytest.raises(ValueError, match="empty") as err:
+        estimate_ctf(path, tmp_path / "out", OPTICS, PARAMS)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an MRC file at all"], ids=["zero-bytes", "garbage"])
+def test_a_file_that_is_not_mrc_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "broken.mrc"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        estimate_ctf(path, tmp_path / "out", OPTICS, PARAMS)
+
+
+def test_a_fitting_band_beyond_nyquist_is_a_clear_error(tmp_path, micrograph):
+    image = micrograph(24, shape=(256, 256), pixel_size_a=1.2, defocus_u_a=12000.0, defocus_v_a=12000.0, azimuth_deg=0)
+    path = tmp_path / "m.mrc"
+    write_mrc_atomic(path, image, pixel_size_a=1.2)
+    coarse = Optics(pixel_size_a=20.0)
+    with pytest.raises(ValueError, match="Nyquist") as err:
+        estimate_ctf(path, tmp_path, coarse, PARAMS)
+    assert str(path) in str(err.value)
+
+
+def test_the_engine_has_a_version():
+    assert isinstance(ENGINE_VERSION, str) and ENGINE_VERSION
+
+
+def test_outputs_are_written_through_temporary_names(tmp_path, micrograph, monkeypatch):
+    # a failure while writing leaves no partial results file behind
+    image = micrograph(25, shape=(512, 512), pixel_size_a=1.2, defocus_u_a=12000.0, defocus_v_a=12000.0, azimuth_deg=0)
+    path = tmp_path / "m.mrc"
+    write_mrc_atomic(path, image, pixel_size_a=1.2)
+    from emlive.ctf import native
+
+    def broken_png(dest: Path, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(native, "write_png_atomic", broken_png)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        estimate_ctf(path, out, OPTICS, PARAMS)
+    assert not (out / "m.txt").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []

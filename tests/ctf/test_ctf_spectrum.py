@@ -1,0 +1,114 @@
+"""The spectrum kernels: tiling, the averaged amplitude spectrum, radial profiles, background."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emlive.ctf.spectrum import (
+    average_amplitude_spectrum,
+    edge_taper,
+    radial_profile,
+    radius_grid_px,
+    remove_background,
+    smooth_profile,
+    tile_starts,
+)
+
+
+@pytest.mark.parametrize("length", [512, 700, 1024, 4096])
+def test_tiles_cover_the_axis_with_at_least_half_overlap(length):
+    starts = tile_starts(length, 512)
+    assert starts[0] == 0
+    assert starts[-1] == length - 512
+    assert np.all(np.diff(starts) <= 256)
+    assert np.all(np.diff(starts) > 0)
+
+
+def test_a_tile_larger_than_the_axis_is_an_error():
+    with pytest.raises(ValueError, match="does not fit"):
+        tile_starts(400, 512)
+
+
+def test_edge_taper_is_one_inside_and_rolls_off_symmetrically():
+    window = edge_taper(256)
+    assert window.shape == (256, 256)
+    np.testing.assert_allclose(window[64:192, 64:192], 1.0)
+    assert window[0, 128] < 0.01
+    np.testing.assert_allclose(window, window[::-1, ::-1])
+    np.testing.assert_allclose(window, window.T)
+
+
+def test_white_noise_gives_a_flat_spectrum_of_known_level():
+    sigma = 2.0
+    image = np.random.default_rng(0).normal(5.0, sigma, (1024, 1024)).astype(np.float32)
+    spectrum = average_amplitude_spectrum(image, tile_size_px=256)
+    assert spectrum.shape == (256, 256)
+    assert spectrum[128, 128] == 0.0  # the mean is removed
+    profile, _ = radial_profile(spectrum, radius_grid_px(256), n_bins=128)
+    expected = sigma * np.sqrt(np.pi) / 2.0  # mean of a Rayleigh amplitude
+    # (the lowest rings hold few pixels and some leakage of the removed mean)
+    np.testing.assert_allclose(profile[10:127], expected, rtol=0.04)
+
+
+def test_a_cosine_peaks_where_the_centred_layout_says():
+    # 20 cycles per tile along x and 8 along y: frequency (kx, ky) = (20, 8) / tile
+    tile = 256
+    y, x = np.mgrid[0:512, 0:512]
+    image = np.cos(2 * np.pi * (20 * x + 8 * y) / tile).astype(np.float32)
+    spectrum = average_amplitude_spectrum(image, tile_size_px=tile)
+    c = tile // 2
+    top_two = np.argsort(spectrum.ravel())[-2:]
+    peaks = {tuple(int(i) for i in np.unravel_index(j, spectrum.shape)) for j in top_two}
+    assert peaks == {(c + 8, c + 20), (c - 8, c - 20)}  # [y, x], point-symmetric
+
+
+def test_the_spectrum_is_point_symmetric():
+    image = np.random.default_rng(1).normal(size=(600, 800)).astype(np.float32)
+    spectrum = average_amplitude_spectrum(image, tile_size_px=128)
+    inner = spectrum[1:, 1:]  # row/column 0 hold the unpaired Nyquist frequency
+    np.testing.assert_allclose(inner, inner[::-1, ::-1], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile", "message"),
+    [((4, 64, 64), 32, "2D"), ((100, 100), 128, "smaller"), ((256, 256), 101, "even")],
+)
+def test_bad_spectrum_inputs_are_errors(shape, tile, message):
+    with pytest.raises(ValueError, match=message):
+        average_amplitude_spectrum(np.ones(shape, np.float32), tile_size_px=tile)
+
+
+def test_radial_profile_averages_rings():
+    radius = radius_grid_px(128)
+    profile, counts = radial_profile(3.0 + 0.0 * radius, radius, n_bins=64)
+    np.testing.assert_allclose(profile[:63], 3.0)
+    # ring i collects about 2π i pixels
+    np.testing.assert_allclose(counts[10:60], 2 * np.pi * np.arange(10, 60), rtol=0.05)
+    profile, _ = radial_profile(radius, radius, n_bins=64)
+    np.testing.assert_allclose(profile[5:62], np.arange(5, 62), atol=0.1)
+
+
+def test_smoothing_over_a_ring_period_keeps_the_background_and_drops_the_rings():
+    r = np.arange(300, dtype=np.float64)
+    background = 10.0 - 0.02 * r
+    period = 12.0
+    profile = background + np.cos(2 * np.pi * r / period)
+    smooth = smooth_profile(profile, np.full(r.size, period))
+    np.testing.assert_allclose(smooth[20:280], background[20:280], atol=0.05)
+
+
+def test_background_removal_leaves_unit_noise_and_blanks_the_centre():
+    rng = np.random.default_rng(2)
+    tile = 256
+    radius = radius_grid_px(tile)
+    # a steep smooth background with noise proportional to it
+    background = 50.0 / (1.0 + (radius / 20.0) ** 2) + 1.0
+    spectrum = background * (1.0 + 0.1 * rng.standard_normal((tile, tile)))
+    normalised, estimate = remove_background(spectrum, window_px=np.full(200, 8.0), low_cut_px=10.0)
+    inside = radius < 10.0
+    assert np.all(normalised[inside] == 0.0)
+    ring = (radius > 30) & (radius < 120)
+    assert abs(float(normalised[ring].mean())) < 0.05
+    assert float(normalised[ring].std()) == pytest.approx(1.0, abs=0.05)
+    np.testing.assert_allclose(estimate[ring], background[ring], rtol=0.02)
