@@ -14,14 +14,14 @@ __all__ = ["write_star_atomic"]
 
 def write_star_atomic(
     path: str | os.PathLike[str],
-    blocks: dict[str, pd.DataFrame],
+    blocks: dict[str, pd.DataFrame | dict[str, object]],
     *,
     float_format: str = "%.6f",
 ) -> None:
     """Write data blocks ``{name: table}`` to ``path`` atomically.
 
-    Each key becomes ``data_<name>``; a one-row table may be written by starfile as a
-    key–value block (as RELION does for ``data_general``). Column names are written as given
+    Each key becomes ``data_<name>``; a table becomes a loop, a plain dict a key–value block
+    (as RELION writes ``data_general``). Column names are written as given
     (RELION's ``rlnMicrographName`` etc., without the leading underscore).
     """
     if not blocks:

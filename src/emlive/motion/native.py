@@ -166,7 +166,7 @@ def motion_correct(
     write_mrc_atomic(dose_weighted_path, sums.dose_weighted, pixel_size_a=sums.pixel_size_a)
     write_star_atomic(
         star_path,
-        motion_star_blocks(  # type: ignore[arg-type]  # starfile writes a dict as a key-value block
+        motion_star_blocks(
             movie_name=str(movie),
             shape=(ny, nx),
             shifts_px=shifts,
