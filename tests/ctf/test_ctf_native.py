@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from emlive.acquisition import Optics
-from emlive.ctf.native import ENGINE_VERSION, estimate_ctf
+from emlive.ctf.native import ENGINE_VERSION, estimate_ctf, spectrum_geometry
 from emlive.ctf.types import CtfParams
 from emlive.io.mrc import write_mrc_atomic
+from emlive.optics import ctf_2d
 
 OPTICS = Optics(pixel_size_a=1.2, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07)
 PARAMS = CtfParams()
@@ -106,7 +107,10 @@ def test_the_avrot_file_is_ctffind_41_and_parses_back(estimated):
     n_bins = int(np.ceil(512 / np.sqrt(2)))
     assert rows.shape == (6, n_bins)
     frequency, rotational, astig, fit, cc, sigma2 = rows
-    np.testing.assert_allclose(frequency, np.arange(n_bins) / (512 * 1.2), atol=1e-6)
+    # bins of 1 / (tile edge in Å): 1.2 Å pixels are fitted as ~1.4 Å ones, from larger tiles
+    tile, box, _ = spectrum_geometry((1024, 1024), pixel_size_a=1.2, box_px=512, max_res_a=5.0)
+    assert (tile, box) == (600, 512)
+    np.testing.assert_allclose(frequency, np.arange(n_bins) / (tile * 1.2), atol=1e-6)
     # the CTF fit is |CTF| at the mean defocus: the amplitude contrast at the origin, ≤ 1
     assert fit[0] == pytest.approx(0.07, abs=1e-6)
     assert np.all((fit >= 0) & (fit <= 1))
@@ -127,9 +131,28 @@ def test_the_png_shows_spectrum_and_model_side_by_side(estimated):
         assert picture.format == "PNG"
         assert picture.size == (512, 512)
         pixels = np.asarray(picture.convert("L"), dtype=np.float64)
-    # the model half is noise-free: neighbouring pixels agree far better than in the spectrum half
-    left, right = pixels[:, :250], pixels[:, 262:]
-    assert np.abs(np.diff(right, axis=1)).mean() < 0.5 * np.abs(np.diff(left, axis=1)).mean()
+    # the fitted CTF², computed here from the reported numbers, on the 512² grid of 600 px tiles
+    ctf = ctf_2d(
+        (512, 512),
+        pixel_size_a=600 * 1.2 / 512,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        defocus_u_a=result.defocus_u_a,
+        defocus_v_a=result.defocus_v_a,
+        azimuth_deg=result.azimuth_deg,
+        half=False,
+    )
+    model = np.fft.fftshift(ctf.astype(np.float64) ** 2)
+    c = np.arange(512) - 256
+    radius = np.hypot(c[:, None], c[None, :])
+    fitted = (radius > 50) & (radius < 600 * 1.2 / result.fit_resolution_a)
+    right = fitted.copy()
+    right[:, :262] = False
+    left = fitted.copy()
+    left[:, 250:] = False
+    # right half: the model itself; left half: the spectrum, whose rings follow the model
+    assert np.corrcoef(pixels[right], model[right])[0, 1] > 0.95
+    assert np.corrcoef(pixels[left], model[left])[0, 1] > 0.1
 
 
 def test_the_stem_and_the_output_folder_are_as_given(tmp_path, micrograph):
@@ -148,7 +171,9 @@ def test_a_micrograph_smaller_than_the_box_uses_a_smaller_box(tmp_path, microgra
     path = tmp_path / "small.mrc"
     write_mrc_atomic(path, image, pixel_size_a=1.2)
     result = estimate_ctf(path, tmp_path, OPTICS, PARAMS)
-    assert "# Box size: 384 pixels" in result.output_txt_path.read_text()
+    tile, box, _ = spectrum_geometry((384, 400), pixel_size_a=1.2, box_px=512, max_res_a=5.0)
+    assert (tile, box) == (384, 328)
+    assert f"# Box size: {box} pixels" in result.output_txt_path.read_text()
     assert (result.defocus_u_a + result.defocus_v_a) / 2 == pytest.approx(12000.0, rel=0.02)
 
 
@@ -218,3 +243,21 @@ def test_outputs_are_written_through_temporary_names(tmp_path, micrograph, monke
         estimate_ctf(path, out, OPTICS, PARAMS)
     assert not (out / "m.txt").exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("pixel_a", "max_res_a", "shape", "expected"),
+    [
+        (1.5, 5.0, (4096, 4096), (512, 512, 1.5)),  # coarse enough: tiles are the box
+        (1.0, 5.0, (4096, 4096), (720, 512, 1.40625)),  # binned to ~1.4 Å from 720 px tiles
+        (0.66, 5.0, (4096, 4096), (1088, 512, 1.4025)),
+        (1.0, 2.5, (4096, 4096), (600, 512, 1.171875)),  # Nyquist kept 10 % beyond 2.5 Å
+        (1.0, 5.0, (600, 640), (600, 428, 600 / 428)),  # shrunk to fit
+    ],
+)
+def test_the_spectrum_geometry_bins_small_pixels_like_ctffind(pixel_a, max_res_a, shape, expected):
+    tile, box, fit_pixel_a = spectrum_geometry(shape, pixel_size_a=pixel_a, box_px=512, max_res_a=max_res_a)
+    assert (tile, box) == expected[:2]
+    assert fit_pixel_a == pytest.approx(expected[2])
+    assert fit_pixel_a == pytest.approx(tile * pixel_a / box)
+    assert tile % 2 == 0 and box % 2 == 0

@@ -12,7 +12,7 @@ from emlive.ctf.search import (
     correlation,
     fit_ctf,
     fit_spectrum,
-    search_defocus_1d,
+    search_defocus_grid,
 )
 from emlive.ctf.spectrum import average_amplitude_spectrum
 from emlive.optics import ctf_2d
@@ -61,11 +61,14 @@ def test_a_perfect_spectrum_is_fitted_exactly(azimuth_error):
     assert fit.cross_correlation > 0.999
 
 
-def test_the_1d_search_ranks_the_true_defocus_first():
-    spectrum = perfect_spectrum(512, 1.0, 21000.0, 21000.0, 0.0)
-    candidates = search_defocus_1d(spectrum - spectrum.mean(), MICROSCOPE, pixel_size_a=1.0, **SEARCH)
-    score, defocus, phase = candidates[0]
-    assert defocus == pytest.approx(21000.0, abs=200.0)  # within one grid step
+def test_the_grid_search_ranks_the_truth_first_even_with_large_astigmatism(azimuth_error):
+    # 2,000 Å of astigmatism at 30,000 Å defocus washes the rings out of a rotational average
+    spectrum = perfect_spectrum(512, 1.0, 31000.0, 29000.0, 70.0)
+    candidates = search_defocus_grid(spectrum - spectrum.mean(), MICROSCOPE, pixel_size_a=1.0, **SEARCH)
+    score, (mean, a, b, phase) = candidates[0]
+    assert mean == pytest.approx(30000.0, abs=200.0)  # within a grid step
+    assert 2 * np.hypot(a, b) == pytest.approx(2000.0, abs=400.0)
+    assert azimuth_error(0.5 * np.degrees(np.arctan2(b, a)), 70.0) < 12.0
     assert phase == 0.0
     assert all(other[0] < score for other in candidates[1:])
 
@@ -137,3 +140,25 @@ def test_the_fit_resolution_worsens_as_the_noise_grows(micrograph):
         for contrast in (0.12, 0.05, 0.025)
     ]
     assert resolutions[0] < resolutions[1] < resolutions[2]
+
+
+def test_small_pixels_high_defocus_and_large_astigmatism_at_200_kv(micrograph, azimuth_error):
+    # rings 2 Fourier px apart in a 512 px box of 0.66 Å pixels: fitted from larger tiles
+    from emlive.ctf.native import spectrum_geometry
+
+    microscope = Microscope(voltage_kv=200.0, cs_mm=2.7, amplitude_contrast=0.07)
+    image = micrograph(
+        5,
+        shape=(2048, 2048),
+        pixel_size_a=0.66,
+        defocus_u_a=28300.0,
+        defocus_v_a=26600.0,
+        azimuth_deg=30.0,
+        voltage_kv=200.0,
+    )
+    tile, box, fit_pixel_a = spectrum_geometry(image.shape, pixel_size_a=0.66, box_px=512, max_res_a=5.0)
+    spectrum = average_amplitude_spectrum(image, tile_size_px=tile, out_size_px=box)
+    fit = fit_spectrum(spectrum, microscope, pixel_size_a=fit_pixel_a, **SEARCH).fit
+    assert abs(fit.mean_defocus_a - 27450.0) / 27450.0 < 0.005
+    assert abs((fit.defocus_u_a - fit.defocus_v_a) - 1700.0) < 200.0
+    assert azimuth_error(fit.azimuth_deg, 30.0) < 5.0

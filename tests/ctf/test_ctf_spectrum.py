@@ -112,3 +112,16 @@ def test_background_removal_leaves_unit_noise_and_blanks_the_centre():
     assert abs(float(normalised[ring].mean())) < 0.05
     assert float(normalised[ring].std()) == pytest.approx(1.0, abs=0.05)
     np.testing.assert_allclose(estimate[ring], background[ring], rtol=0.02)
+
+
+def test_cropping_the_spectrum_keeps_the_low_frequencies_finely_sampled():
+    # 40 cycles per 512 px tile; the 256² crop keeps frequency bins of 1/512 px⁻¹
+    y, x = np.mgrid[0:1024, 0:1024]
+    image = np.cos(2 * np.pi * 40 * x / 512).astype(np.float32)
+    full = average_amplitude_spectrum(image, tile_size_px=512)
+    cropped = average_amplitude_spectrum(image, tile_size_px=512, out_size_px=256)
+    assert cropped.shape == (256, 256)
+    np.testing.assert_array_equal(cropped, full[128:384, 128:384])
+    assert np.unravel_index(int(cropped.argmax()), cropped.shape) in {(128, 128 + 40), (128, 128 - 40)}
+    with pytest.raises(ValueError, match="out_size_px"):
+        average_amplitude_spectrum(image, tile_size_px=512, out_size_px=600)

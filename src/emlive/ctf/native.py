@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 import scipy.ndimage
 
 from emlive.acquisition import Optics
@@ -41,6 +42,7 @@ __all__ = [
     "estimate_ctf",
     "format_avrot",
     "format_results",
+    "spectrum_geometry",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,10 @@ ENGINE_VERSION = "1"
 CTFFIND_FORMAT_VERSION = "4.1.14"
 # Smallest spectrum box that still resolves Thon rings usefully.
 _MIN_TILE_PX = 64
+# Smaller pixels are binned to this for fitting (as ctffind does): the box then spans more Å
+# and samples the Thon rings of a high defocus finely enough. Never coarser than lets
+# Nyquist lie 10 % beyond the highest resolution fitted.
+FIT_PIXEL_SIZE_A = 1.4
 
 _TXT_COLUMNS = (
     "# Columns: #1 - micrograph number; #2 - defocus 1 [Angstroms]; #3 - defocus 2; "
@@ -123,8 +129,11 @@ def format_avrot(header: Sequence[str], profile: FitProfile) -> str:
     return "\n".join([*header, *lines]) + "\n"
 
 
-def diagnostic_image(result: SpectrumFit, optics: Optics) -> np.ndarray:
+def diagnostic_image(result: SpectrumFit, optics: Optics, fit_pixel_size_a: float) -> np.ndarray:
     """Left half: the background-subtracted spectrum; right half: the fitted CTF², centred.
+
+    ``fit_pixel_size_a`` is the pixel size the spectrum was fitted at (see
+    :func:`spectrum_geometry`).
 
     The spectrum is lightly smoothed (3×3 mean) so that rings read through the noise, and
     scaled to 0…1 between its 1st and 99th percentiles over the fitted region; the model is
@@ -136,7 +145,7 @@ def diagnostic_image(result: SpectrumFit, optics: Optics) -> np.ndarray:
     fit = result.fit
     model = ctf_2d(
         (tile, tile),
-        pixel_size_a=optics.pixel_size_a,
+        pixel_size_a=fit_pixel_size_a,
         voltage_kv=optics.voltage_kv,
         cs_mm=optics.cs_mm,
         defocus_u_a=fit.defocus_u_a,
@@ -153,11 +162,32 @@ def diagnostic_image(result: SpectrumFit, optics: Optics) -> np.ndarray:
         spectrum = np.clip((spectrum - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     spectrum = np.where(fitted, spectrum, 0.5)
     radius_px = radius_grid_px(tile)
-    fit_radius_px = tile * optics.pixel_size_a / result.profile.fit_resolution_a
+    fit_radius_px = tile * fit_pixel_size_a / result.profile.fit_resolution_a
     model = np.where(fitted & (radius_px <= fit_radius_px), model, 0.5)
     picture = spectrum
     picture[:, tile // 2 :] = model[:, tile // 2 :]
     return picture.astype(np.float32)
+
+
+def spectrum_geometry(
+    shape: tuple[int, int], *, pixel_size_a: float, box_px: int, max_res_a: float
+) -> tuple[int, int, float]:
+    """Tile size (px), spectrum box (px) and the pixel size (Å) the spectrum is fitted at.
+
+    Micrographs with pixels smaller than :data:`FIT_PIXEL_SIZE_A` (or than ``max_res_a / 2.2``,
+    whichever is smaller) are tiled with proportionally larger tiles (rounded up to an even,
+    FFT-friendly size), whose spectra are cropped to ``box_px``: the fitted spectrum then has
+    bins of ``1 / (tile · pixel_size_a)``. Both shrink to fit a small micrograph.
+    """
+    target_a = max(pixel_size_a, min(FIT_PIXEL_SIZE_A, max_res_a / 2.2))
+    limit = min(shape) // 2 * 2
+    tile = int(np.ceil(box_px * target_a / pixel_size_a / 2.0)) * 2
+    fast = scipy.fft.next_fast_len(tile, real=True)
+    tile = fast if fast % 2 == 0 else tile
+    if tile > limit:
+        tile = limit
+    box = min(box_px, int(tile * pixel_size_a / target_a) // 2 * 2)
+    return tile, box, tile * pixel_size_a / box
 
 
 def _load_micrograph(micrograph: Path, optics: Optics) -> np.ndarray:
@@ -209,20 +239,25 @@ def estimate_ctf(
     stem = stem or micrograph.stem
     started = time.perf_counter()
     image = _load_micrograph(micrograph, optics)
-    tile = min(params.tile_size_px, min(image.shape) // 2 * 2)
-    if tile < _MIN_TILE_PX:
+    tile, box, fit_pixel_a = spectrum_geometry(
+        (image.shape[0], image.shape[1]),
+        pixel_size_a=optics.pixel_size_a,
+        box_px=params.tile_size_px,
+        max_res_a=params.max_res_a,
+    )
+    if box < _MIN_TILE_PX:
         raise ValueError(
             f"{micrograph}: the micrograph ({image.shape[0]}×{image.shape[1]} px) is too small for CTF "
             f"estimation (at least {_MIN_TILE_PX}×{_MIN_TILE_PX} px)"
         )
-    if tile != params.tile_size_px:
-        log.info("%s: spectrum box reduced from %d to %d px to fit the micrograph", micrograph, params.tile_size_px, tile)
-    spectrum = average_amplitude_spectrum(image, tile_size_px=tile, workers=workers)
+    if box != params.tile_size_px:
+        log.info("%s: spectrum box reduced from %d to %d px to fit the micrograph", micrograph, params.tile_size_px, box)
+    spectrum = average_amplitude_spectrum(image, tile_size_px=tile, out_size_px=box, workers=workers)
     try:
         result = fit_spectrum(
             spectrum,
             Microscope(optics.voltage_kv, optics.cs_mm, optics.amplitude_contrast),
-            pixel_size_a=optics.pixel_size_a,
+            pixel_size_a=fit_pixel_a,
             min_res_a=params.min_res_a,
             max_res_a=params.max_res_a,
             min_defocus_a=params.min_defocus_a,
@@ -236,10 +271,10 @@ def estimate_ctf(
     avrot_path = out_dir / f"{stem}_avrot.txt"
     png_path = out_dir / f"{stem}.png"
     run_at = datetime.now()
-    avrot_header = _header(micrograph, optics, params, tile_px=tile, run_at=run_at, avrot=True)
-    txt_header = _header(micrograph, optics, params, tile_px=tile, run_at=run_at, avrot=False)
+    avrot_header = _header(micrograph, optics, params, tile_px=box, run_at=run_at, avrot=True)
+    txt_header = _header(micrograph, optics, params, tile_px=box, run_at=run_at, avrot=False)
     atomic_write_text(avrot_path, format_avrot(avrot_header, result.profile))
-    write_png_atomic(png_path, diagnostic_image(result, optics), max_size_px=512)
+    write_png_atomic(png_path, diagnostic_image(result, optics, fit_pixel_a), max_size_px=512)
     # the results file last: its presence means the other outputs are complete
     atomic_write_text(txt_path, format_results(txt_header, result))
     fit = result.fit

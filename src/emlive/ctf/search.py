@@ -10,11 +10,11 @@ band (ctffind's score).
 The method follows ctffind's published one (Rohou & Grigorieff 2015), with its own details:
 
 1. a ring-agnostic background is removed (:func:`emlive.ctf.spectrum.remove_background`);
-2. an exhaustive 1D search of the mean defocus (and phase shift) on the rotational average,
-   vectorised over a grid (:func:`search_defocus_1d`);
-3. a starting astigmatism from the best defocus in angular sectors, then a local refinement of
-   (mean defocus, astigmatism vector[, phase shift]) with L-BFGS-B and the analytic gradient
-   of the score (:func:`fit_ctf`);
+2. an exhaustive search of the mean defocus (and phase shift) on radial profiles, vectorised
+   over a grid — ctffind's 1D search, done per angular sector so that it covers the
+   astigmatism too (:func:`search_defocus_grid`);
+3. a local refinement of (mean defocus, astigmatism vector[, phase shift]) with L-BFGS-B and
+   the analytic gradient of the score (:func:`fit_ctf`);
 4. with that fit, the background is estimated again, smoothing over the fitted ring spacing
    with the fitted rings taken out, and the fit is refined once more from the first CTF zero
    outwards (inside it a ring is too wide to tell from the background), the model multiplied
@@ -49,7 +49,7 @@ __all__ = [
     "fit_profile",
     "fit_spectrum",
     "refine_fit",
-    "search_defocus_1d",
+    "search_defocus_grid",
     "ring_amplitude",
 ]
 
@@ -282,7 +282,7 @@ def _defocus_step_a(wavelength_a: float, k_max_a: float) -> float:
     return 1.0 / (8.0 * wavelength_a * k_max_a**2)
 
 
-def search_defocus_1d(
+def search_defocus_grid(
     normalised: np.ndarray,
     microscope: Microscope,
     *,
@@ -293,81 +293,82 @@ def search_defocus_1d(
     max_defocus_a: float,
     fit_phase_shift: bool = False,
     n_candidates: int = 3,
-) -> list[tuple[float, float, float]]:
-    """Exhaustive search of the mean defocus on the rotational average of the spectrum.
+) -> list[tuple[float, np.ndarray]]:
+    """Exhaustive search of mean defocus, astigmatism (and phase shift) on a coarse grid.
 
-    Every defocus on a grid over ``min_defocus_a … max_defocus_a`` (and, with
-    ``fit_phase_shift``, every phase shift in [0, π) in steps of π/12) is scored at once
-    against the rotational average over the fitting band, rings weighted by their pixel counts.
-    Returns up to ``n_candidates`` distinct local maxima as ``(score, defocus_a, phase_shift_rad)``,
-    best first.
+    ctffind's 1D search on the rotational average, extended so that a large astigmatism —
+    which washes the rings out of a rotational average at high defocus — cannot hide the
+    truth: the fitting band is cut into 16 angular sectors, and each sector's radial profile
+    is scored against CTF² for every defocus of a grid (and every phase shift in [0, π) in
+    steps of π/12 with ``fit_phase_shift``), all at once. A set of parameters (mean defocus,
+    half-astigmatism h, azimuth) then scores the sum over sectors of each sector's score at
+    its own defocus ``mean + h·cos 2(θ - azimuth)``, looked up in those tables for every
+    grid point (h up to :data:`MAX_ASTIGMATISM_A` / 2, azimuth in 11.25° steps). With h = 0
+    this is the 1D search. Returns up to ``n_candidates`` distinct local maxima over the mean
+    defocus as ``(score, (mean, a, b, phase))``, best first, with ``a = h·cos 2·azimuth`` and
+    ``b = h·sin 2·azimuth``.
     """
-    tile = normalised.shape[0]
-    k_min, k_max = _frequency_limits(tile, pixel_size_a, min_res_a, max_res_a)
-    radius = radius_grid_px(tile)
-    n_bins = tile // 2 + 1
-    profile, counts = radial_profile(normalised, radius, n_bins=n_bins)
-    k_bins = np.arange(n_bins) / (tile * pixel_size_a)
-    sel = (k_bins >= k_min) & (k_bins <= k_max) & (counts > 0)
-    s, w = k_bins[sel] ** 2, counts[sel]
-    p = profile[sel]
-    p = p - _dot(w, p) / w.sum()
-    norm = float(np.sqrt(_dot(w * p, p)))
-    step = _defocus_step_a(microscope.wavelength_a, k_max)
-    defoci = np.arange(min_defocus_a, max_defocus_a + 0.5 * step, step)
+    band = band_pixels(normalised, pixel_size_a=pixel_size_a, min_res_a=min_res_a, max_res_a=max_res_a)
+    n_sectors = 16
+    sector_width = np.pi / n_sectors
+    sector = np.clip(((band.angle_rad + 0.5 * np.pi) / sector_width).astype(np.int64), 0, n_sectors - 1)
+    radius = np.sqrt(band.s_a2) * band.box_a
+    r0 = int(np.floor(radius.min()))
+    n_bins = int(np.ceil(radius.max())) + 2 - r0
+    s_bins = ((np.arange(n_bins) + r0) / band.box_a) ** 2
+    step = _defocus_step_a(microscope.wavelength_a, band.k_max_a)
+    max_half = 0.5 * MAX_ASTIGMATISM_A
+    first = max(min_defocus_a - max_half, step)
+    defoci = np.arange(first, max_defocus_a + max_half + step, step)
     phases = np.arange(12) * (np.pi / 12) if fit_phase_shift else np.zeros(1)
     dd, pp = (x.ravel() for x in np.meshgrid(defoci, phases, indexing="ij"))
-    chi = microscope.chi(s[None, :], np.zeros((1, 1)), dd[:, None], dd[:, None], 0.0, pp[:, None])
-    scores = _row_correlations(np.sin(chi) ** 2, p, norm, w).reshape(defoci.size, phases.size)
-    best_phase = scores.argmax(axis=1)
-    curve = scores[np.arange(defoci.size), best_phase]
-    # local maxima along defocus, best first, at least three grid steps apart
+    chi = microscope.chi(s_bins[None, :], np.zeros((1, 1)), dd[:, None], dd[:, None], 0.0, pp[:, None])
+    model = np.sin(chi) ** 2
+    tables = np.empty((n_sectors, defoci.size, phases.size))
+    weights = np.empty(n_sectors)
+    for j in range(n_sectors):
+        in_sector = sector == j
+        profile, counts = radial_profile(band.values[in_sector], radius[in_sector] - r0, n_bins=n_bins)
+        total = float(counts.sum())
+        weights[j] = total
+        centred = profile - _dot(profile, counts) / max(total, 1e-30)
+        norm = float(np.sqrt(_dot(counts * centred, centred)))
+        tables[j] = _row_correlations(model, centred, norm, counts).reshape(defoci.size, phases.size)
+    weights /= weights.sum()
+    # every (h, azimuth) of the grid, h = 0 once
+    halves = np.arange(step, max_half + 0.5 * step, step)
+    azimuths = np.arange(n_sectors) * sector_width
+    hh = np.concatenate([[0.0], np.repeat(halves, azimuths.size)])
+    aa = np.concatenate([[0.0], np.tile(azimuths, halves.size)])
+    centres = -0.5 * np.pi + (np.arange(n_sectors) + 0.5) * sector_width
+    means = np.flatnonzero((defoci >= min_defocus_a - 0.5 * step) & (defoci <= max_defocus_a + 0.5 * step))
+    scores = np.zeros((hh.size, means.size, phases.size))
+    for j in range(n_sectors):
+        shift = hh * np.cos(2.0 * (centres[j] - aa)) / step  # in grid steps, per (h, azimuth)
+        position = means[None, :] + shift[:, None]
+        lo = np.clip(np.floor(position).astype(np.int64), 0, defoci.size - 2)
+        frac = np.clip(position - lo, 0.0, 1.0)[..., None]
+        scores += weights[j] * ((1.0 - frac) * tables[j][lo] + frac * tables[j][lo + 1])
+    # best over (h, azimuth, phase) for each mean defocus, then distinct local maxima
+    flat = scores.transpose(1, 0, 2).reshape(means.size, -1)
+    best_index = flat.argmax(axis=1)
+    curve = flat[np.arange(means.size), best_index]
     padded = np.concatenate([[-np.inf], curve, [-np.inf]])
     peaks = np.flatnonzero((curve >= padded[:-2]) & (curve >= padded[2:]))
     peaks = peaks[np.argsort(curve[peaks])[::-1]]
     chosen: list[int] = []
     for i in peaks:
-        if all(abs(int(i) - j) > 2 for j in chosen):
+        if all(abs(int(i) - k) > 2 for k in chosen):
             chosen.append(int(i))
         if len(chosen) == n_candidates:
             break
-    return [(float(curve[i]), float(defoci[i]), float(phases[best_phase[i]])) for i in chosen]
-
-
-def _astigmatism_start(band: FitBand, microscope: Microscope, mean: float, phase: float, *, step: float) -> np.ndarray:
-    """A starting point (mean, a, b, phase) for refinement from the defocus in angular sectors.
-
-    The band is cut into 12 sectors of 15°; in each, the defocus within ±MAX_ASTIGMATISM_A/2 of
-    ``mean`` that best fits the sector's radial profile is found on a grid, and
-    ``D(θ) = mean + a·cos2θ + b·sin2θ`` is fitted to the sector defoci by least squares,
-    sectors weighted by how well they fit.
-    """
-    n_sectors = 12
-    sector = np.clip(((band.angle_rad + 0.5 * np.pi) / (np.pi / n_sectors)).astype(np.int64), 0, n_sectors - 1)
-    radius = np.sqrt(band.s_a2) * band.box_a
-    r0 = int(np.floor(radius.min()))
-    n_bins = int(np.ceil(radius.max())) + 2 - r0
-    s_bins = ((np.arange(n_bins) + r0) / band.box_a) ** 2
-    offsets = np.arange(-0.5 * MAX_ASTIGMATISM_A, 0.5 * MAX_ASTIGMATISM_A + 0.25 * step, 0.5 * step)
-    defoci = np.maximum(mean + offsets, 1.0)
-    chi = microscope.chi(s_bins[None, :], np.zeros((1, 1)), defoci[:, None], defoci[:, None], 0.0, phase)
-    model = np.sin(chi) ** 2
-    best = np.empty(n_sectors)
-    quality = np.empty(n_sectors)
-    for j in range(n_sectors):
-        sel = sector == j
-        profile, counts = radial_profile(band.values[sel], radius[sel] - r0, n_bins=n_bins)
-        wsum = max(float(counts.sum()), 1e-30)
-        p = profile - _dot(profile, counts) / wsum
-        norm = float(np.sqrt(_dot(counts * p, p)))
-        scores = _row_correlations(model, p, norm, counts)
-        k = int(scores.argmax())
-        best[j], quality[j] = defoci[k], max(float(scores[k]), 0.0)
-    centres = -0.5 * np.pi + (np.arange(n_sectors) + 0.5) * (np.pi / n_sectors)
-    design = np.stack([np.ones(n_sectors), np.cos(2 * centres), np.sin(2 * centres)], axis=1)
-    weights = np.sqrt(quality) + 1e-6
-    (m, a, b), *_ = np.linalg.lstsq(design * weights[:, None], best * weights, rcond=None)
-    return np.array([m, a, b, phase])
+    found = []
+    for i in chosen:
+        combo, phase_index = divmod(int(best_index[i]), phases.size)
+        half, azimuth = hh[combo], aa[combo]
+        x = np.array([defoci[means[i]], half * np.cos(2 * azimuth), half * np.sin(2 * azimuth), phases[phase_index]])
+        found.append((float(curve[i]), x))
+    return found
 
 
 def _params_to_ctf(x: np.ndarray) -> tuple[float, float, float, float]:
@@ -463,17 +464,17 @@ def fit_ctf(
 ) -> CtfFit:
     """Fit defocus U/V, azimuth (and phase shift) to a centred background-free spectrum.
 
-    1. :func:`search_defocus_1d` gives a few candidate mean defoci (and phase shifts).
-    2. For the best, a starting astigmatism comes from the defocus in angular sectors.
-    3. From that start and from zero astigmatism at each candidate scoring at least half the
-       best, L-BFGS-B maximises the band score over (mean, a, b[, phase]) where the defocus
-       along direction θ is ``mean + a·cos2θ + b·sin2θ`` (smooth through zero astigmatism).
+    1. :func:`search_defocus_grid` gives a few candidates (mean defocus, astigmatism, phase).
+    2. From each candidate scoring at least half the best, and from the best without
+       astigmatism, L-BFGS-B maximises the band score over (mean, a, b[, phase]) where the
+       defocus along direction θ is ``mean + a·cos2θ + b·sin2θ`` (smooth through zero
+       astigmatism).
 
     The returned score is the normalised cross-correlation over the band at the optimum.
     """
     band = band_pixels(normalised, pixel_size_a=pixel_size_a, min_res_a=min_res_a, max_res_a=max_res_a)
     step = _defocus_step_a(microscope.wavelength_a, band.k_max_a)
-    candidates = search_defocus_1d(
+    candidates = search_defocus_grid(
         normalised,
         microscope,
         pixel_size_a=pixel_size_a,
@@ -483,14 +484,9 @@ def fit_ctf(
         max_defocus_a=max_defocus_a,
         fit_phase_shift=fit_phase_shift,
     )
-    best_1d = candidates[0][0]
-    starts = []
-    for i, (score_1d, mean, phase) in enumerate(candidates):
-        if i > 0 and score_1d < 0.5 * best_1d:
-            continue
-        starts.append(np.array([mean, 0.0, 0.0, phase]))
-        if i == 0:
-            starts.append(_astigmatism_start(band, microscope, mean, phase, step=step))
+    best_grid = candidates[0][0]
+    starts = [x for score, x in candidates if score >= 0.5 * best_grid]
+    starts.append(np.array([*candidates[0][1][:1], 0.0, 0.0, candidates[0][1][3]]))
     scale = np.array([step, step, step, 0.1])
     bounds = _bounds(min_defocus_a, max_defocus_a)
     best_score, best_x = -np.inf, starts[0]

@@ -63,21 +63,27 @@ def average_amplitude_spectrum(
     image: np.ndarray,
     *,
     tile_size_px: int,
+    out_size_px: int | None = None,
     workers: int | None = None,
 ) -> np.ndarray:
     """Average amplitude spectrum ``|F|`` of overlapping tiles of ``image``, centred.
 
     Tiles of ``tile_size_px`` (even) overlap by ~50 %; each is mean-subtracted and multiplied
     by :func:`edge_taper` before one batched ``scipy.fft.rfft2`` (``workers`` threads) per group
-    of tiles. Returns a float32 ``(tile, tile)`` array with the zero frequency at
-    ``[tile // 2, tile // 2]`` (set to 0), scaled so that white noise of variance σ² gives a
-    spectrum of mean ≈ σ·√π/2, whatever the tile size.
+    of tiles. Returns a float32 ``(n, n)`` array, ``n = out_size_px`` (even, at most the tile;
+    default the tile), with the zero frequency at ``[n // 2, n // 2]`` (set to 0): the central
+    ``n × n`` frequencies of the tile's spectrum, i.e. the spectrum of a tile binned to a pixel
+    ``tile_size_px / n`` times larger, sampled as finely as the whole tile allows. Scaled so
+    that white noise of variance σ² gives a spectrum of mean ≈ σ·√π/2, whatever the sizes.
     """
     img = np.asarray(image)
     if img.ndim != 2:
         raise ValueError(f"expected a 2D image, got shape {img.shape}")
     if tile_size_px < 8 or tile_size_px % 2:
         raise ValueError(f"tile_size_px must be even and >= 8, got {tile_size_px}")
+    out = tile_size_px if out_size_px is None else out_size_px
+    if out < 8 or out % 2 or out > tile_size_px:
+        raise ValueError(f"out_size_px must be even, >= 8 and at most the tile ({tile_size_px}), got {out}")
     ny, nx = img.shape
     if min(ny, nx) < tile_size_px:
         raise ValueError(f"image of {ny}×{nx} px is smaller than a tile of {tile_size_px} px")
@@ -103,7 +109,9 @@ def average_amplitude_spectrum(
     j = np.arange(1, tile_size_px // 2)
     full[:, tile_size_px - j] = half[(-np.arange(tile_size_px)) % tile_size_px][:, j]
     full[0, 0] = 0.0
-    return np.fft.fftshift(full).astype(np.float32)
+    centred = np.fft.fftshift(full)
+    first = tile_size_px // 2 - out // 2
+    return centred[first : first + out, first : first + out].astype(np.float32)
 
 
 def radius_grid_px(tile_size_px: int) -> np.ndarray:
