@@ -229,10 +229,11 @@ def estimate_ctf(
     """Estimate the CTF of ``micrograph`` (MRC) and write ctffind-format results to ``out_dir``.
 
     ``stem`` names the outputs (default: the micrograph's stem); ``workers`` is the number of
-    FFT threads (``scipy.fft`` semantics; ``None`` = 1). The spectrum box is
-    ``params.tile_size_px``, reduced to the largest even size that fits a smaller micrograph.
-    Raises ``ValueError`` naming the file for an unreadable, empty, blank or non-2D input,
-    or a fitting band outside Nyquist.
+    FFT threads (``scipy.fft`` semantics; ``None`` = 1). The fitted spectrum is a box of
+    ``params.tile_size_px``; pixels smaller than ~1.4 Å are binned to ~1.4 Å for fitting,
+    as ctffind does (:func:`spectrum_geometry`), and a micrograph smaller than the tiles gets
+    smaller ones. Raises ``ValueError`` naming the file for an unreadable, empty, blank or
+    non-2D input, one too small to fit, or a fitting band beyond Nyquist.
     """
     micrograph = Path(micrograph)
     out_dir = Path(out_dir)

@@ -49,12 +49,11 @@ __all__ = [
     "fit_profile",
     "fit_spectrum",
     "refine_fit",
-    "search_defocus_grid",
     "ring_amplitude",
+    "search_defocus_grid",
 ]
 
-# Largest |U - V| (Å) the sector search for a starting astigmatism looks at; refinement may
-# go beyond.
+# Largest |U - V| (Å) the grid search covers; the refinement may go beyond.
 MAX_ASTIGMATISM_A = 3000.0
 # Windowed correlation between profile and fit that counts as "rings still fitted".
 FIT_CC_THRESHOLD = 0.5
@@ -484,9 +483,9 @@ def fit_ctf(
         max_defocus_a=max_defocus_a,
         fit_phase_shift=fit_phase_shift,
     )
-    best_grid = candidates[0][0]
+    best_grid, (mean, _, _, phase) = candidates[0]
     starts = [x for score, x in candidates if score >= 0.5 * best_grid]
-    starts.append(np.array([*candidates[0][1][:1], 0.0, 0.0, candidates[0][1][3]]))
+    starts.append(np.array([mean, 0.0, 0.0, phase]))
     scale = np.array([step, step, step, 0.1])
     bounds = _bounds(min_defocus_a, max_defocus_a)
     best_score, best_x = -np.inf, starts[0]
