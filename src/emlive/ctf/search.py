@@ -302,7 +302,8 @@ def search_defocus_grid(
     steps of π/12 with ``fit_phase_shift``), all at once. A set of parameters (mean defocus,
     half-astigmatism h, azimuth) then scores the sum over sectors of each sector's score at
     its own defocus ``mean + h·cos 2(θ - azimuth)``, looked up in those tables for every
-    grid point (h up to :data:`MAX_ASTIGMATISM_A` / 2, azimuth in 11.25° steps). With h = 0
+    grid point (h in 10 steps up to :data:`MAX_ASTIGMATISM_A` / 2, azimuth in 11.25° steps,
+    mean defocus in steps that move the phase at the highest frequency by π/8). With h = 0
     this is the 1D search. Returns up to ``n_candidates`` distinct local maxima over the mean
     defocus as ``(score, (mean, a, b, phase))``, best first, with ``a = h·cos 2·azimuth`` and
     ``b = h·sin 2·azimuth``.
@@ -335,7 +336,8 @@ def search_defocus_grid(
         tables[j] = _row_correlations(model, centred, norm, counts).reshape(defoci.size, phases.size)
     weights /= weights.sum()
     # every (h, azimuth) of the grid, h = 0 once
-    halves = np.arange(step, max_half + 0.5 * step, step)
+    n_halves = int(min(10, np.ceil(max_half / step)))  # at most 10: bounds time and memory
+    halves = max_half * np.arange(1, n_halves + 1) / n_halves
     azimuths = np.arange(n_sectors) * sector_width
     hh = np.concatenate([[0.0], np.repeat(halves, azimuths.size)])
     aa = np.concatenate([[0.0], np.tile(azimuths, halves.size)])

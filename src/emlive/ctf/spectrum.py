@@ -24,9 +24,9 @@ __all__ = [
     "tile_starts",
 ]
 
-# Tiles transformed per FFT call: bounds memory (64 × 512² complex64 ≈ 70 MB) while keeping
-# each call a large batch.
-_TILES_PER_BATCH = 64
+# Tiles transformed per FFT call: bounds the transient memory (32 tiles of 720² px: ~65 MB
+# of float32 tiles and as much of complex64 transforms) while keeping each call a batch.
+_TILES_PER_BATCH = 32
 # Values of the normalised spectrum are clipped here (in local standard deviations), so that
 # isolated strong pixels (crystalline ice, detector artefacts) cannot dominate a correlation.
 _CLIP_SIGMA = 4.0
