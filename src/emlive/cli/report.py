@@ -57,13 +57,17 @@ def _exposures(session: Session) -> list[Exposure]:
 
 def print_exposures(console: Console, session: Session) -> None:
     """One row per exposure: drift, defocus, fit resolution, or why it failed."""
+    exposures = _exposures(session)
     table = Table(title=f"{session.raw_dir}", title_justify="left")
-    for name in ("exposure", "state", "frames", "drift Å", "defocus U Å", "defocus V Å", "azimuth °", "fit Å", "CC"):
-        table.add_column(name, justify="left" if name in ("exposure", "state") else "right")
-    table.add_column("reason", max_width=80, overflow="ellipsis", no_wrap=True)
-    for exposure in _exposures(session):
+    table.add_column("exposure", min_width=max((len(e.path) for e in exposures), default=8))
+    table.add_column("state", min_width=9)
+    for name in ("frames", "drift Å", "defocus U Å", "defocus V Å", "azimuth °", "fit Å", "CC"):
+        table.add_column(name, justify="right")
+    table.add_column("reason", max_width=48, overflow="ellipsis", no_wrap=True)
+    for exposure in exposures:
         if exposure.state != "processed":
-            table.add_row(exposure.path, exposure.state, *[""] * 7, exposure.fail_reason)
+            reason = exposure.fail_reason.replace(str(exposure.movie_path), exposure.path)
+            table.add_row(exposure.path, exposure.state, *[""] * 7, reason)
             continue
         motion, ctf = exposure.motion, exposure.ctf
         table.add_row(

@@ -56,7 +56,8 @@ def read_mrc(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
     try:
         with mrcfile.open(path, mode="r", permissive=False) as mrc:
             data = np.array(mrc.data)
-            size = float(mrc.voxel_size.x)
+            mx = int(mrc.header.mx)  # voxel_size divides by mx, which is 0 in an empty file
+            size = float(mrc.header.cella.x) / mx if mx > 0 else 0.0
     except (ValueError, EOFError) as err:
         raise MovieFormatError(
             f"{path}: not a readable MRC file ({err}); it is damaged or was not fully written — "
