@@ -195,8 +195,6 @@ def test_unusable_input_is_a_clear_error_naming_the_file(tmp_path, data, message
     assert not (tmp_path / "out").exists()
 
 
-# mrcfile itself warns when it computes the voxel size of a 0×0 image (0/0)
-@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
 def test_an_empty_micrograph_is_a_clear_error_naming_the_file(tmp_path):
     path = tmp_path / "empty.mrc"
     write_mrc_atomic(path, np.zeros((0, 0), np.float32), pixel_size_a=1.2)
