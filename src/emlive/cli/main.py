@@ -7,9 +7,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
@@ -68,11 +69,28 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
         raise _fail(str(err)) from None
 
 
-def _acquisition(**values: object) -> Acquisition:
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _valid(model: type[Model], **values: object) -> Model:
+    """``model(**values)``, or a clear error naming each bad parameter."""
     try:
-        return Acquisition(**values)
-    except ValueError as err:
-        raise _fail(f"invalid acquisition parameters: {err}") from None
+        return model(**values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise _fail(f"invalid {model.__name__} parameters: {problems}") from None
+
+
+def _run_engine(step: str, source: Path, out_dir: Path, *args: BaseModel) -> Any:
+    """Run the engine named in the step's params (the last of ``args``) on one file."""
+    from emlive.pipeline.steps import engine
+
+    try:
+        run = engine(step, args[-1].engine).run
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return run(source, out_dir, *args)
+    except (ValueError, OSError) as err:  # bad input: the message names the file
+        raise _fail(str(err)) from None
 
 
 @app.command()
@@ -89,20 +107,13 @@ def motioncorr(
     config: ConfigOption = None,
 ) -> None:
     """Align one movie: writes OUT/<stem>.mrc, OUT/<stem>_DW.mrc and OUT/<stem>.star (RELION 3.1)."""
-    from emlive.pipeline.steps import engine as find_engine
-
     settings = _settings(config)
-    acq = _acquisition(
-        pixel_size_a=apix, dose_per_frame_e_a2=dose_per_frame, voltage_kv=kv, gain_path=gain,
+    acq = _valid(
+        Acquisition, pixel_size_a=apix, dose_per_frame_e_a2=dose_per_frame, voltage_kv=kv, gain_path=gain,
         eer_fractions=eer_fractions,
     )
-    try:
-        params = MotionParams.model_validate(settings.motion.model_dump() | {"engine": engine, "bin_factor": bin_factor})
-        run = find_engine("motion", engine).run
-        out_dir.mkdir(parents=True, exist_ok=True)
-        result = run(movie, out_dir, acq, params)
-    except (ValueError, OSError) as err:
-        raise _fail(str(err)) from None
+    params = _valid(MotionParams, **settings.motion.model_dump() | {"engine": engine, "bin_factor": bin_factor})
+    result = _run_engine("motion", movie, out_dir, acq, params)
     out.print(
         f"{movie.name}: {result.n_frames} frames, total drift {result.total_drift_a:.1f} Å "
         f"(early {result.early_drift_a:.1f}, late {result.late_drift_a:.1f}) → {result.micrograph_path}",
@@ -127,24 +138,14 @@ def ctf(
     config: ConfigOption = None,
 ) -> None:
     """Estimate the CTF of one micrograph: writes OUT/<stem>.txt (ctffind 4.1), _avrot.txt, .png."""
-    from emlive.pipeline.steps import engine as find_engine
-
     settings = _settings(config)
     update = {
         "min_res_a": min_res, "max_res_a": max_res, "min_defocus_a": min_defocus,
-        "max_defocus_a": max_defocus, "engine": engine,
+        "max_defocus_a": max_defocus, "engine": engine, "fit_phase_shift": phase_shift or None,
     }
-    try:
-        optics = Optics(pixel_size_a=apix, voltage_kv=kv, cs_mm=cs, amplitude_contrast=amp)
-        params = CtfParams.model_validate(
-            settings.ctf.model_dump() | {k: v for k, v in update.items() if v is not None}
-            | ({"fit_phase_shift": True} if phase_shift else {})
-        )
-        run = find_engine("ctf", engine).run
-        out_dir.mkdir(parents=True, exist_ok=True)
-        result = run(micrograph, out_dir, optics, params)
-    except (ValueError, OSError) as err:
-        raise _fail(str(err)) from None
+    optics = _valid(Optics, pixel_size_a=apix, voltage_kv=kv, cs_mm=cs, amplitude_contrast=amp)
+    params = _valid(CtfParams, **settings.ctf.model_dump() | {k: v for k, v in update.items() if v is not None})
+    result = _run_engine("ctf", micrograph, out_dir, optics, params)
     out.print(
         f"{micrograph.name}: defocus {result.defocus_u_a:.0f} / {result.defocus_v_a:.0f} Å, "
         f"azimuth {result.azimuth_deg:.1f}°, CC {result.cross_correlation:.3f}, "
@@ -173,7 +174,8 @@ def process(
     """Run the whole pipeline on RAW: motion, CTF, thumbnails, database, STAR exports in OUT/exports."""
     from emlive.cli.report import print_exposures, run_with_progress
 
-    acq = _acquisition(
+    acq = _valid(
+        Acquisition,
         pixel_size_a=apix, dose_per_frame_e_a2=dose_per_frame, voltage_kv=kv, cs_mm=cs,
         amplitude_contrast=amp, gain_path=gain.resolve() if gain else None, eer_fractions=eer_fractions,
     )

@@ -1,0 +1,82 @@
+"""`emlive motioncorr` and `emlive ctf`: the DESIGN.md §3 contracts, run as a user would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import starfile
+
+from emlive.io.mrc import read_mrc
+from emlive.synth.session import write_session
+
+from ..conftest import run_emlive
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("session")
+    truth = write_session(folder, n_movies=1, formats=("tiff",), seed=21, shape=(1024, 1024), n_frames=16)
+    return folder, truth, truth.movies[0]
+
+
+def test_motioncorr_writes_relion_outputs_that_recover_the_drift(session, tmp_path):
+    folder, truth, movie = session
+    proc = run_emlive(
+        "motioncorr", folder / "raw" / movie.name, "-o", tmp_path, "--apix", truth.pixel_size_a,
+        "--dose-per-frame", truth.dose_per_frame_e_a2, "--kv", truth.voltage_kv,
+    )
+    assert proc.returncode == 0, proc.stderr
+    stem = movie.name.removesuffix(".tif")
+    aligned, pixel_size_a = read_mrc(tmp_path / f"{stem}.mrc")
+    dose_weighted, _ = read_mrc(tmp_path / f"{stem}_DW.mrc")
+    assert aligned.shape == dose_weighted.shape == (1024, 1024) and pixel_size_a == pytest.approx(1.0)
+    star = starfile.read(tmp_path / f"{stem}.star", always_dict=True)
+    assert star["general"]["rlnImageSizeZ"] == 16
+    shifts = star["global_shift"][["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy()
+    assert list(star["global_shift"]["rlnMicrographFrameNumber"]) == list(range(1, 17))
+    rmsd_px = np.sqrt(np.mean(np.sum((-shifts - movie.trajectory) ** 2, axis=1)))
+    assert rmsd_px < 0.5
+    assert "total drift" in proc.stdout
+
+
+def test_ctf_writes_ctffind_outputs_that_recover_the_defocus(session, tmp_path):
+    folder, truth, movie = session
+    motion = tmp_path / "motion"
+    assert run_emlive(
+        "motioncorr", folder / "raw" / movie.name, "-o", motion, "--apix", 1.0, "--dose-per-frame", 1.0,
+    ).returncode == 0
+    micrograph = next(motion.glob("*[!W].mrc"))
+    proc = run_emlive(
+        "ctf", micrograph, "-o", tmp_path / "ctf", "--apix", 1.0, "--kv", 300, "--cs", 2.7, "--amp", 0.07,
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = np.loadtxt(tmp_path / "ctf" / f"{micrograph.stem}.txt", comments="#")
+    assert row.shape == (7,)
+    mean, true_mean = (row[1] + row[2]) / 2, (movie.defocus_u_a + movie.defocus_v_a) / 2
+    assert abs(mean - true_mean) / true_mean < 0.02
+    assert np.loadtxt(tmp_path / "ctf" / f"{micrograph.stem}_avrot.txt", comments="#").shape[0] == 6
+    assert (tmp_path / "ctf" / f"{micrograph.stem}.png").stat().st_size > 0
+
+
+def test_bad_input_and_bad_parameters_are_clear_errors(tmp_path):
+    broken = tmp_path / "broken.mrc"
+    broken.write_bytes(b"\0" * 100)
+    proc = run_emlive("motioncorr", broken, "-o", tmp_path / "out", "--apix", 1, "--dose-per-frame", 1)
+    assert proc.returncode == 2 and "broken.mrc" in proc.stderr
+    proc = run_emlive("motioncorr", broken, "-o", tmp_path / "out", "--apix", -1, "--dose-per-frame", 1)
+    assert proc.returncode == 2 and "pixel_size_a" in proc.stderr
+    proc = run_emlive("ctf", broken, "-o", tmp_path / "out", "--apix", 1, "--engine", "gctf9")
+    assert proc.returncode == 2 and "unknown ctf engine 'gctf9'" in proc.stderr
+    proc = run_emlive("ctf", broken, "-o", tmp_path / "out", "--apix", 1, "--min-res", 3, "--max-res", 5)
+    assert proc.returncode == 2 and "finer" in proc.stderr
+
+
+def test_process_refuses_a_missing_folder_and_a_session_recorded_with_other_parameters(tmp_path):
+    proc = run_emlive("process", tmp_path / "nowhere", "-o", tmp_path / "out", "--apix", 1, "--dose-per-frame", 1)
+    assert proc.returncode == 2 and "nowhere: no such folder" in proc.stderr
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    first = run_emlive("process", raw, "-o", tmp_path / "out", "--apix", 1, "--dose-per-frame", 1, "--workers", 1)
+    assert first.returncode == 0, first.stderr
+    other = run_emlive("process", raw, "-o", tmp_path / "out", "--apix", 1.5, "--dose-per-frame", 1)
+    assert other.returncode == 2 and "pixel_size_a" in other.stderr
