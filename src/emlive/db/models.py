@@ -69,6 +69,11 @@ class Session(models.Model):
     pre_exposure_e_a2 = models.FloatField(default=0.0, help_text="Exposure before the first frame, e/Å²")
     gain_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, blank=True, default="", help_text="Gain reference; empty if none")
     eer_fractions = models.PositiveIntegerField(default=40, help_text="EER raw frames are summed into this many fractions")
+    acquisition_json = models.JSONField(
+        default=dict,
+        help_text="Every acquisition parameter as given (Acquisition.model_dump); the columns above "
+        "repeat the common ones for queries",
+    )
 
     state = models.CharField(max_length=16, choices=State.choices, default=State.IDLE)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -83,16 +88,7 @@ class Session(models.Model):
     @property
     def acquisition(self) -> Acquisition:
         """The acquisition parameters as the engines take them."""
-        return Acquisition(
-            pixel_size_a=self.pixel_size_a,
-            voltage_kv=self.voltage_kv,
-            cs_mm=self.cs_mm,
-            amplitude_contrast=self.amplitude_contrast,
-            dose_per_frame_e_a2=self.dose_per_frame_e_a2,
-            pre_exposure_e_a2=self.pre_exposure_e_a2,
-            gain_path=Path(self.gain_path) if self.gain_path else None,
-            eer_fractions=self.eer_fractions,
-        )
+        return Acquisition.model_validate(self.acquisition_json)
 
 
 class Exposure(models.Model):

@@ -91,16 +91,11 @@ def _finite(owner: str, values: dict[str, Any]) -> None:
 
 
 def _acquisition_fields(acquisition: Acquisition) -> dict[str, Any]:
-    return {
-        "pixel_size_a": float(acquisition.pixel_size_a),
-        "voltage_kv": float(acquisition.voltage_kv),
-        "cs_mm": float(acquisition.cs_mm),
-        "amplitude_contrast": float(acquisition.amplitude_contrast),
-        "dose_per_frame_e_a2": float(acquisition.dose_per_frame_e_a2),
-        "pre_exposure_e_a2": float(acquisition.pre_exposure_e_a2),
-        "gain_path": str(Path(acquisition.gain_path).absolute()) if acquisition.gain_path else "",
-        "eer_fractions": int(acquisition.eer_fractions),
-    }
+    """The session's acquisition columns, and all parameters as JSON (gain path absolute)."""
+    gain = str(Path(acquisition.gain_path).absolute()) if acquisition.gain_path else None
+    every = acquisition.model_dump(mode="json") | {"gain_path": gain}
+    columns = {key: every[key] for key in _ACQUISITION_FIELDS} | {"gain_path": gain or ""}
+    return columns | {"acquisition_json": every}
 
 
 def _default_session_name(raw_dir: str) -> str:
@@ -146,12 +141,14 @@ def get_or_create_session(
             else:
                 logger.info("new session %s in project %s: %s", session.name, project, raw)
                 return session
-        wanted: dict[str, Any] = {"project": project, "out_dir": out, **fields}
+        wanted: dict[str, Any] = {"project": project, "out_dir": out, **fields.pop("acquisition_json")}
         stored: dict[str, Any] = {"project": existing.project.name, "out_dir": existing.out_dir}
-        stored.update({key: getattr(existing, key) for key in _ACQUISITION_FIELDS})
+        stored.update(existing.acquisition_json)
         if name is not None:
             wanted["name"], stored["name"] = name, existing.name
-        differences = [f"{key}: stored {stored[key]!r}, given {wanted[key]!r}" for key in wanted if stored[key] != wanted[key]]
+        differences = [
+            f"{key}: stored {stored.get(key)!r}, given {value!r}" for key, value in wanted.items() if stored.get(key) != value
+        ]
         if differences:
             raise SessionConflict(
                 f"session {raw} is already recorded with other parameters ({'; '.join(differences)}); "
