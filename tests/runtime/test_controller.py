@@ -1,14 +1,19 @@
 """Scheduling rules of the pure controller, fed events, asserting actions. No cluster."""
 
+from dataclasses import replace
+
 from emlive.runtime.controller import (
     ControllerState,
     ExposureReady,
     MarkFailed,
+    ScaleTo,
+    ScalingPolicy,
     StopRequested,
     Store,
     Submit,
     TaskFailed,
     TaskFinished,
+    Tick,
     decide,
 )
 
@@ -72,3 +77,84 @@ def test_stop_submits_nothing_new_and_drains_in_flight():
 def test_late_results_for_unknown_tasks_are_ignored():
     state, actions = feed(ControllerState(max_in_flight=1), TaskFinished(3, "stale"))
     assert actions == [] and state.idle
+
+
+def test_two_sessions_share_the_slots_and_neither_starves():
+    # session 1 has a burst of 20, session 2 trickles in; 2 slots
+    state = ControllerState(max_in_flight=2)
+    state, actions = feed(state, *(ExposureReady(100 + i, session_id=1) for i in range(20)))
+    assert [a.exposure_id for a in actions] == [100, 101]
+    state, _ = feed(state, ExposureReady(200, session_id=2), ExposureReady(201, session_id=2))
+    submitted = []
+    for finished in (100, 101, 102, 103):
+        state, actions = feed(state, TaskFinished(finished if finished < 102 else submitted[finished - 102], None))
+        submitted += [a.exposure_id for a in actions if isinstance(a, Submit)]
+    # the slot freed first goes to session 2, whose share was 0; then they alternate
+    assert submitted[:1] == [200]
+    assert 201 in submitted[:3]
+
+
+def test_alternate_order_serves_the_newest_then_the_oldest():
+    state = ControllerState(max_in_flight=4, order="alternate")
+    state, actions = feed(state, *(ExposureReady(i) for i in range(6)))
+    assert [a.exposure_id for a in actions] == [0, 1, 2, 3]  # submitted as they arrive
+    state = ControllerState(max_in_flight=0, order="alternate")
+    state, _ = feed(state, *(ExposureReady(i) for i in range(6)))
+    state, actions = feed(replace(state, max_in_flight=4), Tick(1.0))
+    assert [a.exposure_id for a in actions] == [5, 0, 4, 1]
+
+
+def test_retries_back_off_exponentially():
+    state = ControllerState(max_in_flight=1, max_attempts=3, backoff_s=10.0)
+    state, _ = feed(state, Tick(100.0), ExposureReady(1))
+    state, actions = feed(state, TaskFailed(1, "lost", permanent=False))
+    assert actions == []  # waits 10 s
+    state, actions = feed(state, Tick(109.0))
+    assert actions == []
+    state, actions = feed(state, Tick(110.0))
+    assert actions == [Submit(1, 2)]
+    state, actions = feed(state, TaskFailed(1, "lost", permanent=False), Tick(125.0))
+    assert actions == []  # second backoff is 20 s
+    state, actions = feed(state, Tick(130.0))
+    assert actions == [Submit(1, 3)]
+
+
+def test_other_work_goes_ahead_while_a_retry_backs_off():
+    state = ControllerState(max_in_flight=1, backoff_s=30.0)
+    state, _ = feed(state, Tick(0.0), ExposureReady(1), ExposureReady(2))
+    state, actions = feed(state, TaskFailed(1, "lost", permanent=False))
+    assert actions == [Submit(2, 1)]
+
+
+def test_scaling_goes_up_at_once_and_down_only_after_the_hysteresis_window():
+    policy = ScalingPolicy(min_workers=1, max_workers=4, tasks_per_worker=2, scale_down_after_s=60.0)
+    state = ControllerState(max_in_flight=8, scaling=policy)
+    state, actions = feed(state, Tick(0.0))
+    assert actions == [ScaleTo(1)]
+    scales = []
+
+    def burst(state, first_id, start_s):
+        state, actions = feed(state, Tick(start_s), *(ExposureReady(first_id + i) for i in range(7)))
+        scales.extend(a for a in actions if isinstance(a, ScaleTo))
+        for i in range(7):  # drains in 14 s
+            state, actions = feed(state, Tick(start_s + 2 * (i + 1)), TaskFinished(first_id + i, None))
+            scales.extend(a for a in actions if isinstance(a, ScaleTo))
+        return state
+
+    state = burst(state, 0, 0.0)
+    state = burst(state, 100, 40.0)  # a lull of 26 s between bursts: workers are kept
+    state = burst(state, 200, 90.0)
+    assert [a.n_workers for a in scales] == [2, 3, 4]  # all during the first burst, never down
+    state, actions = feed(state, Tick(90.0 + 2 + 60 - 1))  # low since the last burst's first finish
+    assert actions == []
+    state, actions = feed(state, Tick(90.0 + 2 + 60))
+    assert actions == [ScaleTo(1)]
+
+
+def test_scaling_never_exceeds_its_bounds():
+    policy = ScalingPolicy(min_workers=0, max_workers=3, tasks_per_worker=1, scale_down_after_s=0.0)
+    state = ControllerState(max_in_flight=100, scaling=policy)
+    state, actions = feed(state, *(ExposureReady(i) for i in range(50)))
+    assert [a for a in actions if isinstance(a, ScaleTo)] == [ScaleTo(1), ScaleTo(2), ScaleTo(3)]
+    state, _ = feed(state, *(TaskFinished(i, None) for i in range(50)))
+    assert state.workers == 0

@@ -1,17 +1,20 @@
 """The controller's decisions, as a pure function of events.
 
-``decide(state, event) -> (state, actions)`` holds every scheduling rule: the order exposures
-are submitted in, how many may be in flight (backpressure), which failures are retried and how
-often, and when a stop has drained. It does no I/O; the loop (``runtime.loop``) feeds it events
-from the watcher and the cluster and performs the actions it returns.
+``decide(state, event) -> (state, actions)`` holds every scheduling rule: the order a session's
+exposures are submitted in, fair share of the slots between sessions, how many may be in flight
+(backpressure), which failures are retried, how often and after what backoff, when a stop has
+drained, and how many workers the cluster should have (with hysteresis, so it never flaps). It
+does no I/O; the loop (``runtime.loop``) feeds it events from the watcher, the cluster and the
+clock and performs the actions it returns.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-Order = Literal["oldest", "newest"]
+Order = Literal["oldest", "newest", "alternate"]
 
 
 # Events -----------------------------------------------------------------------------------
@@ -22,6 +25,7 @@ class ExposureReady:
     """An exposure is recorded and waits to be processed."""
 
     exposure_id: int
+    session_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,18 @@ class TaskFailed:
 
 
 @dataclass(frozen=True)
+class Tick:
+    """The clock moved on (seconds, any monotonic origin): backoffs expire, scaling is revised."""
+
+    now_s: float
+
+
+@dataclass(frozen=True)
 class StopRequested:
     """Finish what is in flight, submit nothing new."""
 
 
-Event = ExposureReady | TaskFinished | TaskFailed | StopRequested
+Event = ExposureReady | TaskFinished | TaskFailed | Tick | StopRequested
 
 
 # Actions ----------------------------------------------------------------------------------
@@ -68,10 +79,35 @@ class MarkFailed:
     reason: str
 
 
-Action = Submit | Store | MarkFailed
+@dataclass(frozen=True)
+class ScaleTo:
+    """Ask the cluster for this many workers."""
+
+    n_workers: int
+
+
+Action = Submit | Store | MarkFailed | ScaleTo
 
 
 # State ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """How many workers to ask for: enough for the work in hand, within bounds.
+
+    Scaling up is immediate; scaling down waits until fewer workers have sufficed for
+    ``scale_down_after_s`` without a break (the hysteresis window), so a short lull between
+    movies never cancels workers that the next movie needs.
+    """
+
+    min_workers: int = 0
+    max_workers: int = 1
+    tasks_per_worker: int = 1
+    scale_down_after_s: float = 60.0
+
+    def wanted(self, work: int) -> int:
+        return max(self.min_workers, min(self.max_workers, math.ceil(work / self.tasks_per_worker)))
 
 
 @dataclass(frozen=True)
@@ -79,10 +115,23 @@ class ControllerState:
     max_in_flight: int
     max_attempts: int = 3
     order: Order = "oldest"
-    pending: tuple[int, ...] = ()
+    backoff_s: float = 0.0
+    scaling: ScalingPolicy | None = None
+    queues: dict[int, tuple[int, ...]] = field(default_factory=dict)  # session -> pending, oldest first
+    session_of: dict[int, int] = field(default_factory=dict)
     in_flight: frozenset[int] = frozenset()
     attempts: dict[int, int] = field(default_factory=dict)
+    not_before_s: dict[int, float] = field(default_factory=dict)  # retry backoff
+    served: dict[int, int] = field(default_factory=dict)  # session -> submissions, for fair share
+    newest_next: dict[int, bool] = field(default_factory=dict)  # alternate order: which end next
+    now_s: float = 0.0
+    workers: int = 0  # last ScaleTo
+    low_since_s: float | None = None  # since when fewer workers would do
     stopping: bool = False
+
+    @property
+    def pending(self) -> tuple[int, ...]:
+        return tuple(exposure_id for queue in self.queues.values() for exposure_id in queue)
 
     @property
     def idle(self) -> bool:
@@ -94,43 +143,99 @@ def decide(state: ControllerState, event: Event) -> tuple[ControllerState, list[
     """Apply one event; return the new state and the actions to perform, in order."""
     actions: list[Action] = []
     match event:
-        case ExposureReady(exposure_id):
-            if exposure_id not in state.pending and exposure_id not in state.in_flight:
-                state = replace(state, pending=state.pending + (exposure_id,))
+        case ExposureReady(exposure_id, session_id):
+            if exposure_id not in state.session_of:
+                queue = state.queues.get(session_id, ()) + (exposure_id,)
+                state = replace(
+                    state,
+                    queues=state.queues | {session_id: queue},
+                    session_of=state.session_of | {exposure_id: session_id},
+                )
         case TaskFinished(exposure_id, result):
             if exposure_id in state.in_flight:
-                state = replace(state, in_flight=state.in_flight - {exposure_id})
+                state = _forget(state, exposure_id)
                 actions.append(Store(exposure_id, result))
         case TaskFailed(exposure_id, reason, permanent):
             if exposure_id in state.in_flight:
-                state = replace(state, in_flight=state.in_flight - {exposure_id})
                 tries = state.attempts.get(exposure_id, 0)
                 if permanent or tries >= state.max_attempts:
+                    state = _forget(state, exposure_id)
                     suffix = "" if permanent else f" (gave up after {tries} attempts)"
                     actions.append(MarkFailed(exposure_id, reason + suffix))
-                else:  # retry first: it has waited longest
-                    state = replace(state, pending=(exposure_id,) + state.pending)
+                else:  # retry first, once its backoff has passed: it has waited longest
+                    session_id = state.session_of[exposure_id]
+                    delay_s = state.backoff_s * 2 ** (tries - 1)
+                    state = replace(
+                        state,
+                        in_flight=state.in_flight - {exposure_id},
+                        queues=state.queues | {session_id: (exposure_id,) + state.queues.get(session_id, ())},
+                        not_before_s=state.not_before_s | {exposure_id: state.now_s + delay_s},
+                    )
+        case Tick(now_s):
+            state = replace(state, now_s=max(state.now_s, now_s))
         case StopRequested():
             state = replace(state, stopping=True)
     state, submits = _fill(state)
-    return state, actions + submits
+    state, scale = _scale(state)
+    return state, actions + submits + scale
+
+
+def _forget(state: ControllerState, exposure_id: int) -> ControllerState:
+    """The exposure is done with (stored or failed for good)."""
+    return replace(
+        state,
+        in_flight=state.in_flight - {exposure_id},
+        session_of={k: v for k, v in state.session_of.items() if k != exposure_id},
+        attempts={k: v for k, v in state.attempts.items() if k != exposure_id},
+        not_before_s={k: v for k, v in state.not_before_s.items() if k != exposure_id},
+    )
 
 
 def _fill(state: ControllerState) -> tuple[ControllerState, list[Action]]:
-    """Submit pending exposures, in the session's order, while there is room in flight."""
+    """Submit while there is room in flight: one at a time to the session with the fewest in
+    flight (then the one served least), from the end of its queue its order says."""
     if state.stopping:
         return state, []
-    room = state.max_in_flight - len(state.in_flight)
-    if room <= 0 or not state.pending:
-        return state, []
-    if state.order == "newest":
-        chosen, rest = state.pending[-room:][::-1], state.pending[:-room]
-    else:
-        chosen, rest = state.pending[:room], state.pending[room:]
-    attempts = dict(state.attempts)
     submits: list[Action] = []
-    for exposure_id in chosen:
-        attempts[exposure_id] = attempts.get(exposure_id, 0) + 1
-        submits.append(Submit(exposure_id, attempts[exposure_id]))
-    state = replace(state, pending=rest, in_flight=state.in_flight | set(chosen), attempts=attempts)
+    while len(state.in_flight) < state.max_in_flight:
+        ready = {
+            session_id: [e for e in queue if state.not_before_s.get(e, 0.0) <= state.now_s]
+            for session_id, queue in state.queues.items()
+        }
+        candidates = [session_id for session_id, eligible in ready.items() if eligible]
+        if not candidates:
+            break
+        busy = {s: 0 for s in candidates}
+        for exposure_id in state.in_flight:
+            if (s := state.session_of.get(exposure_id)) in busy:
+                busy[s] += 1
+        session_id = min(candidates, key=lambda s: (busy[s], state.served.get(s, 0), s))
+        newest = state.order == "newest" or (state.order == "alternate" and state.newest_next.get(session_id, True))
+        exposure_id = ready[session_id][-1 if newest else 0]
+        attempt = state.attempts.get(exposure_id, 0) + 1
+        state = replace(
+            state,
+            queues=state.queues | {session_id: tuple(e for e in state.queues[session_id] if e != exposure_id)},
+            in_flight=state.in_flight | {exposure_id},
+            attempts=state.attempts | {exposure_id: attempt},
+            served=state.served | {session_id: state.served.get(session_id, 0) + 1},
+            newest_next=state.newest_next | {session_id: not newest},
+        )
+        submits.append(Submit(exposure_id, attempt))
     return state, submits
+
+
+def _scale(state: ControllerState) -> tuple[ControllerState, list[Action]]:
+    """Workers for the work in hand: up at once, down only after a full hysteresis window."""
+    policy = state.scaling
+    if policy is None:
+        return state, []
+    wanted = policy.wanted(len(state.in_flight) + (0 if state.stopping else len(state.pending)))
+    if wanted > state.workers:
+        return replace(state, workers=wanted, low_since_s=None), [ScaleTo(wanted)]
+    if wanted == state.workers:
+        return replace(state, low_since_s=None), []
+    low_since_s = state.low_since_s if state.low_since_s is not None else state.now_s
+    if state.now_s - low_since_s >= policy.scale_down_after_s:
+        return replace(state, workers=wanted, low_since_s=None), [ScaleTo(wanted)]
+    return replace(state, low_since_s=low_since_s), []
