@@ -66,7 +66,7 @@ def test_engine_writes_relion_outputs_and_recovers_the_drift(tmp_path, movie_fil
     assert general["rlnMicrographPreExposure"] == pytest.approx(0.5)
     assert general["rlnVoltage"] == pytest.approx(300.0)
     assert general["rlnMicrographStartFrame"] == 1
-    assert general["rlnMotionModelVersion"] == 0
+    assert general["rlnMotionModelVersion"] == 1  # 5x5 patches by default: RELION's polynomial model
     table = star["global_shift"]
     columns = ["rlnMicrographFrameNumber", "rlnMicrographShiftX", "rlnMicrographShiftY"]
     assert list(table.columns) == columns

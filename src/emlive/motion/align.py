@@ -375,9 +375,15 @@ def align_frames(
     max_iterations: int = 10,
     nx: int | None = None,
     boundary: tuple[np.ndarray, np.ndarray] | None = None,
+    full_shape: tuple[int, int] | None = None,
     workers: int | None = None,
 ) -> np.ndarray:
     """Align frames to each other; return the per-frame correction shifts (n, 2) (x, y) px.
+
+    With ``full_shape`` (ny, nx), ``frames_ft`` are already Fourier-cropped half-spectra (see
+    :func:`fourier_crop`) of frames of that size, ``nx`` their own (cropped) width if odd, and
+    they are used as they are (no further crop); shifts and ``boundary`` are then those of the
+    full-size frames.
 
     ``frames_ft`` holds the half-spectra ``(n, ny, nx // 2 + 1)`` of the frames (see
     :func:`rfft2_frames`); ``nx`` is the frames' width when it is odd (default
@@ -423,13 +429,20 @@ def align_frames(
             "bfactor_px2, max_shift_px and tolerance_px must be > 0 and max_iterations >= 1, got "
             f"{bfactor_px2}, {max_shift_px}, {tolerance_px}, {max_iterations}"
         )
-    full_shape = (ny, nx)
-    crop_shape = crop_shape_for_bfactor(full_shape, bfactor_px2)
-    crop = fourier_crop(frames_ft, crop_shape)
+    if full_shape is None:
+        full_shape = (ny, nx)
+        crop_shape = crop_shape_for_bfactor(full_shape, bfactor_px2)
+        crop = fourier_crop(frames_ft, crop_shape)
+    else:
+        crop_shape = (ny, nx)
+        if ny > full_shape[0] or nx > full_shape[1]:
+            raise ValueError(f"cropped spectra of {crop_shape} cannot belong to frames of {full_shape}")
+        crop = frames_ft.copy()
     if boundary is not None:
-        if boundary[0].shape != (n, nfx) or boundary[1].shape != (n, ny):
+        want = ((n, full_shape[1] // 2 + 1), (n, full_shape[0]))
+        if boundary[0].shape != want[0] or boundary[1].shape != want[1]:
             raise ValueError(
-                f"boundary spectra must be ({n}, {nfx}) and ({n}, {ny}) for these frames, got "
+                f"boundary spectra must be {want[0]} and {want[1]} for these frames, got "
                 f"{boundary[0].shape} and {boundary[1].shape}"
             )
         _subtract_smooth(crop, boundary, crop_shape, full_shape)

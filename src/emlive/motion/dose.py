@@ -30,6 +30,7 @@ __all__ = [
     "DriftStatistics",
     "aligned_sums",
     "binned_shape",
+    "dose_weight_stack",
     "drift_statistics",
     "exposure_decay",
     "sum_shifted_spectra",
@@ -88,6 +89,28 @@ def _decay_normalisation(decay: np.ndarray, n_frames: int) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         norm = n_frames * np.expm1(-x) / np.expm1(-n_frames * x)
     return np.where(x > 0, norm, 1.0).astype(np.float32)
+
+
+def dose_weight_stack(
+    shape: tuple[int, int],
+    n_frames: int,
+    *,
+    pixel_size_a: float,
+    dose_per_frame_e_a2: float,
+    voltage_kv: float,
+) -> np.ndarray:
+    """Per-frame dose weights ``w_i(k) = n q^i (1 - q) / (1 - q^n)`` (n, ny, nx // 2 + 1) float32
+    on the half-spectrum grid of an image of ``shape`` (see :func:`exposure_decay`): they sum
+    to ``n_frames`` at every frequency, as in :func:`aligned_sums`."""
+    decay = exposure_decay(
+        shape, pixel_size_a=pixel_size_a, dose_per_frame_e_a2=dose_per_frame_e_a2, voltage_kv=voltage_kv
+    )
+    norm = _decay_normalisation(decay, n_frames)
+    out = np.empty((n_frames, *decay.shape), dtype=np.float32)
+    out[0] = norm
+    for i in range(1, n_frames):
+        np.multiply(out[i - 1], decay, out=out[i])
+    return out
 
 
 def sum_shifted_spectra(

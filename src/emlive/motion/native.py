@@ -26,18 +26,32 @@ from emlive.acquisition import Acquisition
 from emlive.io.movie import open_movie
 from emlive.io.mrc import write_mrc_atomic
 from emlive.io.star import write_star_atomic
-from emlive.motion.align import align_frames, boundary_spectra
-from emlive.motion.dose import aligned_sums, drift_statistics
+from emlive.motion.align import align_frames, boundary_spectra, crop_shape_for_bfactor, fourier_crop
+from emlive.motion.deform import (
+    PatchShifts,
+    align_patches,
+    evaluate_model,
+    fit_polynomial_model,
+    globally_aligned_frames,
+    local_sums,
+    patch_windows,
+    tile_size_for_model,
+)
+from emlive.motion.dose import aligned_sums, binned_shape, dose_weight_stack, drift_statistics
+from emlive.motion.plot import write_drift_plot
 from emlive.motion.types import MotionParams, MotionResult
 
 __all__ = ["ENGINE_VERSION", "motion_correct", "motion_star_blocks"]
 
 log = logging.getLogger(__name__)
 
-ENGINE_VERSION = "native-global-1"
+ENGINE_VERSION = "native-local-1"
 
-# RELION's rlnMotionModelVersion for "no local model" (global shifts only).
+# RELION's rlnMotionModelVersion: 0 = no local model (global shifts only), 1 = third-order polynomial.
 _MOTION_MODEL_NULL = 0
+_MOTION_MODEL_THIRD_ORDER_POLYNOMIAL = 1
+# Patches narrower than this (in the pixels of the alignment band) leave too little to align.
+_MIN_PATCH_PX = 48
 # Frames read and transformed per batch: bounds the float32 copy held next to the spectra.
 _READ_BATCH = 8
 
@@ -49,11 +63,18 @@ def motion_star_blocks(
     shifts_px: np.ndarray,
     acq: Acquisition,
     bin_factor: float,
+    local_model: np.ndarray | None = None,
+    patch_shifts: PatchShifts | None = None,
 ) -> dict[str, dict[str, object] | pd.DataFrame]:
-    """The tables of RELION 3.1's per-micrograph motion STAR file (global model).
+    """The tables of RELION 3.1's per-micrograph motion STAR file.
 
     ``data_general`` is a key–value block; ``data_global_shift`` has one row per frame
     (1-based frame numbers, shifts (x, y) in unbinned movie pixels, correction convention).
+    With a ``local_model`` (36 coefficients, :mod:`emlive.motion.deform`):
+    rlnMotionModelVersion 1, ``data_local_motion_model`` (rlnMotionModelCoeffsIdx 0–35,
+    rlnMotionModelCoeff) and, with ``patch_shifts``, ``data_local_shift`` (one row per patch
+    and frame: rlnMicrographFrameNumber, rlnCoordinateX/Y of the patch centre and its
+    residual rlnMicrographShiftX/Y, unbinned movie pixels), as RELION 3.1 writes them.
     """
     shifts = np.asarray(shifts_px, dtype=np.float64)
     general: dict[str, object] = {
@@ -72,7 +93,7 @@ def motion_star_blocks(
             "rlnMicrographPreExposure": float(acq.pre_exposure_e_a2),
             "rlnVoltage": float(acq.voltage_kv),
             "rlnMicrographStartFrame": 1,
-            "rlnMotionModelVersion": _MOTION_MODEL_NULL,
+            "rlnMotionModelVersion": _MOTION_MODEL_NULL if local_model is None else _MOTION_MODEL_THIRD_ORDER_POLYNOMIAL,
         }
     )
     global_shift = pd.DataFrame(
@@ -82,7 +103,24 @@ def motion_star_blocks(
             "rlnMicrographShiftY": shifts[:, 1],
         }
     )
-    return {"general": general, "global_shift": global_shift}
+    blocks: dict[str, dict[str, object] | pd.DataFrame] = {"general": general, "global_shift": global_shift}
+    if local_model is not None:
+        coefficients = np.asarray(local_model, dtype=np.float64)
+        blocks["local_motion_model"] = pd.DataFrame(
+            {"rlnMotionModelCoeffsIdx": np.arange(coefficients.size), "rlnMotionModelCoeff": coefficients}
+        )
+    if patch_shifts is not None:
+        n_patches, n_frames, _ = patch_shifts.shifts_px.shape
+        blocks["local_shift"] = pd.DataFrame(
+            {
+                "rlnMicrographFrameNumber": np.tile(np.arange(1, n_frames + 1), n_patches),
+                "rlnCoordinateX": np.repeat(patch_shifts.centres_px[:, 0], n_frames),
+                "rlnCoordinateY": np.repeat(patch_shifts.centres_px[:, 1], n_frames),
+                "rlnMicrographShiftX": patch_shifts.shifts_px[:, :, 0].ravel(),
+                "rlnMicrographShiftY": patch_shifts.shifts_px[:, :, 1].ravel(),
+            }
+        )
+    return blocks
 
 
 def motion_correct(
@@ -98,9 +136,14 @@ def motion_correct(
 
     ``acq`` gives the pixel size (Å, of the movie), the exposure per frame and before the first
     frame (e/Å²), the voltage, the gain reference and the EER fractionation; ``params`` the
-    alignment options (B-factor px², search range and tolerance in unbinned px, iterations)
-    and the output binning. ``stem`` names the outputs (default: the movie's file stem);
-    ``workers`` is the FFT thread count (``-1``: all CPUs).
+    alignment options (B-factor px², search range and tolerance in unbinned px, iterations),
+    the patches for local motion and the output binning. ``stem`` names the outputs (default:
+    the movie's file stem); ``workers`` is the FFT thread count (``-1``: all CPUs).
+
+    Global only (``patches == (1, 1)``): the frames' half-spectra are kept and summed in
+    Fourier space. With patches, the frames are kept (float32) with their spectra on the
+    alignment band only; the local model is fitted to patch tracks and applied by tiles
+    (:mod:`emlive.motion.deform`).
 
     Raises :class:`emlive.io.MovieFormatError` for an unreadable movie and ``ValueError`` for
     a movie with fewer than 2 frames.
@@ -116,15 +159,28 @@ def motion_correct(
             raise ValueError(
                 f"{movie}: has {n_frames} frame(s); motion correction needs at least 2"
             )
-        frames_ft = np.empty((n_frames, ny, nx // 2 + 1), dtype=np.complex64)
+        full_shape = (ny, nx)
+        crop_shape = crop_shape_for_bfactor(full_shape, params.bfactor_px2)
+        local = tuple(params.patches) != (1, 1)
+        if local and min(crop_shape[0] // params.patches[1], crop_shape[1] // params.patches[0]) < _MIN_PATCH_PX:
+            log.warning(
+                "%s: %dx%d patches would be under %d px on the alignment band of %dx%d frames; "
+                "aligning globally only",
+                movie.name, params.patches[0], params.patches[1], _MIN_PATCH_PX, nx, ny,
+            )
+            local = False
+        spectra_shape = crop_shape if local else full_shape
+        frames_ft = np.empty((n_frames, spectra_shape[0], spectra_shape[1] // 2 + 1), dtype=np.complex64)
+        frames = np.empty((n_frames, ny, nx), dtype=np.float32) if local else None
         edge_rows = np.empty((n_frames, nx // 2 + 1), dtype=np.complex64)
         edge_columns = np.empty((n_frames, ny), dtype=np.complex64)
         for start in range(0, n_frames, _READ_BATCH):
             stop = min(start + _READ_BATCH, n_frames)
-            frames = source.frames(start, stop)
-            frames_ft[start:stop] = scipy.fft.rfft2(frames, workers=workers)
-            edge_rows[start:stop], edge_columns[start:stop] = boundary_spectra(frames)
-            del frames
+            batch = source.frames(start, stop, out=None if frames is None else frames[start:stop])
+            spectra = scipy.fft.rfft2(batch, workers=workers)
+            frames_ft[start:stop] = fourier_crop(spectra, crop_shape) if local else spectra
+            edge_rows[start:stop], edge_columns[start:stop] = boundary_spectra(batch)
+            del batch, spectra
     read_s = time.perf_counter() - started
 
     shifts = align_frames(
@@ -133,24 +189,63 @@ def motion_correct(
         max_shift_px=params.max_shift_px,
         tolerance_px=params.tolerance_px,
         max_iterations=params.max_iterations,
-        nx=nx,
+        nx=spectra_shape[1],
         boundary=(edge_rows, edge_columns),
+        full_shape=full_shape if local else None,
         workers=workers,
     )
     align_s = time.perf_counter() - started - read_s
 
-    sums = aligned_sums(
-        frames_ft,
-        shifts,
-        pixel_size_a=acq.pixel_size_a,
-        dose_per_frame_e_a2=acq.dose_per_frame_e_a2,
-        voltage_kv=acq.voltage_kv,
-        pre_exposure_e_a2=acq.pre_exposure_e_a2,
-        nx=nx,
-        bin_factor=params.bin_factor,
-        workers=workers,
-    )
-    del frames_ft
+    coefficients = None
+    patch_shifts = None
+    if local:
+        assert frames is not None
+        aligned = globally_aligned_frames(
+            frames_ft, shifts, crop_shape=crop_shape, full_shape=full_shape, workers=workers
+        )
+        del frames_ft
+        patch_shifts = align_patches(
+            aligned,
+            patches=tuple(params.patches),
+            scale_xy=(nx / crop_shape[1], ny / crop_shape[0]),
+            bfactor_px2=params.bfactor_px2,
+            max_shift_px=min(params.local_max_shift_px, params.max_shift_px),
+            tolerance_px=params.tolerance_px,
+            max_iterations=params.max_iterations,
+            workers=workers,
+        )
+        del aligned
+        coefficients = fit_polynomial_model(patch_shifts, shape=full_shape)
+        tile_px = tile_size_for_model(coefficients, shape=full_shape, n_frames=n_frames)
+
+        def dose_filters(shape: tuple[int, int]) -> np.ndarray:
+            return dose_weight_stack(
+                shape,
+                n_frames,
+                pixel_size_a=acq.pixel_size_a,
+                dose_per_frame_e_a2=acq.dose_per_frame_e_a2,
+                voltage_kv=acq.voltage_kv,
+            )
+
+        images = local_sums(frames, shifts, coefficients, tile_px=tile_px, dose_filters=dose_filters, workers=workers)
+        del frames
+        micrograph, dose_weighted, out_pixel_a = _binned(images, params.bin_factor, acq.pixel_size_a, workers)
+        del images
+    else:
+        sums = aligned_sums(
+            frames_ft,
+            shifts,
+            pixel_size_a=acq.pixel_size_a,
+            dose_per_frame_e_a2=acq.dose_per_frame_e_a2,
+            voltage_kv=acq.voltage_kv,
+            pre_exposure_e_a2=acq.pre_exposure_e_a2,
+            nx=nx,
+            bin_factor=params.bin_factor,
+            workers=workers,
+        )
+        del frames_ft
+        micrograph, dose_weighted, out_pixel_a = sums.micrograph, sums.dose_weighted, sums.pixel_size_a
+    sum_s = time.perf_counter() - started - read_s - align_s
     drift = drift_statistics(
         shifts,
         pixel_size_a=acq.pixel_size_a,
@@ -162,27 +257,42 @@ def motion_correct(
     micrograph_path = out_dir / f"{stem}.mrc"
     dose_weighted_path = out_dir / f"{stem}_DW.mrc"
     star_path = out_dir / f"{stem}.star"
-    write_mrc_atomic(micrograph_path, sums.micrograph, pixel_size_a=sums.pixel_size_a)
-    write_mrc_atomic(dose_weighted_path, sums.dose_weighted, pixel_size_a=sums.pixel_size_a)
+    plot_path = out_dir / f"{stem}_shifts.png"
+    out_dtype = np.float16 if params.float16 else np.float32
+    write_mrc_atomic(micrograph_path, micrograph.astype(out_dtype), pixel_size_a=out_pixel_a)
+    write_mrc_atomic(dose_weighted_path, dose_weighted.astype(out_dtype), pixel_size_a=out_pixel_a)
     write_star_atomic(
         star_path,
         motion_star_blocks(
             movie_name=str(movie),
-            shape=(ny, nx),
+            shape=full_shape,
             shifts_px=shifts,
             acq=acq,
             bin_factor=params.bin_factor,
+            local_model=coefficients,
+            patch_shifts=patch_shifts,
         ),
+        float_format="%.9g",
+    )
+    write_drift_plot(
+        plot_path,
+        shifts,
+        local=None if coefficients is None else _local_tracks(coefficients, full_shape, params.patches, n_frames, shifts),
+        pixel_size_a=acq.pixel_size_a,
+        shape=full_shape,
+        title=f"{stem}: total {drift.total_a:.1f} Å, early {drift.early_a:.1f} Å, late {drift.late_a:.1f} Å",
     )
     log.info(
-        "%s: %d frames %dx%d, total drift %.1f Å; read+FFT %.2f s, align %.2f s, total %.2f s",
+        "%s: %d frames %dx%d, total drift %.1f Å%s; read+FFT %.2f s, align %.2f s, local+sums %.2f s, total %.2f s",
         movie.name,
         n_frames,
         nx,
         ny,
         drift.total_a,
+        f", {params.patches[0]}x{params.patches[1]} patches" if local else "",
         read_s,
         align_s,
+        sum_s,
         time.perf_counter() - started,
     )
     return MotionResult(
@@ -193,6 +303,37 @@ def motion_correct(
         micrograph_path=micrograph_path,
         dose_weighted_path=dose_weighted_path,
         star_path=star_path,
-        pixel_size_a=sums.pixel_size_a,
+        pixel_size_a=out_pixel_a,
         n_frames=n_frames,
+        local_model=None if coefficients is None else [float(c) for c in coefficients],
+        drift_plot_path=plot_path,
     )
+
+
+def _binned(
+    images: np.ndarray, bin_factor: float, pixel_size_a: float, workers: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(sum, dose-weighted sum, pixel size Å) after Fourier binning of a (2, ny, nx) stack."""
+    ny, nx = images.shape[1:]
+    out_shape = binned_shape((ny, nx), bin_factor)
+    if out_shape == (ny, nx):
+        return images[0], images[1], pixel_size_a
+    spectra = fourier_crop(scipy.fft.rfft2(images, workers=workers), out_shape)
+    binned = scipy.fft.irfft2(spectra, s=out_shape, workers=workers).astype(np.float32)
+    binned *= (out_shape[0] * out_shape[1]) / (ny * nx)
+    return binned[0], binned[1], pixel_size_a * nx / out_shape[1]
+
+
+def _local_tracks(
+    coefficients: np.ndarray,
+    shape: tuple[int, int],
+    patches: tuple[int, int],
+    n_frames: int,
+    global_shifts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patch centres (P, 2) and the model's total correction there (P, n, 2), unbinned px."""
+    windows = patch_windows(shape, patches)
+    centres = np.array([((x0 + x1 - 1) / 2.0, (y0 + y1 - 1) / 2.0) for y0, y1, x0, x1 in windows])
+    frames = np.arange(n_frames)
+    tracks = evaluate_model(coefficients, centres[:, 0:1], centres[:, 1:2], frames[None, :], shape=shape)
+    return centres, tracks + global_shifts[None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
@@ -18,6 +19,13 @@ class MotionParams(BaseModel):
     tolerance_px: PositiveFloat = Field(0.01, description="Stop iterating when shifts change less, px")
     max_iterations: int = Field(10, ge=1, le=100)
     bin_factor: float = Field(1.0, ge=1.0, description="Output binning (Fourier cropping)")
+    patches: tuple[Annotated[int, Field(ge=1, le=20)], Annotated[int, Field(ge=1, le=20)]] = Field(
+        (5, 5), description="Patches (x, y) for local motion; (1, 1) = global alignment only"
+    )
+    local_max_shift_px: PositiveFloat = Field(
+        10.0, description="Largest local (per-patch) correction beyond the global one, unbinned px"
+    )
+    float16: bool = Field(False, description="Write the micrographs as float16 (MRC mode 12)")
 
 
 class MotionResult(BaseModel):
@@ -36,3 +44,8 @@ class MotionResult(BaseModel):
     star_path: Path
     pixel_size_a: float = Field(description="Pixel size of the written micrographs, Å")
     n_frames: int
+    local_model: list[float] | None = Field(
+        None,
+        description="RELION 3.1 third-order polynomial coefficients (36: x then y), or None (global only)",
+    )
+    drift_plot_path: Path | None = Field(None, description="PNG of the trajectory (global, and local at the patches)")

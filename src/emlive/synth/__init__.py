@@ -1,5 +1,6 @@
 """Synthetic cryo-EM data with known ground truth (drift, defocus, astigmatism) for tests and the demo."""
 
+from emlive.synth.deform import LocalMode, LocalMotion, local_motion, warped_images
 from emlive.synth.eer import RawFrame, encode_eer_frame, movie_events, split_into_raw_frames, write_eer
 from emlive.synth.movies import movie_frames, poisson_counts, shifted_images, specimen_image, trajectory
 from emlive.synth.session import (
@@ -13,12 +14,15 @@ from emlive.synth.session import (
 )
 
 __all__ = [
+    "LocalMode",
+    "LocalMotion",
     "MovieTruth",
     "SessionTruth",
     "RawFrame",
     "encode_eer_frame",
     "gain_reference",
     "load_truth",
+    "local_motion",
     "movie_events",
     "movie_frames",
     "plan_session",
@@ -27,6 +31,7 @@ __all__ = [
     "specimen_image",
     "split_into_raw_frames",
     "trajectory",
+    "warped_images",
     "write_eer",
     "write_movie",
     "write_session",

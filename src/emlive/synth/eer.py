@@ -37,6 +37,7 @@ from typing import BinaryIO
 import numpy as np
 
 from emlive.io.atomic import atomic_path
+from emlive.synth.deform import LocalMotion
 from emlive.synth.movies import movie_frames
 
 EER_COMPRESSION_7BIT = 65001
@@ -307,12 +308,14 @@ def movie_events(
     dose_e_per_px_per_fraction: float,
     raw_frames_per_fraction: int,
     gain: np.ndarray | None = None,
+    local_motion: LocalMotion | None = None,
     workers: int | None = None,
 ) -> tuple[np.ndarray, Iterator[RawFrame]]:
     """An EER movie of ``image`` drifting along ``trajectory_px`` (one displacement per fraction).
 
     The shift is constant within each fraction of ``raw_frames_per_fraction`` raw frames, so
-    the per-fraction ground truth is exact. Each fraction's counts are Poisson (as
+    the per-fraction ground truth is exact (``local_motion``: a field over fractions, as in
+    :func:`emlive.synth.movies.movie_frames`). Each fraction's counts are Poisson (as
     :func:`movie_frames`, with ``gain``), clipped to ``raw_frames_per_fraction`` (a detector
     registers at most one event per pixel per raw frame), then split over its raw frames.
 
@@ -326,6 +329,7 @@ def movie_events(
         trajectory_px,
         dose_e_per_px_per_frame=dose_e_per_px_per_fraction,
         gain=gain,
+        local_motion=local_motion,
         workers=workers,
     )
     np.minimum(counts, raw_frames_per_fraction, out=counts)

@@ -21,6 +21,7 @@ import scipy.fft
 
 from emlive.acquisition import Optics
 from emlive.optics import ctf_2d, frequency_grid
+from emlive.synth.deform import LocalMotion, warped_images
 
 # Frames shifted per batched inverse FFT: bounds peak memory to a few complex frames.
 _SHIFT_BATCH = 8
@@ -231,13 +232,16 @@ def movie_frames(
     *,
     dose_e_per_px_per_frame: float,
     gain: np.ndarray | None = None,
+    local_motion: LocalMotion | None = None,
     workers: int | None = None,
 ) -> np.ndarray:
     """Counted movie frames of ``image`` drifting along ``trajectory_px``.
 
     Frame ``i`` is ``Poisson(dose_e_per_px_per_frame * image(r - d_i) / gain)`` electrons per
     pixel, so multiplying the counts by ``gain`` restores the expected image (the convention
-    of a gain reference that is multiplied into the frames). Returns uint16
+    of a gain reference that is multiplied into the frames). With ``local_motion`` (a field
+    on ``image.shape``, see :mod:`emlive.synth.deform`) the content of frame ``i`` is
+    ``image(r - d_i - D_local(r, i))`` instead, by cubic-spline interpolation. Returns uint16
     ``(n_frames, ny, nx)``.
     """
     if dose_e_per_px_per_frame <= 0:
@@ -249,7 +253,11 @@ def movie_frames(
     scale = np.float32(dose_e_per_px_per_frame)
     out = np.empty((len(trajectory_px), *image.shape), dtype=np.uint16)
     for start in range(0, len(trajectory_px), _SHIFT_BATCH):
-        expected = shifted_images(image, trajectory_px[start : start + _SHIFT_BATCH], workers=workers)
+        batch = trajectory_px[start : start + _SHIFT_BATCH]
+        if local_motion is None:
+            expected = shifted_images(image, batch, workers=workers)
+        else:
+            expected = warped_images(image, batch, local_motion, first_frame=start, workers=workers)
         expected *= scale
         if gain is not None:
             expected /= gain.astype(np.float32)
