@@ -84,5 +84,5 @@ def test_without_compute_a_missing_checkpoint_says_so(doubling_step):
 
 
 def test_unknown_engines_are_named_with_the_known_ones():
-    with pytest.raises(ValueError, match="unknown motion engine 'motioncor9'; known engines: native"):
+    with pytest.raises(ValueError, match="unknown motion engine 'motioncor9'; known engines: motioncor2, motioncor3, native, relion"):
         steps.engine("motion", "motioncor9")

@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from emlive.ctf import ctffind, gctf
 from emlive.ctf import native as ctf_native
+from emlive.motion import motioncor, relion
 from emlive.motion import native as motion_native
 from emlive.pipeline import thumbnail
 from emlive.pipeline.sidecar import (
@@ -34,15 +36,27 @@ Result = TypeVar("Result", bound=BaseModel)
 
 @dataclass(frozen=True)
 class Engine:
-    """An engine of one step: the function that runs it and the version its outputs depend on."""
+    """An engine of one step: the function that runs it, the version its outputs depend on, and
+    whether it needs a GPU (then it runs only on workers that declare ``GPU`` resources)."""
 
     run: Callable[..., Any]
     version: str
+    gpu: bool = False
 
 
 ENGINES: dict[str, dict[str, Engine]] = {
-    "motion": {"native": Engine(motion_native.motion_correct, motion_native.ENGINE_VERSION)},
-    "ctf": {"native": Engine(ctf_native.estimate_ctf, ctf_native.ENGINE_VERSION)},
+    "motion": {
+        "native": Engine(motion_native.motion_correct, motion_native.ENGINE_VERSION),
+        "relion": Engine(relion.motion_correct, relion.ENGINE_VERSION),
+        "motioncor2": Engine(motioncor.motion_correct_motioncor2, motioncor.ENGINE_VERSION, gpu=True),
+        "motioncor3": Engine(motioncor.motion_correct_motioncor3, motioncor.ENGINE_VERSION, gpu=True),
+    },
+    "ctf": {
+        "native": Engine(ctf_native.estimate_ctf, ctf_native.ENGINE_VERSION),
+        "ctffind4": Engine(ctffind.estimate_ctf_ctffind4, ctffind.ENGINE_VERSION),
+        "ctffind5": Engine(ctffind.estimate_ctf_ctffind5, ctffind.ENGINE_VERSION),
+        "gctf": Engine(gctf.estimate_ctf, gctf.ENGINE_VERSION, gpu=True),
+    },
     "thumbnail": {"native": Engine(thumbnail.make_thumbnail, thumbnail.ENGINE_VERSION)},
 }
 
