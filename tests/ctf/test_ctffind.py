@@ -109,7 +109,6 @@ def test_a_run_with_a_stand_in_ctffind_writes_the_ctffind_files_and_a_png(tmp_pa
     result = run(micrograph, tmp_path / "out", Optics(pixel_size_a=1.0), CtfParams(), stem="exp1",
                  spec=ToolSpec(executable=str(tool)))
     assert result.defocus_u_a == pytest.approx(16012.335938 if release == "ctffind4" else 16004.918945)
-    assert result.fit_ok
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["exp1.png", "exp1.txt", "exp1_avrot.txt"]
     assert result.output_txt_path.read_text() == golden(f"ctffind/ctffind-{sample}_diag.txt")
     (call,) = calls(tool)
