@@ -11,17 +11,20 @@ from emlive.io.movie import eer_fraction_bounds, open_movie, read_movie, read_mo
 
 
 def expected_fractions(raw: np.ndarray, n_fractions: int) -> np.ndarray:
-    per = len(raw) // n_fractions
-    sums = [raw[i * per : (i + 1) * per].sum(axis=0) for i in range(n_fractions - 1)]
-    sums.append(raw[(n_fractions - 1) * per :].sum(axis=0))  # the remainder joins the last
-    return np.stack(sums).astype(np.float32)
+    per, extra = divmod(len(raw), n_fractions)
+    sizes = [per + (i >= n_fractions - extra) for i in range(n_fractions)]  # the remainder spread at the end
+    stops = np.cumsum(sizes)
+    return np.stack([raw[stop - size : stop].sum(axis=0) for size, stop in zip(sizes, stops)]).astype(np.float32)
 
 
-def test_fraction_bounds_put_the_remainder_in_the_last_fraction():
+def test_fraction_bounds_spread_the_remainder_over_the_last_fractions():
     assert eer_fraction_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert eer_fraction_bounds(11, 3) == [(0, 3), (3, 7), (7, 11)]
     assert eer_fraction_bounds(9, 3) == [(0, 3), (3, 6), (6, 9)]
     assert eer_fraction_bounds(5, 5) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
     assert eer_fraction_bounds(7, 1) == [(0, 7)]
+    sizes = [b - a for a, b in eer_fraction_bounds(403, 40)]
+    assert sizes == [10] * 37 + [11] * 3
 
 
 @pytest.mark.parametrize(
@@ -33,11 +36,11 @@ def test_fractions_are_sums_of_raw_frames(tmp_path, rng, eer_writer, raw_frame_m
     # oracle 1: tifffile's own EER decoder reads back the raw frames we wrote
     with tifffile.TiffFile(path) as tif:
         np.testing.assert_array_equal(tif.series[0].asarray().astype(bool), raw)
-    # fractions: 11 raw frames into 4 fractions of 2, 2, 2 and 5 (the remainder at the end)
+    # fractions: 11 raw frames into 4 fractions of 2, 3, 3 and 3 (the remainder spread at the end)
     header = read_movie_header(path, eer_fractions=4)
     assert header.format == "eer"
     assert (header.n_frames, header.n_raw_frames, header.shape) == (4, 11, (40, 56))
-    assert header.fraction_sizes == (2, 2, 2, 5)
+    assert header.fraction_sizes == (2, 3, 3, 3)
     assert header.dtype == np.dtype(bool)
     fractions = read_movie(path, eer_fractions=4)
     assert fractions.dtype == np.float32 and fractions.shape == (4, 40, 56)

@@ -41,6 +41,52 @@ Amp = Annotated[float, typer.Option("--amp", help="Amplitude contrast fraction")
 Dose = Annotated[float, typer.Option("--dose-per-frame", help="Exposure per frame (EER: per fraction), e/Å²")]
 Gain = Annotated[Path | None, typer.Option("--gain", help="Gain reference (MRC or TIFF), multiplied into frames")]
 EerFractions = Annotated[int, typer.Option("--eer-fractions", help="EER: fractions the raw frames are summed into")]
+EerDosePerFraction = Annotated[
+    float | None,
+    typer.Option(
+        "--eer-dose-per-fraction",
+        help="EER: sum raw frames into fractions of about this exposure, e/Å² (instead of --eer-fractions; "
+        "needs the total exposure: --eer-total-dose or the EER's totalDose metadata); raw frames left over "
+        "at the end are not used (logged)",
+    ),
+]
+EerTotalDose = Annotated[
+    float | None, typer.Option("--eer-total-dose", help="EER: total exposure of the movie, e/Å² (for --eer-dose-per-fraction)")
+]
+EerUpsampling = Annotated[
+    int, typer.Option("--eer-upsampling", min=1, max=2, help="EER: render at 1 = native 4K or 2 = 8K super-resolution")
+]
+GainRot = Annotated[
+    int,
+    typer.Option(
+        "--gain-rot",
+        min=0,
+        max=3,
+        help="Rotate the gain reference by N quarter turns clockwise as displayed with row 0 at the top "
+        "(RELION --gain_rot / MotionCor2 -RotGain); applied before --gain-flip",
+    ),
+]
+GainFlip = Annotated[
+    str | None,
+    typer.Option(
+        "--gain-flip",
+        help="Flip the gain reference after rotating: y = upside down (RELION --gain_flip 1, MotionCor2 "
+        "-FlipGain 1), x = left to right (RELION 2, MotionCor2 2)",
+    ),
+]
+Defects = Annotated[
+    Path | None,
+    typer.Option(
+        "--defects",
+        help="Detector defects: a MotionCor2/RELION text file of 'x y w h' rectangles (pixels, 0-based), or a "
+        "mask image (MRC/TIFF, non-zero = bad); bad pixels are replaced",
+    ),
+]
+Patches = Annotated[
+    tuple[int, int] | None,
+    typer.Option("--patches", help="Patches X Y for local motion (default 5 5; 1 1 = global alignment only)"),
+]
+Float16 = Annotated[bool, typer.Option("--float16", help="Write the micrographs as float16 (MRC mode 12)")]
 Workers = Annotated[int | None, typer.Option("--workers", help="Local Dask worker processes (default: CPU count)")]
 
 
@@ -81,6 +127,26 @@ def _valid(model: type[Model], **values: object) -> Model:
         raise _fail(f"invalid {model.__name__} parameters: {problems}") from None
 
 
+def _detector_fields(
+    *,
+    gain_rot: int,
+    gain_flip: str | None,
+    defects: Path | None,
+    eer_dose_per_fraction: float | None,
+    eer_total_dose: float | None,
+    eer_upsampling: int,
+) -> dict[str, object]:
+    """Acquisition fields of the detector flags (motioncorr and process share them)."""
+    return {
+        "gain_rotation": gain_rot,
+        "gain_flip": gain_flip,
+        "defects_path": defects.resolve() if defects else None,
+        "eer_dose_per_fraction_e_a2": eer_dose_per_fraction,
+        "eer_total_dose_e_a2": eer_total_dose,
+        "eer_upsampling": eer_upsampling,
+    }
+
+
 def _run_engine(step: str, source: Path, out_dir: Path, *args: BaseModel) -> Any:
     """Run the engine named in the step's params (the last of ``args``) on one file."""
     from emlive.pipeline.steps import engine
@@ -101,18 +167,35 @@ def motioncorr(
     dose_per_frame: Dose,
     kv: Kv = 300.0,
     gain: Gain = None,
+    gain_rot: GainRot = 0,
+    gain_flip: GainFlip = None,
+    defects: Defects = None,
+    patches: Patches = None,
     eer_fractions: EerFractions = 40,
+    eer_dose_per_fraction: EerDosePerFraction = None,
+    eer_total_dose: EerTotalDose = None,
+    eer_upsampling: EerUpsampling = 1,
     bin_factor: Annotated[float, typer.Option("--bin", help="Output binning by Fourier cropping")] = 1.0,
+    float16: Float16 = False,
     engine: Annotated[str, typer.Option("--engine", help="Motion-correction engine")] = "native",
     config: ConfigOption = None,
 ) -> None:
-    """Align one movie: writes OUT/<stem>.mrc, OUT/<stem>_DW.mrc and OUT/<stem>.star (RELION 3.1)."""
+    """Align one movie: writes OUT/<stem>.mrc, OUT/<stem>_DW.mrc, OUT/<stem>.star (RELION 3.1) and
+    OUT/<stem>_shifts.png."""
     settings = _settings(config)
     acq = _valid(
         Acquisition, pixel_size_a=apix, dose_per_frame_e_a2=dose_per_frame, voltage_kv=kv, gain_path=gain,
-        eer_fractions=eer_fractions,
+        eer_fractions=eer_fractions, **_detector_fields(
+            gain_rot=gain_rot, gain_flip=gain_flip, defects=defects, eer_dose_per_fraction=eer_dose_per_fraction,
+            eer_total_dose=eer_total_dose, eer_upsampling=eer_upsampling,
+        ),
     )
-    params = _valid(MotionParams, **settings.motion.model_dump() | {"engine": engine, "bin_factor": bin_factor})
+    update: dict[str, object] = {"engine": engine, "bin_factor": bin_factor}
+    if patches is not None:
+        update["patches"] = patches
+    if float16:
+        update["float16"] = True
+    params = _valid(MotionParams, **settings.motion.model_dump() | update)
     result = _run_engine("motion", movie, out_dir, acq, params)
     out.print(
         f"{movie.name}: {result.n_frames} frames, total drift {result.total_drift_a:.1f} Å "
@@ -164,7 +247,13 @@ def process(
     cs: Cs = 2.7,
     amp: Amp = 0.07,
     gain: Gain = None,
+    gain_rot: GainRot = 0,
+    gain_flip: GainFlip = None,
+    defects: Defects = None,
     eer_fractions: EerFractions = 40,
+    eer_dose_per_fraction: EerDosePerFraction = None,
+    eer_total_dose: EerTotalDose = None,
+    eer_upsampling: EerUpsampling = 1,
     watch: Annotated[bool, typer.Option("--watch", help="Keep watching for new movies until SIGTERM/SIGINT")] = False,
     settle_s: Annotated[float | None, typer.Option("--settle-s", help="Seconds a file must stay unchanged")] = None,
     workers: Workers = None,
@@ -178,6 +267,10 @@ def process(
         Acquisition,
         pixel_size_a=apix, dose_per_frame_e_a2=dose_per_frame, voltage_kv=kv, cs_mm=cs,
         amplitude_contrast=amp, gain_path=gain.resolve() if gain else None, eer_fractions=eer_fractions,
+        **_detector_fields(
+            gain_rot=gain_rot, gain_flip=gain_flip, defects=defects, eer_dose_per_fraction=eer_dose_per_fraction,
+            eer_total_dose=eer_total_dose, eer_upsampling=eer_upsampling,
+        ),
     )
     overrides = _overrides(settle_s=settle_s, workers=workers, database_url=database_url)
     settings = _settings(config, **overrides)

@@ -11,12 +11,23 @@ versus bytes on disk; TIFF/EER page chain and every strip inside the file) witho
 pixel, and any damage found then or while decoding raises :class:`MovieFormatError` naming the
 file, the problem and what to do. A missing file raises :class:`FileNotFoundError`.
 
-EER movies are decoded at the sensor's native size (4096² on Falcon 4; super-resolution
-sub-pixel bits are ignored) and their raw frames are summed into ``eer_fractions`` fractions of
-``n_raw // eer_fractions`` raw frames each; the ``n_raw % eer_fractions`` remainder frames go
-into the last fraction (``MovieHeader.fraction_sizes`` says how many raw frames each returned
-frame holds, for exact dose weighting). Each raw frame is decoded by ``imagecodecs.eer_decode``
-straight into the fraction's uint16 sum; there is no Python loop over events.
+EER movies are rendered at the sensor's native size (``eer_upsampling=1``: 4096² on Falcon 4)
+or at twice it (``eer_upsampling=2``: 8192², using the events' sub-pixel bits), and their raw
+frames are summed into fractions, either
+
+- ``eer_fractions`` fractions: ``n_raw // eer_fractions`` raw frames each, and the
+  ``r = n_raw % eer_fractions`` remainder spread one each over the last ``r`` fractions (sizes
+  differ by at most one raw frame; logged); or
+- by exposure, with ``eer_dose_per_fraction_e_a2`` and the movie's total exposure (given, or
+  the EER's ``totalDose`` metadata): ``g = round(dose per fraction / dose per raw frame)`` raw
+  frames per fraction, ``n_raw // g`` fractions, and the ``n_raw % g`` raw frames left at the
+  end are *not used* (as RELION's ``--eer_grouping`` does; logged, and counted in
+  ``MovieHeader.n_unused_raw_frames``), so that every fraction has the same exposure
+  (``MovieHeader.dose_per_fraction_e_a2``).
+
+``MovieHeader.fraction_sizes`` says how many raw frames each returned frame holds. Each raw
+frame is decoded by ``imagecodecs.eer_decode`` straight into the fraction's uint16 sum; there is
+no Python loop over events.
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ from emlive.io._tiff import (
     open_tiff_checked,
 )
 from emlive.io.errors import INCOMPLETE_ADVICE, MovieFormatError, human_bytes
-from emlive.io.gain import check_gain_shape, read_gain
+from emlive.io.gain import check_gain_shape, orient_gain, read_gain
 
 __all__ = [
     "MOVIE_SUFFIXES",
@@ -54,7 +65,9 @@ __all__ = [
     "MovieFormat",
     "MovieHeader",
     "check_movie_complete",
+    "EerOptions",
     "eer_fraction_bounds",
+    "eer_grouping_for_dose",
     "movie_format",
     "open_movie",
     "read_movie",
@@ -96,6 +109,9 @@ class MovieHeader:
     n_raw_frames: int
     fraction_sizes: tuple[int, ...]
     pixel_size_a: float | None
+    upsampling: int = 1
+    n_unused_raw_frames: int = 0
+    dose_per_fraction_e_a2: float | None = None
 
 
 class _Reader(Protocol):
@@ -311,11 +327,27 @@ def _eer_decode_accumulates() -> bool:
 
 
 def eer_fraction_bounds(n_raw_frames: int, n_fractions: int) -> list[tuple[int, int]]:
-    """Raw-frame ranges [start, stop) of each fraction; the remainder joins the last one."""
-    per = n_raw_frames // n_fractions
-    starts = [i * per for i in range(n_fractions)]
-    stops = [*starts[1:], n_raw_frames]
+    """Raw-frame ranges [start, stop) of ``n_fractions`` fractions covering all raw frames.
+
+    Each holds ``n_raw // n_fractions`` raw frames, and the last ``n_raw % n_fractions``
+    fractions one more: sizes differ by at most one.
+    """
+    per, extra = divmod(n_raw_frames, n_fractions)
+    sizes = [per + (1 if i >= n_fractions - extra else 0) for i in range(n_fractions)]
+    stops = np.cumsum(sizes).tolist()
+    starts = [0, *stops[:-1]]
     return list(zip(starts, stops, strict=True))
+
+
+def eer_grouping_for_dose(
+    n_raw_frames: int, *, total_dose_e_a2: float, dose_per_fraction_e_a2: float
+) -> tuple[int, int, int]:
+    """(raw frames per fraction, fractions, unused raw frames at the end) for a target exposure
+    per fraction. The grouping is the nearest whole number of raw frames (at least 1)."""
+    per_raw = total_dose_e_a2 / n_raw_frames
+    grouping = max(1, min(n_raw_frames, round(dose_per_fraction_e_a2 / per_raw)))
+    n_fractions = n_raw_frames // grouping
+    return grouping, n_fractions, n_raw_frames - n_fractions * grouping
 
 
 class _EerReader:
@@ -327,6 +359,7 @@ class _EerReader:
         first_page: int,
         bits: tuple[int, int, int],
         rows_per_strip: int,
+        bounds: list[tuple[int, int]],
     ) -> None:
         self.header = header
         self._tif = tif
@@ -334,15 +367,18 @@ class _EerReader:
         self._first_page = first_page
         self._bits = bits
         self._rows_per_strip = rows_per_strip
-        self._bounds = eer_fraction_bounds(header.n_raw_frames, header.n_frames)
+        self._bounds = bounds
 
     def _add_raw_frame(self, raw_index: int, acc: np.ndarray, accumulates: bool) -> None:
         page_index = self._first_page + raw_index
         page = self._tif.pages[page_index]
         skip_bits, horz_bits, vert_bits = self._bits
         ny = self.header.shape[0]
+        up = self.header.upsampling
+        superres = {1: 0, 2: 1, 4: 2}[up]
+        rows_per_strip = self._rows_per_strip * up
         for s, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts, strict=True)):
-            rows = acc[s * self._rows_per_strip : min(ny, (s + 1) * self._rows_per_strip)]
+            rows = acc[s * rows_per_strip : min(ny, (s + 1) * rows_per_strip)]
             data = os.pread(self._fd, count, offset)
             if len(data) != count:
                 raise MovieFormatError(
@@ -350,10 +386,15 @@ class _EerReader:
                     f"bytes at byte {offset}); {INCOMPLETE_ADVICE}"
                 )
             try:
+                # the shape is the rendered one (native × 2^superres), as tifffile passes it
                 if accumulates:
-                    imagecodecs.eer_decode(data, rows.shape, skip_bits, horz_bits, vert_bits, out=rows)
+                    imagecodecs.eer_decode(
+                        data, rows.shape, skip_bits, horz_bits, vert_bits, superres=superres, out=rows
+                    )
                 else:
-                    rows += imagecodecs.eer_decode(data, rows.shape, skip_bits, horz_bits, vert_bits)
+                    rows += imagecodecs.eer_decode(
+                        data, rows.shape, skip_bits, horz_bits, vert_bits, superres=superres
+                    )
             except DECODE_ERRORS as err:
                 raise MovieFormatError(
                     f"{self.header.path}: cannot decode EER frame {raw_index} (TIFF page "
@@ -393,7 +434,27 @@ def _eer_pixel_size_a(tif: tifffile.TiffFile) -> float | None:
     return None
 
 
-def _open_eer(path: Path, file_size: int, eer_fractions: int) -> _EerReader:
+@dataclass(frozen=True)
+class EerOptions:
+    """How an EER movie is rendered: see the module docstring."""
+
+    fractions: int = 40
+    upsampling: int = 1
+    dose_per_fraction_e_a2: float | None = None
+    total_dose_e_a2: float | None = None
+
+
+def _eer_total_dose(tif: tifffile.TiffFile) -> float | None:
+    """The ``totalDose`` item of the EER metadata (e/Å²), if present and positive."""
+    try:
+        meta = tif.eer_metadata or {}
+    except DECODE_ERRORS:
+        return None
+    value = meta.get("totalDose")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def _open_eer(path: Path, file_size: int, options: EerOptions) -> _EerReader:
     tif, n_pages = open_tiff_checked(path, file_size, eer=True)
     try:
         pages = tif.pages
@@ -415,32 +476,66 @@ def _open_eer(path: Path, file_size: int, eer_fractions: int) -> _EerReader:
         ny, nx = int(keyframe.imagelength), int(keyframe.imagewidth)
         rows_per_strip = min(int(keyframe.rowsperstrip or ny), ny)
         n_raw = n_pages - first_page
-        if eer_fractions > n_raw:
-            raise ValueError(
-                f"{path}: the EER movie has {n_raw} raw frames, fewer than the {eer_fractions} "
-                f"fractions asked for; ask for at most {n_raw} fractions"
+        unused = 0
+        dose_per_fraction = None
+        if options.dose_per_fraction_e_a2 is not None:
+            total = options.total_dose_e_a2 or _eer_total_dose(tif)
+            if total is None:
+                raise ValueError(
+                    f"{path}: fractionating by exposure needs the movie's total exposure, and the EER "
+                    "metadata has no totalDose; give it (--eer-total-dose e/Å²) or use --eer-fractions"
+                )
+            grouping, eer_fractions, unused = eer_grouping_for_dose(
+                n_raw, total_dose_e_a2=total, dose_per_fraction_e_a2=options.dose_per_fraction_e_a2
             )
+            dose_per_fraction = grouping * total / n_raw
+            bounds = [(i * grouping, (i + 1) * grouping) for i in range(eer_fractions)]
+            logger.info(
+                "%s: %d raw EER frames, %.4g e/Å² each: %d fractions of %d (%.4g e/Å² each)%s",
+                path.name, n_raw, total / n_raw, eer_fractions, grouping, dose_per_fraction,
+                f"; the last {unused} raw frames ({unused * total / n_raw:.3g} e/Å²) are not used" if unused else "",
+            )
+        else:
+            eer_fractions = options.fractions
+            if eer_fractions > n_raw:
+                raise ValueError(
+                    f"{path}: the EER movie has {n_raw} raw frames, fewer than the {eer_fractions} "
+                    f"fractions asked for; ask for at most {n_raw} fractions"
+                )
+            bounds = eer_fraction_bounds(n_raw, eer_fractions)
+            if n_raw % eer_fractions:
+                logger.info(
+                    "%s: %d raw EER frames into %d fractions: %d of %d raw frames and the last %d of %d",
+                    path.name, n_raw, eer_fractions, eer_fractions - n_raw % eer_fractions,
+                    n_raw // eer_fractions, n_raw % eer_fractions, n_raw // eer_fractions + 1,
+                )
+        if options.upsampling not in (1, 2):
+            raise ValueError(f"eer_upsampling must be 1 (native) or 2 (twice the native size), got {options.upsampling}")
         if len(keyframe.dataoffsets) != math.ceil(ny / rows_per_strip):
             raise MovieFormatError(
                 f"{path}: EER page has {len(keyframe.dataoffsets)} strips for {ny} rows of "
                 f"{rows_per_strip}; the file is corrupt"
             )
-        bounds = eer_fraction_bounds(n_raw, eer_fractions)
+        up = options.upsampling
+        sensor_pixel_a = _eer_pixel_size_a(tif)
         header = MovieHeader(
             path=path,
             format="eer",
             n_frames=eer_fractions,
-            shape=(ny, nx),
+            shape=(ny * up, nx * up),
             dtype=np.dtype(bool),
             n_raw_frames=n_raw,
             fraction_sizes=tuple(stop - start for start, stop in bounds),
-            pixel_size_a=_eer_pixel_size_a(tif),
+            pixel_size_a=None if sensor_pixel_a is None else sensor_pixel_a / up,
+            upsampling=up,
+            n_unused_raw_frames=unused,
+            dose_per_fraction_e_a2=dose_per_fraction,
         )
         fd = os.open(path, os.O_RDONLY)
     except BaseException:
         tif.close()
         raise
-    return _EerReader(header, tif, fd, first_page, bits, rows_per_strip)
+    return _EerReader(header, tif, fd, first_page, bits, rows_per_strip, bounds)
 
 
 # ---------------------------------------------------------------------------- the public API
@@ -510,10 +605,13 @@ class Movie:
             yield self.frames(start, start + chunk)
 
 
-def _open_reader(path: Path, eer_fractions: int) -> _Reader:
+def _open_reader(path: Path, eer: EerOptions) -> _Reader:
     fmt = movie_format(path)
+    eer_fractions = eer.fractions
     if isinstance(eer_fractions, bool) or not isinstance(eer_fractions, int) or eer_fractions < 1:
         raise ValueError(f"eer_fractions must be an integer >= 1, got {eer_fractions!r}")
+    if eer.dose_per_fraction_e_a2 is not None and not eer.dose_per_fraction_e_a2 > 0:
+        raise ValueError(f"eer_dose_per_fraction_e_a2 must be > 0, got {eer.dose_per_fraction_e_a2!r}")
     file_size = os.stat(path).st_size
     if file_size == 0:
         raise MovieFormatError(f"{path}: the file is empty (0 bytes); {INCOMPLETE_ADVICE}")
@@ -521,25 +619,42 @@ def _open_reader(path: Path, eer_fractions: int) -> _Reader:
         return _open_mrc(path, file_size)
     if fmt == "tiff":
         return _open_tiff(path, file_size)
-    return _open_eer(path, file_size, eer_fractions)
+    return _open_eer(path, file_size, eer)
 
 
 def open_movie(
     path: str | os.PathLike[str],
     *,
     gain: np.ndarray | str | os.PathLike[str] | None = None,
+    gain_rotation: int = 0,
+    gain_flip: Literal["x", "y"] | None = None,
     eer_fractions: int = 40,
+    eer_upsampling: int = 1,
+    eer_dose_per_fraction_e_a2: float | None = None,
+    eer_total_dose_e_a2: float | None = None,
 ) -> Movie:
     """Open a movie for reading (use as a context manager).
 
-    ``gain`` is a gain reference [y, x] (array, or MRC/TIFF path read by
-    :func:`emlive.io.gain.read_gain`) multiplied into every frame; its shape must equal the
-    frames' or :class:`GainError` is raised. ``eer_fractions`` is used for EER movies only.
-    Raises :class:`MovieFormatError` for empty, truncated or corrupt files (no pixel is
-    decoded on opening).
+    ``gain`` is a gain reference [y, x] (array, or MRC/TIFF/``.gain`` path read by
+    :func:`emlive.io.gain.read_gain`) multiplied into every frame, after ``gain_rotation``
+    quarter turns clockwise as displayed with row 0 at the top (RELION's ``--gain_rot``,
+    MotionCor2's ``-RotGain``) and then ``gain_flip`` (``"y"``: upside down, RELION 1;
+    ``"x"``: left to right, RELION 2); see :func:`emlive.io.gain.orient_gain`. Its shape must
+    then equal the frames' (for an EER rendered at twice its size, a gain at the native size is
+    enlarged to match) or :class:`GainError` is raised. The ``eer_*`` options are used for EER
+    movies only (see the module docstring). Raises :class:`MovieFormatError` for empty,
+    truncated or corrupt files (no pixel is decoded on opening).
     """
     p = Path(path)
-    reader = _open_reader(p, eer_fractions)
+    reader = _open_reader(
+        p,
+        EerOptions(
+            fractions=eer_fractions,
+            upsampling=eer_upsampling,
+            dose_per_fraction_e_a2=eer_dose_per_fraction_e_a2,
+            total_dose_e_a2=eer_total_dose_e_a2,
+        ),
+    )
     try:
         gain_array: np.ndarray | None = None
         if gain is not None:
@@ -547,6 +662,11 @@ def open_movie(
                 gain_array, source = np.ascontiguousarray(gain, dtype=np.float32), "(array)"
             else:
                 gain_array, source = read_gain(gain), str(gain)
+            if gain_rotation or gain_flip:
+                gain_array = orient_gain(gain_array, rotate_90=-int(gain_rotation), flip=gain_flip)
+            up = reader.header.upsampling
+            if up > 1 and tuple(s * up for s in gain_array.shape) == reader.header.shape:
+                gain_array = np.repeat(np.repeat(gain_array, up, axis=0), up, axis=1)
             check_gain_shape(gain_array, reader.header.shape, gain_source=source, movie=p)
     except BaseException:
         reader.close()
@@ -560,15 +680,18 @@ def read_movie(
     *,
     gain: np.ndarray | str | os.PathLike[str] | None = None,
     eer_fractions: int = 40,
+    eer_upsampling: int = 1,
 ) -> np.ndarray:
     """All frames of a movie as float32 (n, ny, nx), gain applied (see :func:`open_movie`)."""
-    with open_movie(path, gain=gain, eer_fractions=eer_fractions) as movie:
+    with open_movie(path, gain=gain, eer_fractions=eer_fractions, eer_upsampling=eer_upsampling) as movie:
         return movie.frames()
 
 
-def read_movie_header(path: str | os.PathLike[str], *, eer_fractions: int = 40) -> MovieHeader:
+def read_movie_header(
+    path: str | os.PathLike[str], *, eer_fractions: int = 40, eer_upsampling: int = 1
+) -> MovieHeader:
     """The movie's :class:`MovieHeader`, after the structural checks, without decoding pixels."""
-    reader = _open_reader(Path(path), eer_fractions)
+    reader = _open_reader(Path(path), EerOptions(fractions=eer_fractions, upsampling=eer_upsampling))
     reader.close()
     return reader.header
 

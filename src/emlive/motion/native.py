@@ -23,7 +23,8 @@ import pandas as pd
 import scipy.fft
 
 from emlive.acquisition import Acquisition
-from emlive.io.movie import open_movie
+from emlive.io.defects import defect_fill_values, hot_pixel_mask, read_defects, upsample_mask
+from emlive.io.movie import MovieHeader, open_movie
 from emlive.io.mrc import write_mrc_atomic
 from emlive.io.star import write_star_atomic
 from emlive.motion.align import align_frames, boundary_spectra, crop_shape_for_bfactor, fourier_crop
@@ -152,13 +153,25 @@ def motion_correct(
     out_dir = Path(out_dir)
     stem = stem or movie.stem
     started = time.perf_counter()
-    with open_movie(movie, gain=acq.gain_path, eer_fractions=acq.eer_fractions) as source:
+    with open_movie(
+        movie,
+        gain=acq.gain_path,
+        gain_rotation=acq.gain_rotation,
+        gain_flip=acq.gain_flip,
+        eer_fractions=acq.eer_fractions,
+        eer_upsampling=acq.eer_upsampling,
+        eer_dose_per_fraction_e_a2=acq.eer_dose_per_fraction_e_a2,
+        eer_total_dose_e_a2=acq.eer_total_dose_e_a2,
+    ) as source:
+        header = source.header
         n_frames = len(source)
-        ny, nx = source.header.shape
+        ny, nx = header.shape
         if n_frames < 2:
             raise ValueError(
                 f"{movie}: has {n_frames} frame(s); motion correction needs at least 2"
             )
+        acq = _as_rendered(acq, header)
+        static_bad = _static_defects(acq, source.gain, header)
         full_shape = (ny, nx)
         crop_shape = crop_shape_for_bfactor(full_shape, params.bfactor_px2)
         local = tuple(params.patches) != (1, 1)
@@ -177,6 +190,11 @@ def motion_correct(
         for start in range(0, n_frames, _READ_BATCH):
             stop = min(start + _READ_BATCH, n_frames)
             batch = source.frames(start, stop, out=None if frames is None else frames[start:stop])
+            if start == 0:
+                repair = _defect_repair(batch, static_bad, detect_hot=params.detect_hot_pixels, movie=movie)
+            if repair is not None:
+                index, values = repair
+                batch.reshape(len(batch), -1)[:, index] = values
             spectra = scipy.fft.rfft2(batch, workers=workers)
             frames_ft[start:stop] = fourier_crop(spectra, crop_shape) if local else spectra
             edge_rows[start:stop], edge_columns[start:stop] = boundary_spectra(batch)
@@ -308,6 +326,62 @@ def motion_correct(
         local_model=None if coefficients is None else [float(c) for c in coefficients],
         drift_plot_path=plot_path,
     )
+
+
+def _as_rendered(acq: Acquisition, header: MovieHeader) -> Acquisition:
+    """The acquisition as the frames are: pixel size of an upsampled EER, exposure per fraction
+    when an EER is fractionated by exposure."""
+    update: dict[str, object] = {}
+    if header.upsampling != 1:
+        update["pixel_size_a"] = acq.pixel_size_a / header.upsampling
+    if header.dose_per_fraction_e_a2 is not None:
+        if abs(header.dose_per_fraction_e_a2 - acq.dose_per_frame_e_a2) > 0.01 * acq.dose_per_frame_e_a2:
+            log.info(
+                "%s: dose weighting with the EER fractions' %.4g e/Å² (not the %.4g e/Å² per frame given)",
+                header.path.name, header.dose_per_fraction_e_a2, acq.dose_per_frame_e_a2,
+            )
+        update["dose_per_frame_e_a2"] = header.dose_per_fraction_e_a2
+    return acq.model_copy(update=update) if update else acq
+
+
+def _static_defects(acq: Acquisition, gain: np.ndarray | None, header: MovieHeader) -> np.ndarray | None:
+    """Known bad pixels: the defect file or map, and zeros of the gain reference (dead pixels)."""
+    bad = None
+    if acq.defects_path is not None:
+        up = header.upsampling
+        native = (header.shape[0] // up, header.shape[1] // up)
+        bad = read_defects(acq.defects_path, native)
+        if up > 1:
+            bad = upsample_mask(bad, up)
+    if gain is not None:
+        dead = gain == 0
+        if dead.any():
+            bad = dead if bad is None else bad | dead
+    return bad
+
+
+def _defect_repair(
+    first_frames: np.ndarray, static_bad: np.ndarray | None, *, detect_hot: bool, movie: Path
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(flat indices, per-frame values) of the pixels to replace in every frame, or None.
+
+    Hot pixels are found on the sum of the first frames read (a hot pixel is hot in each).
+    """
+    frame_sum = first_frames.sum(axis=0, dtype=np.float64)
+    bad = static_bad
+    n_hot = 0
+    if detect_hot:
+        hot = hot_pixel_mask(frame_sum, exclude=static_bad)
+        n_hot = int(np.count_nonzero(hot))
+        if n_hot:
+            bad = hot if bad is None else bad | hot
+    if bad is None or not bad.any():
+        return None
+    log.info(
+        "%s: replacing %d bad pixels (%d hot, %d from the defects and the gain's zeros)",
+        movie.name, int(np.count_nonzero(bad)), n_hot, int(np.count_nonzero(bad)) - n_hot,
+    )
+    return np.flatnonzero(bad), defect_fill_values(frame_sum, bad, n_frames=len(first_frames))
 
 
 def _binned(

@@ -25,6 +25,7 @@ class MotionParams(BaseModel):
     local_max_shift_px: PositiveFloat = Field(
         10.0, description="Largest local (per-patch) correction beyond the global one, unbinned px"
     )
+    detect_hot_pixels: bool = Field(True, description="Find and replace pixels far above their neighbourhood")
     float16: bool = Field(False, description="Write the micrographs as float16 (MRC mode 12)")
 
 
