@@ -9,7 +9,8 @@ Sources, highest priority first:
 4. the defaults below.
 
 Parameters are split by kind, never mixed: the watcher, the scheduler and the cluster
-(infrastructure) and each processing step (``[motion]``, ``[ctf]``). Instrument and acquisition
+(infrastructure) and each processing step (``[motion]``, ``[ctf]``) and
+the external programs engines may run (``[tools]``). Instrument and acquisition
 values (pixel size, dose, kV …) belong to a session and come from the command line or the API.
 """
 
@@ -31,6 +32,7 @@ from pydantic_settings import (
 
 from emlive.ctf.types import CtfParams
 from emlive.motion.types import MotionParams
+from emlive.tools.spec import ToolsSettings
 
 DEFAULT_CONFIG_PATH = Path("~/.config/emlive/emlive.toml")
 
@@ -74,6 +76,11 @@ class ClusterSettings(BaseModel):
 
     n_workers: PositiveInt | None = Field(None, description="Worker processes; default: CPU count")
     threads_per_worker: PositiveInt = 1
+    gpu_ids: list[int] = Field(
+        default_factory=list,
+        description="local: GPUs for GPU engines (MotionCor2/3, Gctf); each worker declares resources "
+        "GPU=1 and uses gpu_ids[i % len] (default worker count: one per id)",
+    )
     memory_limit: str = Field("auto", description="Per worker, as Dask reads it ('4GiB', 'auto')")
 
 
@@ -98,6 +105,7 @@ class Settings(BaseSettings):
     cluster: ClusterSettings = ClusterSettings()
     motion: MotionParams = MotionParams()
     ctf: CtfParams = CtfParams()
+    tools: ToolsSettings = ToolsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ from emlive.acquisition import Acquisition, Optics
 from emlive.config import ConfigError, Settings, load_settings
 from emlive.ctf.types import CtfParams
 from emlive.motion.types import MotionParams
+from emlive.tools import ToolError, configure_tools
 
 app = typer.Typer(
     name="emlive",
@@ -110,9 +111,11 @@ def _fail(message: str) -> typer.Exit:
 
 def _settings(config: Path | None, **overrides: object) -> Settings:
     try:
-        return load_settings(config, **overrides)
+        settings = load_settings(config, **overrides)
     except ConfigError as err:
         raise _fail(str(err)) from None
+    configure_tools(settings.tools)  # external tools' paths, containers, timeouts for this process
+    return settings
 
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -155,7 +158,7 @@ def _run_engine(step: str, source: Path, out_dir: Path, *args: BaseModel) -> Any
         run = engine(step, args[-1].engine).run
         out_dir.mkdir(parents=True, exist_ok=True)
         return run(source, out_dir, *args)
-    except (ValueError, OSError) as err:  # bad input: the message names the file
+    except (ValueError, OSError, ToolError) as err:  # bad input or a failing tool: the message says which
         raise _fail(str(err)) from None
 
 
@@ -257,6 +260,9 @@ def process(
     watch: Annotated[bool, typer.Option("--watch", help="Keep watching for new movies until SIGTERM/SIGINT")] = False,
     settle_s: Annotated[float | None, typer.Option("--settle-s", help="Seconds a file must stay unchanged")] = None,
     workers: Workers = None,
+    motion_engine: Annotated[str | None, typer.Option("--motion-engine", help="native, relion, motioncor2, motioncor3")] = None,
+    ctf_engine: Annotated[str | None, typer.Option("--ctf-engine", help="native, ctffind4, ctffind5, gctf")] = None,
+    gpu_ids: Annotated[str | None, typer.Option("--gpu-ids", help="GPUs for GPU engines, e.g. 0,1 (one worker each)")] = None,
     database_url: Annotated[str | None, typer.Option("--database-url", help="Default: sqlite in OUT")] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -273,6 +279,7 @@ def process(
         ),
     )
     overrides = _overrides(settle_s=settle_s, workers=workers, database_url=database_url)
+    overrides |= _engine_overrides(motion_engine=motion_engine, ctf_engine=ctf_engine, gpu_ids=gpu_ids, overrides=overrides)
     settings = _settings(config, **overrides)
     if not raw_dir.is_dir():
         raise _fail(f"{raw_dir}: no such folder; give the folder the movies are written to")
@@ -320,6 +327,28 @@ def _overrides(*, settle_s: float | None, workers: int | None, database_url: str
     if database_url is not None:
         overrides["database_url"] = database_url
     return overrides
+
+
+def _engine_overrides(
+    *, motion_engine: str | None, ctf_engine: str | None, gpu_ids: str | None, overrides: dict[str, object]
+) -> dict[str, object]:
+    """``--motion-engine``/``--ctf-engine``/``--gpu-ids`` as settings overrides, names checked."""
+    from emlive.pipeline.steps import ENGINES
+
+    extra: dict[str, object] = {}
+    for step, name in (("motion", motion_engine), ("ctf", ctf_engine)):
+        if name is not None:
+            if name not in ENGINES[step]:
+                raise _fail(f"unknown {step} engine {name!r}; known engines: {', '.join(sorted(ENGINES[step]))}")
+            extra[step] = {"engine": name}
+    if gpu_ids is not None:
+        try:
+            ids = [int(part) for part in gpu_ids.split(",") if part.strip()]
+        except ValueError:
+            raise _fail(f"--gpu-ids {gpu_ids!r}: give device numbers separated by commas, e.g. 0,1") from None
+        cluster = dict(overrides.get("cluster", {}))  # type: ignore[call-overload]
+        extra["cluster"] = cluster | {"gpu_ids": ids}
+    return extra
 
 
 def _install_signal_handlers():

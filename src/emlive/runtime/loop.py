@@ -21,6 +21,7 @@ from distributed import Client, Future
 
 from emlive.config import Settings
 from emlive.pipeline.exposure import ExposureSpec, PipelineParams, completed_result, process_exposure
+from emlive.pipeline.steps import engine
 from emlive.runtime.cluster import local_client, worker_count
 from emlive.runtime.controller import (
     Action,
@@ -36,6 +37,7 @@ from emlive.runtime.controller import (
     decide,
 )
 from emlive.runtime.watcher import Found, new_watcher
+from emlive.runtime.cluster import ToolsPlugin
 
 if TYPE_CHECKING:  # Django models can be imported only once the database is set up
     from emlive.db.models import Session
@@ -87,6 +89,8 @@ def run_session(
         max_in_flight=settings.scheduler.max_in_flight or 2 * threads,
         max_attempts=settings.scheduler.max_attempts,
     )
+    resources = _gpu_resources(params, settings, client)  # GPU engines run on GPU workers only
+    client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
     watcher = new_watcher(
         raw_dir, settle_s=settings.watch.settle_s, incomplete_timeout_s=settings.watch.incomplete_timeout_s
     )
@@ -114,6 +118,7 @@ def run_session(
                         params,
                         key=f"exposure-{session.pk}-{exposure_id}-{attempt}",
                         pure=False,
+                        resources=resources,
                     )
                 case Store(exposure_id, result):
                     store.store_exposure_result(exposure_id, result)
@@ -213,3 +218,24 @@ def _collect(futures: dict[int, Future]) -> list[Event]:
         else:  # cancelled or lost with its worker: worth another try
             events.append(TaskFailed(exposure_id, f"task {future.status}", permanent=False))
     return events
+
+
+def _gpu_resources(params: PipelineParams, settings: Settings, client: Client) -> dict[str, float] | None:
+    """``{"GPU": 1}`` when an engine of the pipeline needs a GPU (its tasks then run only on
+    workers declaring GPU resources), else None. Raises ``ValueError`` when no worker can have
+    one, rather than leaving the tasks waiting for ever."""
+    needing = [
+        f"{step} engine {name}"
+        for step, name in (("motion", params.motion.engine), ("ctf", params.ctf.engine))
+        if engine(step, name).gpu
+    ]
+    if not needing:
+        return None
+    workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
+    # workers still to come (a batch system scaling up from none) are trusted to declare theirs
+    if settings.cluster.gpu_ids or not workers or any(w.get("resources", {}).get("GPU") for w in workers):
+        return {"GPU": 1}
+    raise ValueError(
+        f"the {' and the '.join(needing)} need a GPU and no worker has one: give --gpu-ids "
+        "(cluster.gpu_ids) for local workers, or start workers with Dask resources GPU=1"
+    )
