@@ -10,7 +10,7 @@ import pytest
 import starfile
 
 from emlive.acquisition import Acquisition
-from emlive.motion import motioncor
+from emlive.motion import motioncor, relion
 from emlive.motion.motioncor import MotionCorParams, build_command, fmint_text, parse_output, parse_version
 from emlive.motion.types import MotionParams
 from emlive.tools import ToolError, ToolOutputError, ToolSpec, ToolVersionError, Version
@@ -87,7 +87,8 @@ def test_argv_of_a_tiff_movie_with_gain_rotation_flip_and_defects():
 
 def test_eer_movies_get_a_frame_integration_file_that_keeps_the_dose():
     acq = Acquisition(pixel_size_a=1.0, dose_per_frame_e_a2=1.0, eer_fractions=40)
-    p = motioncor.motioncor_params(acq, MotionParams(), fmt="eer", eer_raw_frames=410)
+    grouping = relion.eer_grouping(raw_frames=410, fractions=40, dose_per_fraction_e_a2=None, acq_dose_per_frame_e_a2=1.0)
+    p = motioncor.motioncor_params(acq, MotionParams(), fmt="eer", eer=grouping)
     # 410 raw frames into 40 fractions: 10 raw frames per fraction, 0.0976 e/Å² per raw frame
     assert (p.eer_grouping, p.eer_raw_frames) == (10, 410)
     assert fmint_text(p) == "410 10 0.097561\n"
@@ -170,3 +171,15 @@ def test_motioncor_of_an_unsupported_release_is_refused_before_running(tmp_path)
             MotionParams(), spec=ToolSpec(executable=str(tool)),
         )
     assert calls(tool) == []
+
+
+def test_gain_orientation_and_defects_come_from_the_acquisition():
+    acq = Acquisition(
+        pixel_size_a=1.0, dose_per_frame_e_a2=1.0, gain_path=Path("/g/gain.mrc"), gain_rotation=3, gain_flip="x",
+        defects_path=Path("/g/defects.txt"),
+    )
+    p = motioncor.motioncor_params(acq, MotionParams(), fmt="tiff")
+    argv = build_command(p, executable="MotionCor2", movie="a.tif", output_mrc="o.mrc", log_dir="l/")
+    assert argv[argv.index("-Gain") :] == [
+        "-Gain", "/g/gain.mrc", "-RotGain", "3", "-FlipGain", "2", "-DefectFile", "/g/defects.txt",
+    ]

@@ -96,7 +96,8 @@ def test_argv_with_gain_rotation_flip_defects_and_eer():
 
 def test_eer_grouping_keeps_the_exposure():
     acq = Acquisition(pixel_size_a=1.0, dose_per_frame_e_a2=1.0, eer_fractions=40)
-    p = relion.relion_params(acq, MotionParams(), eer_raw_frames=410)
+    grouping = relion.eer_grouping(raw_frames=410, fractions=40, dose_per_fraction_e_a2=None, acq_dose_per_frame_e_a2=1.0)
+    p = relion.relion_params(acq, MotionParams(), eer=grouping)
     assert p.eer_grouping == 10
     assert p.dose_per_frame_e_a2 == pytest.approx(10 * 40 / 410)  # e/Å² per 10 raw frames
 
@@ -215,3 +216,33 @@ def test_real_relion_with_patches_returns_its_local_model(tmp_path, relion_binar
     blocks = starfile.read(result.star_path, always_dict=True)
     assert {"local_motion_model", "local_shift"} <= set(blocks)
     assert _rmsd(result.shifts_px, truth.movies[0].trajectory_px) < 0.5
+
+
+def test_eer_grouping_by_exposure_uses_the_readers_fractions():
+    grouping = relion.eer_grouping(raw_frames=410, fractions=13, dose_per_fraction_e_a2=0.93, acq_dose_per_frame_e_a2=1.0)
+    assert grouping == (410, 31, 0.93)
+    acq = Acquisition(pixel_size_a=1.0, dose_per_frame_e_a2=1.0, eer_upsampling=2)
+    argv = build_command(relion.relion_params(acq, MotionParams(), eer=grouping), movies_star_path="m", out_dir="o")
+    assert argv[-4:] == ["--eer_grouping", "31", "--eer_upsampling", "2"]
+    assert argv[argv.index("--dose_per_frame") + 1] == "0.93"
+
+
+def test_gain_orientation_and_defects_reach_relion():
+    acq = Acquisition(
+        pixel_size_a=1.0, dose_per_frame_e_a2=1.0, gain_path=Path("/g/gain.tiff"), gain_rotation=1, gain_flip="y",
+        defects_path=Path("/g/defects.txt"),
+    )
+    argv = build_command(relion.relion_params(acq, MotionParams()), movies_star_path="m", out_dir="o")
+    assert argv[argv.index("--gainref") :] == [
+        "--gainref", "/g/gain.tiff", "--gain_rot", "1", "--gain_flip", "1", "--defect_file", "/g/defects.txt",
+    ]
+
+
+def test_real_relion_applies_a_gain_given_by_a_relative_path(tmp_path, relion_binary, monkeypatch):
+    truth = write_session(tmp_path / "s", n_movies=1, formats=("mrc",), seed=2, gain=True, **SMALL)
+    monkeypatch.chdir(tmp_path)
+    acq = Acquisition(pixel_size_a=1.0, dose_per_frame_e_a2=1.0, gain_path=Path("s") / str(truth.gain_file))
+    result = relion.motion_correct(Path("s/raw") / truth.movies[0].name, Path("out"), acq, MotionParams(patches=(1, 1)))
+    assert _rmsd(result.shifts_px, truth.movies[0].trajectory_px) < 0.5
+    general = starfile.read(result.star_path, always_dict=True)["general"]
+    assert general["rlnMicrographGainName"] == str(tmp_path / "s" / str(truth.gain_file))

@@ -29,10 +29,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from emlive.acquisition import Acquisition
-from emlive.io.movie import MovieFormat, movie_format, open_movie
+from emlive.io.movie import MovieFormat, movie_format
 from emlive.io.star import write_star_atomic
 from emlive.motion.dose import drift_statistics
 from emlive.motion.native import motion_star_blocks
+from emlive.motion.relion import GAIN_FLIP, EerGrouping, absolute_paths, movie_header
 from emlive.motion.types import MotionParams, MotionResult
 from emlive.tools import (
     ToolOutputError,
@@ -111,21 +112,17 @@ class MotionCorParams(BaseModel):
 
 
 def motioncor_params(
-    acq: Acquisition, params: MotionParams, *, fmt: MovieFormat, eer_raw_frames: int | None = None
+    acq: Acquisition, params: MotionParams, *, fmt: MovieFormat, eer: EerGrouping | None = None
 ) -> MotionCorParams:
     """MotionCor parameters from a session's acquisition and the step's params.
 
-    For EER, ``eer_raw_frames // acq.eer_fractions`` raw frames make a fraction, and the dose
-    per raw frame keeps the acquisition's exposure (``acq.dose_per_frame_e_a2`` per fraction).
-    The worker's GPU reaches the program as ``CUDA_VISIBLE_DEVICES``, so it is device 0.
+    For EER, ``eer`` (:func:`emlive.motion.relion.eer_grouping`) gives the raw frames per
+    fraction and the exposure per fraction. The worker's GPU reaches the program as
+    ``CUDA_VISIBLE_DEVICES``, so it is device 0.
     """
-    grouping = None
-    dose = acq.dose_per_frame_e_a2
-    if fmt == "eer":
-        if eer_raw_frames is None:
-            raise ValueError("EER movies need their raw frame count")
-        grouping = max(1, eer_raw_frames // acq.eer_fractions)
-        dose = acq.dose_per_frame_e_a2 * acq.eer_fractions / eer_raw_frames * grouping
+    if fmt == "eer" and eer is None:
+        raise ValueError("EER movies need their raw frame grouping")
+    dose = acq.dose_per_frame_e_a2 if eer is None else eer.dose_per_fraction_e_a2
     return MotionCorParams(
         movie_format=fmt,
         pixel_size_a=acq.pixel_size_a,
@@ -139,8 +136,12 @@ def motioncor_params(
         patches_x=params.patches[0],
         patches_y=params.patches[1],
         gain_path=acq.gain_path,
-        eer_raw_frames=eer_raw_frames if fmt == "eer" else None,
-        eer_grouping=grouping,
+        gain_rotation=acq.gain_rotation,
+        gain_flip=GAIN_FLIP[acq.gain_flip],
+        defects_path=acq.defects_path,
+        eer_raw_frames=None if eer is None else eer.raw_frames,
+        eer_grouping=None if eer is None else eer.grouping,
+        eer_upsampling=acq.eer_upsampling,
     )
 
 
@@ -252,11 +253,9 @@ def _motion_correct(
     version = detect_version(spec, default_executable=program.executable, args=VERSION_ARGS, parse=parse_version)
     check_version(version, tool=program.executable, supported=program.supported)
     fmt = movie_format(movie)
-    with open_movie(movie, eer_fractions=acq.eer_fractions) as source:
-        header = source.header
-    if header.n_frames < 2:
-        raise ValueError(f"{movie}: has {header.n_frames} frame(s); motion correction needs at least 2")
-    p = motioncor_params(acq, params, fmt=fmt, eer_raw_frames=header.n_raw_frames if fmt == "eer" else None)
+    acq = absolute_paths(acq)
+    header, eer = movie_header(movie, acq)
+    p = motioncor_params(acq, params, fmt=fmt, eer=eer)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{stem}.tmp-{program.tool}-", dir=out_dir) as tmp:
         work = Path(tmp).resolve()

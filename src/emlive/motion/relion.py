@@ -30,12 +30,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from emlive.acquisition import Acquisition
 from emlive.io.atomic import atomic_write_text
-from emlive.io.movie import movie_format, open_movie
+from emlive.io.movie import MovieHeader, movie_format, open_movie
 from emlive.motion.dose import drift_statistics
 from emlive.motion.types import MotionParams, MotionResult
 from emlive.tools import (
@@ -72,6 +73,8 @@ DEFAULT_EXECUTABLE = "relion_run_motioncorr"
 SUPPORTED_VERSIONS = (Version(3, 1, 0), Version(6, 0, 0))
 VERSION_ARGS = ("--version",)
 _OUTPUT_DIR = "MotionCorr"
+# emlive's gain flip (Acquisition.gain_flip) as RELION's --gain_flip and MotionCor2's -FlipGain
+GAIN_FLIP = {None: 0, "y": 1, "x": 2}
 _MOVIES_DIR = "Movies"
 
 
@@ -100,19 +103,41 @@ class RelionMotionParams(BaseModel):
     threads: PositiveInt = 1
 
 
+class EerGrouping(NamedTuple):
+    """How an EER movie's raw frames are grouped into fractions, as RELION and MotionCor take it."""
+
+    raw_frames: int
+    grouping: int  # raw frames per fraction
+    dose_per_fraction_e_a2: float
+
+
+def eer_grouping(
+    *, raw_frames: int, fractions: int, dose_per_fraction_e_a2: float | None, acq_dose_per_frame_e_a2: float
+) -> EerGrouping:
+    """The grouping of an EER movie as emlive's reader fractionates it (``MovieHeader``).
+
+    By exposure (``dose_per_fraction_e_a2`` known): every fraction has the same raw frames.
+    By count: ``raw_frames // fractions`` per fraction (the tools drop the remainder, where
+    emlive's reader spreads it), and the exposure per fraction keeps the acquisition's exposure
+    per raw frame (``acq_dose_per_frame_e_a2`` is per emlive fraction, ``raw_frames / fractions``
+    raw frames on average).
+    """
+    grouping = max(1, raw_frames // fractions)
+    if dose_per_fraction_e_a2 is not None:
+        return EerGrouping(raw_frames, grouping, dose_per_fraction_e_a2)
+    return EerGrouping(raw_frames, grouping, acq_dose_per_frame_e_a2 * fractions / raw_frames * grouping)
+
+
 def relion_params(
-    acq: Acquisition, params: MotionParams, *, threads: int = 1, eer_raw_frames: int | None = None
+    acq: Acquisition, params: MotionParams, *, threads: int = 1, eer: EerGrouping | None = None
 ) -> RelionMotionParams:
     """The RELION parameters of a session's acquisition and the step's params.
 
-    ``eer_raw_frames`` (EER movies only) is the movie's raw frame count: RELION groups
-    ``eer_raw_frames // acq.eer_fractions`` of them per fraction.
+    ``eer`` (EER movies only) is the movie's grouping (:func:`eer_grouping`): RELION groups
+    ``eer.grouping`` raw frames per fraction.
     """
-    dose = acq.dose_per_frame_e_a2
-    grouping = None
-    if eer_raw_frames is not None:
-        grouping = max(1, eer_raw_frames // acq.eer_fractions)
-        dose = acq.dose_per_frame_e_a2 * acq.eer_fractions / eer_raw_frames * grouping
+    dose = acq.dose_per_frame_e_a2 if eer is None else eer.dose_per_fraction_e_a2
+    grouping = None if eer is None else eer.grouping
     return RelionMotionParams(
         pixel_size_a=acq.pixel_size_a,
         voltage_kv=acq.voltage_kv,
@@ -126,7 +151,11 @@ def relion_params(
         patches_x=params.patches[0],
         patches_y=params.patches[1],
         gain_path=acq.gain_path,
+        gain_rotation=acq.gain_rotation,
+        gain_flip=GAIN_FLIP[acq.gain_flip],
+        defects_path=acq.defects_path,
         eer_grouping=grouping,
+        eer_upsampling=acq.eer_upsampling,
         threads=threads,
     )
 
@@ -274,6 +303,39 @@ def parse_output(text: str, version: Version) -> RelionMotionOutput:
     return RelionMotionOutput(shifts_px=values, image_size_px=size, binning=binning, local_model=local_model)
 
 
+def movie_header(movie: Path, acq: Acquisition) -> tuple[MovieHeader, EerGrouping | None]:
+    """The movie's header as emlive reads it (no pixel decoded) and, for EER, its grouping."""
+    movie = Path(movie)
+    with open_movie(
+        movie,
+        eer_fractions=acq.eer_fractions,
+        eer_upsampling=acq.eer_upsampling,
+        eer_dose_per_fraction_e_a2=acq.eer_dose_per_fraction_e_a2,
+        eer_total_dose_e_a2=acq.eer_total_dose_e_a2,
+    ) as source:
+        header = source.header
+    if header.n_frames < 2:
+        raise ValueError(f"{movie}: has {header.n_frames} frame(s); motion correction needs at least 2")
+    if movie_format(movie) != "eer":
+        return header, None
+    return header, eer_grouping(
+        raw_frames=header.n_raw_frames,
+        fractions=header.n_frames,
+        dose_per_fraction_e_a2=header.dose_per_fraction_e_a2,
+        acq_dose_per_frame_e_a2=acq.dose_per_frame_e_a2,
+    )
+
+
+def absolute_paths(acq: Acquisition) -> Acquisition:
+    """``acq`` with its gain and defects paths absolute: the tools run in another folder."""
+    return acq.model_copy(
+        update={
+            "gain_path": None if acq.gain_path is None else acq.gain_path.absolute(),
+            "defects_path": None if acq.defects_path is None else acq.defects_path.absolute(),
+        }
+    )
+
+
 def _set_movie_name(star_text: str, movie: Path) -> str:
     """RELION's STAR text with rlnMicrographMovieName pointing at the real movie."""
     pattern = re.compile(r"^(_rlnMicrographMovieName\s+)\S+", flags=re.MULTILINE)
@@ -303,12 +365,10 @@ def motion_correct(
     spec = spec or tool_spec("relion")
     version = detect_version(spec, default_executable=DEFAULT_EXECUTABLE, args=VERSION_ARGS, parse=parse_version)
     check_version(version, tool="RELION", supported=SUPPORTED_VERSIONS)
-    with open_movie(movie, eer_fractions=acq.eer_fractions) as source:
-        header = source.header
-    if header.n_frames < 2:
-        raise ValueError(f"{movie}: has {header.n_frames} frame(s); motion correction needs at least 2")
-    eer_raw = header.n_raw_frames if movie_format(movie) == "eer" else None
-    p = relion_params(acq, params, threads=spec.threads, eer_raw_frames=eer_raw)
+    acq = absolute_paths(acq)
+    header, eer = movie_header(movie, acq)
+    eer_raw = None if eer is None else eer.raw_frames
+    p = relion_params(acq, params, threads=spec.threads, eer=eer)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{stem}.tmp-relion-", dir=out_dir) as tmp:
         work = Path(tmp).resolve()
