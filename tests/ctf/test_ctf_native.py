@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from emlive.acquisition import Optics
-from emlive.ctf.native import ENGINE_VERSION, estimate_ctf, spectrum_geometry
+from emlive.ctf.native import ENGINE_VERSION, NO_FIT_COMMENT, estimate_ctf, spectrum_geometry
 from emlive.ctf.types import CtfParams
 from emlive.io.mrc import write_mrc_atomic
 from emlive.optics import ctf_2d
@@ -125,12 +125,20 @@ def test_the_avrot_file_is_ctffind_41_and_parses_back(estimated):
     assert corrected > plain
 
 
-def test_the_png_shows_spectrum_and_model_side_by_side(estimated):
+def test_the_png_shows_spectrum_and_model_side_by_side_above_the_1d_fit(estimated):
     _, result = estimated
     with Image.open(result.diagnostic_png_path) as picture:
         assert picture.format == "PNG"
-        assert picture.size == (512, 512)
-        pixels = np.asarray(picture.convert("L"), dtype=np.float64)
+        assert picture.size == (512, 512 + 200)
+        rgb = np.asarray(picture.convert("RGB"), dtype=np.int64)
+        pixels = np.asarray(picture.convert("L"), dtype=np.float64)[:512]
+    # under the 2D picture, the 1D plot draws the fitted |CTF| in red and the fit resolution in green
+    plot = rgb[512:]
+    red = (plot[..., 0] > 180) & (plot[..., 1] < 80) & (plot[..., 2] < 80)
+    green = (plot[..., 1] > 120) & (plot[..., 0] < 60) & (plot[..., 2] < 90)
+    assert red.sum() > 500
+    fit_column = 6 + (1 / result.fit_resolution_a - 1 / 60) / (1 / (2 * 600 * 1.2 / 512) - 1 / 60) * 500
+    assert abs(np.median(np.nonzero(green)[1]) - fit_column) < 3
     # the fitted CTF², computed here from the reported numbers, on the 512² grid of 600 px tiles
     ctf = ctf_2d(
         (512, 512),
@@ -235,7 +243,7 @@ def test_outputs_are_written_through_temporary_names(tmp_path, micrograph, monke
     def broken_png(dest: Path, *args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(native, "write_png_atomic", broken_png)
+    monkeypatch.setattr(native, "_write_picture", broken_png)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="disk full"):
         estimate_ctf(path, out, OPTICS, PARAMS)
@@ -259,3 +267,38 @@ def test_the_spectrum_geometry_bins_small_pixels_like_ctffind(pixel_a, max_res_a
     assert fit_pixel_a == pytest.approx(expected[2])
     assert fit_pixel_a == pytest.approx(tile * pixel_a / box)
     assert tile % 2 == 0 and box % 2 == 0
+
+
+def test_a_micrograph_of_pure_noise_says_no_fit_in_every_output(tmp_path, micrograph):
+    image = micrograph(26, contrast=0.0, pixel_size_a=1.2, defocus_u_a=15000.0, defocus_v_a=15000.0, azimuth_deg=0)
+    path = tmp_path / "noise.mrc"
+    write_mrc_atomic(path, image, pixel_size_a=1.2)
+    result = estimate_ctf(path, tmp_path / "out", OPTICS, PARAMS)
+    assert result.fit_ok is False
+    assert result.fit_resolution_a == PARAMS.min_res_a
+    assert result.cross_correlation < 0.1
+    assert result.ice_ring_ratio == pytest.approx(1.0, abs=0.1)
+    lines = result.output_txt_path.read_text().splitlines()
+    # ctffind's five comment lines, one saying there is no fit, and still the row of seven numbers
+    assert len(lines) == 7
+    assert lines[5] == NO_FIT_COMMENT
+    assert np.loadtxt(result.output_txt_path, comments="#").shape == (7,)
+    with Image.open(result.diagnostic_png_path) as picture:
+        plot = np.asarray(picture.convert("RGB"), dtype=np.int64)[512:]
+    # the plot says NO FIT in large red letters across its middle
+    red = (plot[..., 0] > 180) & (plot[..., 1] < 60) & (plot[..., 2] < 60)
+    assert red[60:140, 150:360].sum() > 400
+
+
+def test_a_fitted_micrograph_is_fit_ok_with_an_ice_measure(estimated):
+    _, result = estimated
+    assert result.fit_ok is True
+    assert result.ice_ring_ratio == pytest.approx(1.0, abs=0.1)
+    assert NO_FIT_COMMENT not in result.output_txt_path.read_text()
+
+
+def test_the_astigmatism_restraint_is_a_parameter():
+    assert CtfParams().expected_astigmatism_a is None
+    assert CtfParams(expected_astigmatism_a=200.0).expected_astigmatism_a == 200.0
+    with pytest.raises(ValueError, match="expected_astigmatism_a"):
+        CtfParams(expected_astigmatism_a=-1.0)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from emlive.ctf.native import spectrum_geometry
 from emlive.ctf.search import (
+    FIT_SIGNIFICANCE_MIN,
     Microscope,
     SpectrumFit,
+    astigmatism_penalty,
     band_pixels,
     correlation,
     fit_ctf,
@@ -144,8 +147,6 @@ def test_the_fit_resolution_worsens_as_the_noise_grows(micrograph):
 
 def test_small_pixels_high_defocus_and_large_astigmatism_at_200_kv(micrograph, azimuth_error):
     # rings 2 Fourier px apart in a 512 px box of 0.66 Å pixels: fitted from larger tiles
-    from emlive.ctf.native import spectrum_geometry
-
     microscope = Microscope(voltage_kv=200.0, cs_mm=2.7, amplitude_contrast=0.07)
     image = micrograph(
         5,
@@ -162,3 +163,46 @@ def test_small_pixels_high_defocus_and_large_astigmatism_at_200_kv(micrograph, a
     assert abs(fit.mean_defocus_a - 27450.0) / 27450.0 < 0.005
     assert abs((fit.defocus_u_a - fit.defocus_v_a) - 1700.0) < 200.0
     assert azimuth_error(fit.azimuth_deg, 30.0) < 5.0
+
+
+@pytest.mark.parametrize(("pixel_a", "box_px", "seed"), [(0.8, 512, 30), (1.3, 512, 31), (1.0, 256, 32), (1.5, 256, 33)])
+def test_pure_noise_is_flagged_as_no_fit_and_claims_no_resolution(micrograph, pixel_a, box_px, seed):
+    image = micrograph(
+        seed, contrast=0.0, pixel_size_a=pixel_a, defocus_u_a=15000.0, defocus_v_a=15000.0, azimuth_deg=0.0
+    )
+    tile, box, fit_pixel_a = spectrum_geometry(image.shape, pixel_size_a=pixel_a, box_px=box_px, max_res_a=5.0)
+    spectrum = average_amplitude_spectrum(image, tile_size_px=tile, out_size_px=box)
+    result = fit_spectrum(spectrum, MICROSCOPE, pixel_size_a=fit_pixel_a, **SEARCH)
+    assert not result.fit_ok
+    assert result.significance < FIT_SIGNIFICANCE_MIN
+    assert result.fit.cross_correlation < 0.1
+    assert result.profile.fit_resolution_a == SEARCH["min_res_a"]
+
+
+def test_weak_but_real_rings_are_a_fit(micrograph):
+    image = micrograph(34, contrast=0.03, pixel_size_a=1.1, defocus_u_a=15000.0, defocus_v_a=15000.0, azimuth_deg=0.0)
+    result = fit_micrograph(image, 1.1)
+    assert result.fit_ok
+    assert result.significance > FIT_SIGNIFICANCE_MIN
+    assert abs(result.fit.mean_defocus_a - 15000.0) / 15000.0 < 0.01
+
+
+def test_the_astigmatism_restraint_pulls_towards_stigmatic_only_as_much_as_asked(micrograph):
+    image = micrograph(35, pixel_size_a=1.2, defocus_u_a=18750.0, defocus_v_a=17250.0, azimuth_deg=30.0)
+    spectrum = average_amplitude_spectrum(image, tile_size_px=512)
+    found = {
+        expected: fit_spectrum(spectrum, MICROSCOPE, pixel_size_a=1.2, expected_astigmatism_a=expected, **SEARCH).fit
+        for expected in (None, 5000.0, 50.0)
+    }
+    astig = {k: fit.defocus_u_a - fit.defocus_v_a for k, fit in found.items()}
+    assert astig[None] == pytest.approx(1500.0, abs=150.0)
+    assert astig[5000.0] == pytest.approx(astig[None], abs=20.0)  # a loose restraint changes nothing
+    assert astig[50.0] < 0.5 * astig[None]  # a tight one overrides rings this weak
+    for fit in found.values():
+        assert abs(fit.mean_defocus_a - 18000.0) / 18000.0 < 0.01
+
+
+def test_the_astigmatism_penalty_is_half_a_noise_sigma_at_the_expected_value():
+    assert float(astigmatism_penalty(300.0, 10_000, 300.0)) == pytest.approx(0.5 / 100.0)
+    assert float(astigmatism_penalty(600.0, 10_000, 300.0)) == pytest.approx(2.0 / 100.0)
+    assert float(astigmatism_penalty(600.0, 10_000, None)) == 0.0

@@ -8,6 +8,7 @@ import pytest
 from emlive.ctf.spectrum import (
     average_amplitude_spectrum,
     edge_taper,
+    ice_ring_ratio,
     radial_profile,
     radius_grid_px,
     remove_background,
@@ -125,3 +126,32 @@ def test_cropping_the_spectrum_keeps_the_low_frequencies_finely_sampled():
     assert np.unravel_index(int(cropped.argmax()), cropped.shape) in {(128, 128 + 40), (128, 128 - 40)}
     with pytest.raises(ValueError, match="out_size_px"):
         average_amplitude_spectrum(image, tile_size_px=512, out_size_px=600)
+
+
+def _with_ice_ring(image: np.ndarray, *, pixel_size_a: float, strength: float, seed: int) -> np.ndarray:
+    """``image`` plus noise whose power lies in a ring at 3.7 Å (σ 0.004 1/Å), of RMS ``strength``
+    times the image's: what crystalline ice adds to a micrograph."""
+    rng = np.random.default_rng(seed)
+    ky = np.fft.fftfreq(image.shape[0], d=pixel_size_a)[:, None]
+    kx = np.fft.rfftfreq(image.shape[1], d=pixel_size_a)[None, :]
+    ring = np.exp(-0.5 * ((np.hypot(kx, ky) - 1 / 3.7) / 0.004) ** 2)
+    ice = np.fft.irfft2(np.fft.rfft2(rng.standard_normal(image.shape)) * ring, s=image.shape)
+    return (image + ice * (strength * image.std() / ice.std())).astype(np.float32)
+
+
+def test_the_ice_ring_ratio_is_one_without_ice_and_grows_with_it(micrograph):
+    image = micrograph(40, pixel_size_a=1.2, defocus_u_a=15000.0, defocus_v_a=14000.0, azimuth_deg=10.0)
+    ratios = []
+    for strength in (0.0, 0.1, 0.2):
+        iced = _with_ice_ring(image, pixel_size_a=1.2, strength=strength, seed=41)
+        spectrum = average_amplitude_spectrum(iced, tile_size_px=600, out_size_px=512)
+        ratios.append(ice_ring_ratio(spectrum, pixel_size_a=600 * 1.2 / 512))
+    assert ratios[0] == pytest.approx(1.0, abs=0.05)
+    assert ratios[1] > 1.2
+    assert ratios[2] > ratios[1]
+
+
+def test_the_ice_ring_ratio_needs_the_band_inside_nyquist():
+    spectrum = np.ones((256, 256), np.float32)
+    assert ice_ring_ratio(spectrum, pixel_size_a=1.5) == pytest.approx(1.0)
+    assert ice_ring_ratio(spectrum, pixel_size_a=1.8) is None

@@ -127,6 +127,8 @@ def make_results(tmp_path: Path) -> ResultsFactory:
         defocus_v_a: float = 14000.0,
         phase_shift_rad: float = 0.0,
         pixel_size_a: float = 1.05,
+        fit_ok: bool = True,
+        ice_ring_ratio: float | None = 1.02,
     ) -> tuple[MotionResult, CtfResult]:
         motion_dir, ctf_dir = tmp_path / "out" / "motion", tmp_path / "out" / "ctf"
         motion_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,8 @@ def make_results(tmp_path: Path) -> ResultsFactory:
             phase_shift_rad=phase_shift_rad,
             cross_correlation=0.21,
             fit_resolution_a=4.2,
+            fit_ok=fit_ok,
+            ice_ring_ratio=ice_ring_ratio,
             output_txt_path=files["txt"],
             avrot_path=files["avrot"],
             diagnostic_png_path=files["png"],
@@ -186,7 +190,7 @@ def engines() -> dict[str, str]:
 def store_processed(db: DataPlane, make_results: ResultsFactory) -> Callable[..., object]:
     """Store results for an exposure (by id) as the controller would; returns the exposure."""
 
-    def store(exposure_id: int, stem: str, **result_options: float) -> object:
+    def store(exposure_id: int, stem: str, **result_options: float | bool | None) -> object:
         motion, ctf = make_results(stem, **result_options)
         return db.store.store_result(exposure_id, motion, ctf, **ENGINES)
 

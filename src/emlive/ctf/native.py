@@ -6,12 +6,14 @@ the amplitude spectrum of its tiles (:mod:`emlive.ctf.spectrum`), fits the CTF
 
 - ``OUT/<stem>.txt``: ctffind 4.1's results file (five comment lines, then one line of seven
   numbers: micrograph number, defocus 1 and 2 (Å), azimuth (°), additional phase shift (rad),
-  cross-correlation, resolution (Å) to which Thon rings were fitted);
+  cross-correlation, resolution (Å) to which Thon rings were fitted). When no Thon rings were
+  found (``fit_ok`` false) the row is still written — the best guess, a low score and the
+  lowest fitted resolution — after a sixth comment line that says so;
 - ``OUT/<stem>_avrot.txt``: ctffind 4.1's 1D profiles (five comment lines, then six lines:
   spatial frequency (1/Å), rotational average, astigmatism-corrected rotational average, CTF
   fit, windowed cross-correlation of spectrum and fit, 2σ of that correlation for noise);
 - ``OUT/<stem>.png``: the background-subtracted spectrum (left half) beside the fitted
-  model CTF² (right half).
+  model CTF² (right half), above the 1D profile of the spectrum with the fit.
 """
 
 from __future__ import annotations
@@ -25,29 +27,33 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 import scipy.ndimage
+from PIL import Image, ImageDraw, ImageFont
 
 from emlive.acquisition import Optics
 from emlive.ctf.search import FitProfile, Microscope, SpectrumFit, fit_spectrum
-from emlive.ctf.spectrum import average_amplitude_spectrum, radius_grid_px
+from emlive.ctf.spectrum import average_amplitude_spectrum, ice_ring_ratio, radius_grid_px
 from emlive.ctf.types import CtfParams, CtfResult
-from emlive.io.atomic import atomic_write_text
+from emlive.io.atomic import atomic_path, atomic_write_text
 from emlive.io.mrc import read_mrc
-from emlive.io.png import write_png_atomic
+from emlive.io.png import to_uint8
 from emlive.optics import ctf_2d
 
 __all__ = [
     "CTFFIND_FORMAT_VERSION",
     "ENGINE_VERSION",
+    "NO_FIT_COMMENT",
     "diagnostic_image",
+    "diagnostic_picture",
     "estimate_ctf",
     "format_avrot",
     "format_results",
+    "profile_plot",
     "spectrum_geometry",
 ]
 
 log = logging.getLogger(__name__)
 
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 # The ctffind release whose output format the files follow.
 CTFFIND_FORMAT_VERSION = "4.1.14"
 # Smallest spectrum box that still resolves Thon rings usefully.
@@ -56,6 +62,15 @@ _MIN_TILE_PX = 64
 # and samples the Thon rings of a high defocus finely enough. Never coarser than lets
 # Nyquist lie 10 % beyond the highest resolution fitted.
 FIT_PIXEL_SIZE_A = 1.4
+
+# The comment line before the results row of a micrograph without a fit.
+NO_FIT_COMMENT = (
+    "# No Thon rings found (score not significant above noise): the values below are a guess, "
+    "not a fit; reject this micrograph"
+)
+# Size of the 1D profile plot under the 2D picture in the PNG, px.
+_PLOT_HEIGHT_PX = 200
+_PICTURE_SIZE_PX = 512
 
 _TXT_COLUMNS = (
     "# Columns: #1 - micrograph number; #2 - defocus 1 [Angstroms]; #3 - defocus 2; "
@@ -101,7 +116,10 @@ def _header(
 
 
 def format_results(header: Sequence[str], result: SpectrumFit) -> str:
-    """The text of ctffind's ``<stem>.txt``: header lines, then the seven numbers of micrograph 1."""
+    """The text of ctffind's ``<stem>.txt``: header lines, then the seven numbers of micrograph 1.
+
+    Without a fit (``result.fit_ok`` false) :data:`NO_FIT_COMMENT` precedes the numbers.
+    """
     fit = result.fit
     values = (
         1.0,
@@ -112,7 +130,8 @@ def format_results(header: Sequence[str], result: SpectrumFit) -> str:
         fit.cross_correlation,
         result.profile.fit_resolution_a,
     )
-    return "\n".join([*header, " ".join(f"{v:.6f}" for v in values)]) + "\n"
+    comments = [*header] if result.fit_ok else [*header, NO_FIT_COMMENT]
+    return "\n".join([*comments, " ".join(f"{v:.6f}" for v in values)]) + "\n"
 
 
 def format_avrot(header: Sequence[str], profile: FitProfile) -> str:
@@ -167,6 +186,97 @@ def diagnostic_image(result: SpectrumFit, optics: Optics, fit_pixel_size_a: floa
     picture = spectrum
     picture[:, tile // 2 :] = model[:, tile // 2 :]
     return picture.astype(np.float32)
+
+
+def _plot_y(values: np.ndarray, lo: float, hi: float, top: int, bottom: int) -> np.ndarray:
+    return bottom - (np.clip(values, lo, hi) - lo) / (hi - lo) * (bottom - top)
+
+
+def profile_plot(
+    profile: FitProfile,
+    *,
+    pixel_size_a: float,
+    min_res_a: float,
+    max_res_a: float,
+    fit_ok: bool,
+    width_px: int = _PICTURE_SIZE_PX,
+    height_px: int = _PLOT_HEIGHT_PX,
+) -> Image.Image:
+    """The 1D profile with the fit, as ctffind's diagnostic plots show it (RGB picture).
+
+    Against spatial frequency (tick labels in Å) from half the lowest fitted frequency to
+    Nyquist of ``pixel_size_a`` (the pixel the spectrum was fitted at): the astigmatism-corrected rotational average of the spectrum scaled onto |CTF|
+    (grey), the fitted |CTF| (red), their windowed correlation (blue, 0…1 on the same axis),
+    the fitting band (light background) and the fit resolution (green line). Without a fit a
+    red "NO FIT" is written across it.
+    """
+    picture = Image.new("RGB", (width_px, height_px), "white")
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=12)
+    left, right, top, bottom = 6, width_px - 6, 6, height_px - 18
+    freq = np.asarray(profile.frequency_a, dtype=np.float64)
+    k_lo, nyquist = 0.5 / min_res_a, 0.5 / pixel_size_a
+
+    def x_of(k: np.ndarray | float) -> np.ndarray:
+        return left + (np.asarray(k, dtype=np.float64) - k_lo) / max(nyquist - k_lo, 1e-12) * (right - left)
+
+    band_lo, band_hi = float(x_of(1.0 / min_res_a)), float(x_of(min(1.0 / max_res_a, nyquist)))
+    draw.rectangle([band_lo, top, band_hi, bottom], fill=(238, 242, 250))
+    draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
+    for res_a in (20.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5):
+        if k_lo < 1.0 / res_a <= nyquist:
+            x = float(x_of(1.0 / res_a))
+            draw.line([x, bottom, x, bottom + 3], fill=(80, 80, 80))
+            draw.text((x, bottom + 4), f"{res_a:g}", fill=(60, 60, 60), font=font, anchor="mt")
+    shown = (freq >= k_lo) & (freq <= nyquist)
+    xs = x_of(freq[shown])
+    curves = [
+        (np.asarray(profile.astig_average)[shown], (110, 110, 110)),
+        (np.asarray(profile.fit_cc)[shown], (40, 90, 220)),
+        (np.asarray(profile.ctf_fit)[shown], (220, 30, 30)),
+    ]
+    for values, colour in curves:
+        ys = _plot_y(np.asarray(values, dtype=np.float64), -0.25, 1.25, top, bottom)
+        if xs.size > 1:
+            draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=colour, width=1)
+    if fit_ok and k_lo < 1.0 / profile.fit_resolution_a <= nyquist:
+        x = float(x_of(1.0 / profile.fit_resolution_a))
+        draw.line([x, top, x, bottom], fill=(20, 150, 40), width=2)
+        draw.text((x - 3, top + 2), f"fit {profile.fit_resolution_a:.1f} Å", fill=(20, 150, 40), font=font, anchor="ra")
+    if not fit_ok:
+        big = ImageFont.load_default(size=40)
+        draw.text((width_px // 2, (top + bottom) // 2), "NO FIT", fill=(220, 0, 0), font=big, anchor="mm")
+    return picture
+
+
+def diagnostic_picture(
+    result: SpectrumFit, optics: Optics, fit_pixel_size_a: float, *, min_res_a: float, max_res_a: float
+) -> Image.Image:
+    """The diagnostic PNG's picture: :func:`diagnostic_image` (512 px wide, box-averaged from a
+    larger box) above :func:`profile_plot` of the same width."""
+    image = diagnostic_image(result, optics, fit_pixel_size_a)
+    factor = max(1, int(np.ceil(image.shape[0] / _PICTURE_SIZE_PX)))
+    size = max(1, round(image.shape[0] / factor))
+    spectrum = Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.Resampling.BOX)
+    grey = Image.fromarray(to_uint8(np.asarray(spectrum), low_percentile=0.0, high_percentile=100.0)).convert("RGB")
+    plot = profile_plot(
+        result.profile,
+        pixel_size_a=fit_pixel_size_a,
+        min_res_a=min_res_a,
+        max_res_a=max_res_a,
+        fit_ok=result.fit_ok,
+        width_px=size,
+    )
+    picture = Image.new("RGB", (size, size + plot.height), "white")
+    picture.paste(grey, (0, 0))
+    picture.paste(plot, (0, size))
+    return picture
+
+
+def _write_picture(path: Path, picture: Image.Image) -> None:
+    # the fastest zlib level: a noisy spectrum hardly compresses, and level 6 costs ~0.2 s
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG", compress_level=1)
 
 
 def spectrum_geometry(
@@ -264,6 +374,7 @@ def estimate_ctf(
             min_defocus_a=params.min_defocus_a,
             max_defocus_a=params.max_defocus_a,
             fit_phase_shift=params.fit_phase_shift,
+            expected_astigmatism_a=params.expected_astigmatism_a,
         )
     except ValueError as err:
         raise ValueError(f"{micrograph}: {err}") from err
@@ -275,10 +386,21 @@ def estimate_ctf(
     avrot_header = _header(micrograph, optics, params, tile_px=box, run_at=run_at, avrot=True)
     txt_header = _header(micrograph, optics, params, tile_px=box, run_at=run_at, avrot=False)
     atomic_write_text(avrot_path, format_avrot(avrot_header, result.profile))
-    write_png_atomic(png_path, diagnostic_image(result, optics, fit_pixel_a), max_size_px=512)
+    _write_picture(
+        png_path,
+        diagnostic_picture(result, optics, fit_pixel_a, min_res_a=params.min_res_a, max_res_a=params.max_res_a),
+    )
     # the results file last: its presence means the other outputs are complete
     atomic_write_text(txt_path, format_results(txt_header, result))
     fit = result.fit
+    ice = ice_ring_ratio(spectrum, pixel_size_a=fit_pixel_a)
+    if not result.fit_ok:
+        log.warning(
+            "%s: no Thon rings found (CC %.3f, significance %.1f); the micrograph has no usable CTF fit",
+            micrograph,
+            fit.cross_correlation,
+            result.significance,
+        )
     log.info(
         "%s: defocus %.0f/%.0f Å, azimuth %.1f°, CC %.3f, fit to %.1f Å (%.2f s)",
         micrograph,
@@ -296,6 +418,8 @@ def estimate_ctf(
         phase_shift_rad=fit.phase_shift_rad,
         cross_correlation=fit.cross_correlation,
         fit_resolution_a=result.profile.fit_resolution_a,
+        fit_ok=result.fit_ok,
+        ice_ring_ratio=ice,
         output_txt_path=txt_path,
         avrot_path=avrot_path,
         diagnostic_png_path=png_path,

@@ -20,12 +20,20 @@ The method follows ctffind's published one (Rohou & Grigorieff 2015), with its o
    outwards (inside it a ring is too wide to tell from the background), the model multiplied
    by the ring amplitude found at each frequency (a matched filter, :func:`refine_fit`);
 5. the fit resolution is where a windowed correlation between the astigmatism-corrected
-   1D profile and the fitted CTF falls below 0.5 (:func:`fit_profile`).
+   1D profile and the fitted CTF falls below 0.5 (:func:`fit_profile`);
+6. the fit counts as found (``fit_ok``) when its score is significant: ``cc·√n`` over the
+   ``n`` pixels of the band is at least :data:`FIT_SIGNIFICANCE_MIN` (see
+   :func:`fit_significance`). Otherwise no fit resolution is claimed.
+
+An optional astigmatism restraint (ctffind's "expected astigmatism") lowers the score of a
+candidate by ``½ (|U − V| / expected)² / √n``: an astigmatism of the expected size costs half
+the standard deviation that the score of pure noise has, so it steers only where the data
+cannot tell (:func:`astigmatism_penalty`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.optimize
@@ -35,18 +43,21 @@ from emlive.optics import ctf_chi, electron_wavelength_a
 
 __all__ = [
     "FIT_CC_THRESHOLD",
+    "FIT_SIGNIFICANCE_MIN",
     "MAX_ASTIGMATISM_A",
     "CtfFit",
     "FitBand",
     "FitProfile",
     "Microscope",
     "SpectrumFit",
+    "astigmatism_penalty",
     "background_window_px",
     "band_pixels",
     "correlation",
     "ctf_squared_image",
     "fit_ctf",
     "fit_profile",
+    "fit_significance",
     "fit_spectrum",
     "refine_fit",
     "ring_amplitude",
@@ -57,6 +68,11 @@ __all__ = [
 MAX_ASTIGMATISM_A = 3000.0
 # Windowed correlation between profile and fit that counts as "rings still fitted".
 FIT_CC_THRESHOLD = 0.5
+# Smallest significance (score × √pixels in the band) of a fit that counts as found. The best
+# score a search finds in pure noise stays below ~8 (measured on 256 and 512 px spectra of
+# noise-only micrographs at 0.8–1.3 Å, and of rings too weak to fit); fits of visible rings
+# reach 9–30 and more.
+FIT_SIGNIFICANCE_MIN = 10.0
 # Elements of a (candidates × pixels) block evaluated at once (bounds memory to ~32 MB).
 _BLOCK_ELEMENTS = 4_000_000
 
@@ -157,12 +173,19 @@ class FitProfile:
 
 @dataclass(frozen=True)
 class SpectrumFit:
-    """Everything :func:`fit_spectrum` found: the fit, its 1D statistics, the spectra used."""
+    """Everything :func:`fit_spectrum` found: the fit, its 1D statistics, the spectra used.
+
+    ``significance`` is :func:`fit_significance` of the fit; ``fit_ok`` whether it reaches
+    :data:`FIT_SIGNIFICANCE_MIN` (if not, the parameters are the best guess in noise, and the
+    profile's fit resolution is the lowest resolution fitted: no rings are claimed).
+    """
 
     fit: CtfFit
     profile: FitProfile
     normalised: np.ndarray
     background: np.ndarray
+    significance: float
+    fit_ok: bool
 
 
 def _frequency_limits(tile: int, pixel_size_a: float, min_res_a: float, max_res_a: float) -> tuple[float, float]:
@@ -281,6 +304,27 @@ def _defocus_step_a(wavelength_a: float, k_max_a: float) -> float:
     return 1.0 / (8.0 * wavelength_a * k_max_a**2)
 
 
+def astigmatism_penalty(astigmatism_a: np.ndarray | float, n_pixels: int, expected_astigmatism_a: float | None) -> np.ndarray:
+    """What the astigmatism restraint subtracts from a score: ``½ (astig / expected)² / √n``.
+
+    ``astigmatism_a`` is ``|U − V|`` (Å), ``n_pixels`` the pixels of the fitting band; the score
+    of pure noise has a standard deviation of about ``1 / √n``. ``None`` (no restraint) gives 0.
+    """
+    astig = np.asarray(astigmatism_a, dtype=np.float64)
+    if expected_astigmatism_a is None:
+        return np.zeros_like(astig)
+    return 0.5 * (astig / expected_astigmatism_a) ** 2 / np.sqrt(max(n_pixels, 1))
+
+
+def fit_significance(cross_correlation: float, n_pixels: int) -> float:
+    """``cc · √n``: the score in units of its standard deviation for pure noise over ``n`` pixels.
+
+    Comparable across box sizes and fitting bands, unlike the score itself (which for noise
+    shrinks as the band holds more pixels).
+    """
+    return float(cross_correlation) * float(np.sqrt(max(n_pixels, 0)))
+
+
 def search_defocus_grid(
     normalised: np.ndarray,
     microscope: Microscope,
@@ -291,6 +335,7 @@ def search_defocus_grid(
     min_defocus_a: float,
     max_defocus_a: float,
     fit_phase_shift: bool = False,
+    expected_astigmatism_a: float | None = None,
     n_candidates: int = 3,
 ) -> list[tuple[float, np.ndarray]]:
     """Exhaustive search of mean defocus, astigmatism (and phase shift) on a coarse grid.
@@ -304,9 +349,10 @@ def search_defocus_grid(
     its own defocus ``mean + h·cos 2(θ - azimuth)``, looked up in those tables for every
     grid point (h in 10 steps up to :data:`MAX_ASTIGMATISM_A` / 2, azimuth in 11.25° steps,
     mean defocus in steps that move the phase at the highest frequency by π/8). With h = 0
-    this is the 1D search. Returns up to ``n_candidates`` distinct local maxima over the mean
-    defocus as ``(score, (mean, a, b, phase))``, best first, with ``a = h·cos 2·azimuth`` and
-    ``b = h·sin 2·azimuth``.
+    this is the 1D search. With ``expected_astigmatism_a`` each score is lowered by
+    :func:`astigmatism_penalty` of ``2h``. Returns up to ``n_candidates`` distinct local maxima
+    over the mean defocus as ``(score, (mean, a, b, phase))``, best first, with
+    ``a = h·cos 2·azimuth`` and ``b = h·sin 2·azimuth``.
     """
     band = band_pixels(normalised, pixel_size_a=pixel_size_a, min_res_a=min_res_a, max_res_a=max_res_a)
     n_sectors = 16
@@ -350,6 +396,7 @@ def search_defocus_grid(
         lo = np.clip(np.floor(position).astype(np.int64), 0, defoci.size - 2)
         frac = np.clip(position - lo, 0.0, 1.0)[..., None]
         scores += weights[j] * ((1.0 - frac) * tables[j][lo] + frac * tables[j][lo + 1])
+    scores -= astigmatism_penalty(2.0 * hh, band.values.size, expected_astigmatism_a)[:, None, None]
     # best over (h, azimuth, phase) for each mean defocus, then distinct local maxima
     flat = scores.transpose(1, 0, 2).reshape(means.size, -1)
     best_index = flat.argmax(axis=1)
@@ -394,8 +441,12 @@ def _refine(
     scale: np.ndarray,
     bounds: list[tuple[float, float]],
     fit_phase_shift: bool,
+    expected_astigmatism_a: float | None = None,
 ) -> tuple[float, np.ndarray]:
-    """Local maximisation of the band score from ``start`` = (mean, a, b, phase); analytic gradient."""
+    """Local maximisation of the band score from ``start`` = (mean, a, b, phase); analytic gradient.
+
+    The score maximised (and returned) includes the astigmatism restraint, if any.
+    """
     ds = np.pi * microscope.wavelength_a * band.s_a2
     cos2 = np.cos(2.0 * band.angle_rad)
     sin2 = np.sin(2.0 * band.angle_rad)
@@ -404,6 +455,8 @@ def _refine(
     free = 4 if fit_phase_shift else 3
     fixed_phase = start[3]
     dchis = [ds, ds * cos2, ds * sin2, np.ones_like(ds)][:free]
+    # restraint: ½ (2·|(a, b)| / expected)² / √n = k (a² + b²)
+    k_restraint = 0.0 if expected_astigmatism_a is None else 2.0 / (expected_astigmatism_a**2 * np.sqrt(n))
 
     def full(y: np.ndarray) -> np.ndarray:
         return np.append(y * scale[:free], [] if fit_phase_shift else [fixed_phase])
@@ -425,6 +478,11 @@ def _refine(
             # d var = 2 Σ (m - mean) dm
             d_sd = (_dot(dm, model) - mean * dm.sum()) / sd
             g[i] = (d_dot * sd - dot * d_sd) / (var * band.norm)
+        if k_restraint:
+            a, b = y[1] * scale[1], y[2] * scale[2]
+            cc -= k_restraint * (a * a + b * b)
+            g[1] -= 2.0 * k_restraint * a
+            g[2] -= 2.0 * k_restraint * b
         return -cc, -g * scale[:free]
 
     y0 = start[:free] / scale[:free]
@@ -462,6 +520,7 @@ def fit_ctf(
     min_defocus_a: float,
     max_defocus_a: float,
     fit_phase_shift: bool = False,
+    expected_astigmatism_a: float | None = None,
 ) -> CtfFit:
     """Fit defocus U/V, azimuth (and phase shift) to a centred background-free spectrum.
 
@@ -471,7 +530,9 @@ def fit_ctf(
        defocus along direction θ is ``mean + a·cos2θ + b·sin2θ`` (smooth through zero
        astigmatism).
 
-    The returned score is the normalised cross-correlation over the band at the optimum.
+    ``expected_astigmatism_a`` restrains the astigmatism in both (:func:`astigmatism_penalty`).
+    The returned score is the normalised cross-correlation over the band at the optimum
+    (without the restraint's penalty).
     """
     band = band_pixels(normalised, pixel_size_a=pixel_size_a, min_res_a=min_res_a, max_res_a=max_res_a)
     step = _defocus_step_a(microscope.wavelength_a, band.k_max_a)
@@ -484,6 +545,7 @@ def fit_ctf(
         min_defocus_a=min_defocus_a,
         max_defocus_a=max_defocus_a,
         fit_phase_shift=fit_phase_shift,
+        expected_astigmatism_a=expected_astigmatism_a,
     )
     best_grid, (mean, _, _, phase) = candidates[0]
     starts = [x for score, x in candidates if score >= 0.5 * best_grid]
@@ -492,9 +554,20 @@ def fit_ctf(
     bounds = _bounds(min_defocus_a, max_defocus_a)
     best_score, best_x = -np.inf, starts[0]
     for x0 in starts:
-        score, x = _refine(band, microscope, x0, scale=scale, bounds=bounds, fit_phase_shift=fit_phase_shift)
+        score, x = _refine(
+            band,
+            microscope,
+            x0,
+            scale=scale,
+            bounds=bounds,
+            fit_phase_shift=fit_phase_shift,
+            expected_astigmatism_a=expected_astigmatism_a,
+        )
         if score > best_score:
             best_score, best_x = score, x
+    if expected_astigmatism_a is not None:
+        u, v, az, ph = _params_to_ctf(best_x)
+        best_score = float(correlation(band, microscope, defocus_u_a=u, defocus_v_a=v, azimuth_deg=az, phase_shift_rad=ph))
     return _to_fit(best_x, best_score)
 
 
@@ -511,6 +584,7 @@ def refine_fit(
     fit_phase_shift: bool = False,
     amplitude: np.ndarray | None = None,
     start_res_a: float | None = None,
+    expected_astigmatism_a: float | None = None,
 ) -> CtfFit:
     """Refine ``fit`` locally on ``normalised``, the model CTF² multiplied by ``amplitude``.
 
@@ -520,7 +594,8 @@ def refine_fit(
     more than their share. ``start_res_a`` (Å) moves the start of the refined band to higher
     frequency where it is finer than ``min_res_a``. The returned score is the plain normalised
     cross-correlation with CTF² over the full band ``min_res_a … max_res_a`` (the number
-    ctffind reports), whatever ``amplitude`` and ``start_res_a``.
+    ctffind reports), whatever ``amplitude`` and ``start_res_a`` (and without the penalty of
+    ``expected_astigmatism_a``, which restrains the astigmatism as in :func:`fit_ctf`).
     """
     weighted = band_pixels(
         normalised,
@@ -537,6 +612,7 @@ def refine_fit(
         scale=np.array([step, step, step, 0.1]),
         bounds=_bounds(min_defocus_a, max_defocus_a),
         fit_phase_shift=fit_phase_shift,
+        expected_astigmatism_a=expected_astigmatism_a,
     )
     plain = band_pixels(normalised, pixel_size_a=pixel_size_a, min_res_a=min_res_a, max_res_a=max_res_a)
     u, v, az, ph = _params_to_ctf(x)
@@ -750,9 +826,10 @@ def fit_spectrum(
     min_defocus_a: float,
     max_defocus_a: float,
     fit_phase_shift: bool = False,
+    expected_astigmatism_a: float | None = None,
 ) -> SpectrumFit:
     """The whole fit of an averaged amplitude spectrum (centred, as from
-    :func:`emlive.ctf.spectrum.average_amplitude_spectrum`): steps 1–5 of this module's docstring.
+    :func:`emlive.ctf.spectrum.average_amplitude_spectrum`): steps 1–6 of this module's docstring.
 
     The background is removed twice: first smoothing over the ring spacing of
     ``min_defocus_a`` (wide enough for any defocus searched), then, once the defocus is known,
@@ -760,7 +837,13 @@ def fit_spectrum(
     """
     tile = spectrum.shape[0]
     limits = dict(pixel_size_a=pixel_size_a, min_res_a=min_res_a, max_res_a=max_res_a)
-    search = dict(limits, min_defocus_a=min_defocus_a, max_defocus_a=max_defocus_a, fit_phase_shift=fit_phase_shift)
+    search = dict(
+        limits,
+        min_defocus_a=min_defocus_a,
+        max_defocus_a=max_defocus_a,
+        fit_phase_shift=fit_phase_shift,
+        expected_astigmatism_a=expected_astigmatism_a,
+    )
     low_cut_px = 0.5 * tile * pixel_size_a / min_res_a
     normalised, background = remove_background(
         spectrum,
@@ -780,4 +863,16 @@ def fit_spectrum(
     start_res_a = float(np.sqrt(microscope.wavelength_a * fit.mean_defocus_a))
     fit = refine_fit(normalised, fit, microscope, **search, amplitude=amplitude, start_res_a=start_res_a)
     profile = fit_profile(normalised, fit, microscope, **limits)
-    return SpectrumFit(fit=fit, profile=profile, normalised=normalised, background=background)
+    n_band = band_pixels(normalised, **limits).values.size
+    significance = fit_significance(fit.cross_correlation, n_band)
+    fit_ok = significance >= FIT_SIGNIFICANCE_MIN
+    if not fit_ok:
+        profile = replace(profile, fit_resolution_a=float(min_res_a))
+    return SpectrumFit(
+        fit=fit,
+        profile=profile,
+        normalised=normalised,
+        background=background,
+        significance=significance,
+        fit_ok=fit_ok,
+    )

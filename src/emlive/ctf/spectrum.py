@@ -17,6 +17,7 @@ import scipy.fft
 __all__ = [
     "average_amplitude_spectrum",
     "edge_taper",
+    "ice_ring_ratio",
     "radial_profile",
     "radius_grid_px",
     "remove_background",
@@ -30,6 +31,8 @@ _TILES_PER_BATCH = 32
 # Values of the normalised spectrum are clipped here (in local standard deviations), so that
 # isolated strong pixels (crystalline ice, detector artefacts) cannot dominate a correlation.
 _CLIP_SIGMA = 4.0
+# The band where the (hexagonal and cubic) ice reflections at ~3.9–3.6 Å put their power.
+ICE_BAND_A = (3.9, 3.6)
 
 
 def tile_starts(length: int, tile_size_px: int) -> np.ndarray:
@@ -232,3 +235,36 @@ def remove_background(
     normalised = np.where(valid, residual / np.maximum(rms, floor), 0.0)
     np.clip(normalised, -_CLIP_SIGMA, _CLIP_SIGMA, out=normalised)
     return normalised.astype(np.float32), background.astype(np.float32)
+
+
+def ice_ring_ratio(spectrum: np.ndarray, *, pixel_size_a: float) -> float | None:
+    """Power in the ice band (:data:`ICE_BAND_A`, 3.9–3.6 Å) relative to the bands beside it.
+
+    ``spectrum`` is a centred amplitude spectrum (as from :func:`average_amplitude_spectrum`)
+    of pixels of ``pixel_size_a`` Å. The mean power (amplitude²) in the ice band is divided by
+    the mean of the mean powers of the two flanking bands of the same width in spatial
+    frequency (4.26–3.9 Å and 3.6–3.34 Å), i.e. by the smooth fall-off interpolated across the
+    band. About 1 for vitreous ice and for a spectrum of noise; above 1 where crystalline (or
+    thick, partly crystalline) ice scatters into its rings, which is what curation looks for.
+    Each band is wider than a Thon ring at every usual defocus, so the rings average out.
+    Returns ``None`` where the outer flank lies beyond Nyquist (pixels above ~1.67 Å).
+    """
+    spec = np.asarray(spectrum, dtype=np.float64)
+    if spec.ndim != 2 or spec.shape[0] != spec.shape[1]:
+        raise ValueError(f"expected a square centred spectrum, got shape {spec.shape}")
+    tile = spec.shape[0]
+    k_lo, k_hi = 1.0 / ICE_BAND_A[0], 1.0 / ICE_BAND_A[1]
+    width = k_hi - k_lo
+    if k_hi + width >= 0.5 / pixel_size_a * (1.0 - 2.0 / tile):
+        return None
+    k = radius_grid_px(tile) / (tile * pixel_size_a)
+    power = spec * spec
+
+    def band_mean(lo: float, hi: float) -> float:
+        inside = (k >= lo) & (k < hi)
+        return float(power[inside].mean()) if inside.any() else 0.0
+
+    flanks = 0.5 * (band_mean(k_lo - width, k_lo) + band_mean(k_hi, k_hi + width))
+    if not flanks > 0:
+        return None
+    return band_mean(k_lo, k_hi) / flanks

@@ -19,6 +19,11 @@ class CtfParams(BaseModel):
     min_defocus_a: PositiveFloat = Field(5000.0, description="Search range start, Å (underfocus > 0)")
     max_defocus_a: PositiveFloat = Field(50000.0, description="Search range end, Å")
     fit_phase_shift: bool = Field(False, description="Fit a phase-plate phase shift")
+    expected_astigmatism_a: PositiveFloat | None = Field(
+        None,
+        description="Astigmatism restraint (ctffind's expected astigmatism), Å: |U - V| much larger "
+        "than this is penalised where the Thon rings cannot tell; None = unrestrained",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> CtfParams:
@@ -39,7 +44,17 @@ class CtfResult(BaseModel):
     azimuth_deg: float = Field(description="Angle of the defocus-U axis from +x, degrees")
     phase_shift_rad: float = 0.0
     cross_correlation: float = Field(description="Score of the fit over the fitting band")
-    fit_resolution_a: float = Field(description="Resolution to which the Thon rings are fitted, Å")
+    fit_resolution_a: float = Field(
+        description="Resolution to which the Thon rings are fitted, Å (the lowest fitted resolution when not fit_ok)"
+    )
+    fit_ok: bool = Field(
+        description="False when no Thon rings were found (the score is not significant above noise): "
+        "the defocus is then a guess and the micrograph should be rejected"
+    )
+    ice_ring_ratio: float | None = Field(
+        description="Power in the 3.9–3.6 Å ice band over the bands beside it (~1: vitreous; higher: "
+        "crystalline ice); None when the band lies beyond Nyquist"
+    )
     output_txt_path: Path
     avrot_path: Path
     diagnostic_png_path: Path
