@@ -34,6 +34,7 @@ CTF_COLUMNS = [
     "rlnDefocusAngle",
     "rlnCtfFigureOfMerit",
     "rlnCtfMaxResolution",
+    "rlnCtfIceRingDensity",
 ]
 
 
@@ -91,6 +92,28 @@ def test_exports_load_with_relion_columns(db, three_processed, tmp_path):
     assert ctf["rlnDefocusAngle"].tolist() == [33.0] * 3
     assert ctf["rlnCtfFigureOfMerit"].tolist() == [0.21] * 3
     assert ctf["rlnCtfMaxResolution"].tolist() == [4.2] * 3
+    assert ctf["rlnCtfIceRingDensity"].tolist() == [1.02] * 3
+
+
+def test_a_micrograph_without_a_ctf_fit_keeps_its_row_and_its_flag(db, session, store_processed, tmp_path):
+    for i, fit_ok in enumerate([True, False, True]):
+        exposure, _ = db.store.record_exposure(session, f"m{i}.tif", 10, 20)
+        store_processed(exposure.pk, f"m{i}", defocus_u_a=15000.0 + 1000 * i, fit_ok=fit_ok)
+    ctf_star, _ = db.export.write_exports(session, tmp_path / "exports")
+    ctf = starfile.read(ctf_star, always_dict=True)["micrographs"]
+    assert ctf["rlnDefocusU"].tolist() == [15000.0, 16000.0, 17000.0]
+    flags = dict(db.models.CtfEstimate.objects.values_list("defocus_u_a", "fit_ok"))
+    assert flags == {15000.0: True, 16000.0: False, 17000.0: True}
+
+
+def test_the_ice_ring_column_needs_a_value_for_every_micrograph(db, session, store_processed, tmp_path):
+    for i, ice in enumerate([1.1, None]):
+        exposure, _ = db.store.record_exposure(session, f"m{i}.tif", 10, 20)
+        store_processed(exposure.pk, f"m{i}", ice_ring_ratio=ice)
+    ctf_star, _ = db.export.write_exports(session, tmp_path / "exports")
+    ctf = starfile.read(ctf_star, always_dict=True)["micrographs"]
+    assert len(ctf) == 2
+    assert "rlnCtfIceRingDensity" not in ctf.columns
 
 
 def test_exports_follow_the_session_and_leave_no_temporary_files(db, three_processed, tmp_path, store_processed):

@@ -102,6 +102,17 @@ def test_store_result_twice_keeps_one_result_and_processes_once(db, session, mak
     assert stored.motion.engine == "native" and stored.ctf.engine_version == "test-1"
     assert Path(stored.motion.dose_weighted_path) == motion.dose_weighted_path
     assert stored.ctf.astigmatism_a == 1100.0
+    assert stored.ctf.fit_ok is True and stored.ctf.ice_ring_ratio == 1.02
+
+
+@pytest.mark.parametrize(("fit_ok", "ice"), [(False, 1.7), (True, None)], ids=["no-fit", "no-ice-measure"])
+def test_the_ctf_quality_flags_are_stored(db, session, make_results, engines, fit_ok, ice):
+    exposure, _ = db.store.record_exposure(session, "a.mrc", 10, 20)
+    motion, ctf = make_results("a", fit_ok=fit_ok, ice_ring_ratio=ice)
+    db.store.store_result(exposure.pk, motion, ctf, **engines)
+    stored = db.models.CtfEstimate.objects.get(exposure=exposure)
+    assert stored.fit_ok is fit_ok
+    assert stored.ice_ring_ratio == ice
 
 
 def test_store_result_records_step_timestamps(db, session, make_results, engines):

@@ -7,8 +7,12 @@ a ``data_optics`` table and a ``data_micrographs`` table), one row per processed
   rlnMicrographMetadata, rlnOpticsGroup, rlnAccumMotionTotal/Early/Late (Å).
 - ``micrographs_ctf.star``: the same columns plus rlnDefocusU, rlnDefocusV (Å),
   rlnCtfAstigmatism (|U − V|, Å), rlnDefocusAngle (°, ctffind's azimuth), rlnCtfFigureOfMerit
-  (the fit's cross-correlation), rlnCtfMaxResolution (Å), and rlnPhaseShift (°, RELION's unit)
-  when any micrograph has a non-zero phase shift.
+  (the fit's cross-correlation), rlnCtfMaxResolution (Å), rlnPhaseShift (°, RELION's unit)
+  when any micrograph has a non-zero phase shift, and rlnCtfIceRingDensity (RELION 4's
+  column for ice curation) when every micrograph has an ice-ring measure. A micrograph whose
+  CTF estimation found no Thon rings (``fit_ok`` false) keeps its row, with the lowest fitted
+  resolution (30 Å by default) as rlnCtfMaxResolution, so the resolution cut every RELION
+  user applies drops it; the database keeps the flag itself.
 
 Conventions chosen here:
 
@@ -19,6 +23,9 @@ Conventions chosen here:
   ``relative_to=PROJECT_DIR`` to write them relative to the folder RELION runs in.
 - ``rlnCtfImage`` and ``rlnCtfPowerSpectrum`` are left out: RELION expects MRC images there
   and emlive's CTF diagnostic is a PNG.
+- rlnCtfIceRingDensity holds emlive's ice-ring ratio (power in the 3.9–3.6 Å band over the
+  bands beside it: ~1 for vitreous ice, higher for crystalline ice), a relative measure
+  rather than RELION's absolute band power; it sorts and selects micrographs the same way.
 - One optics group per distinct micrograph pixel size (normally one, ``opticsGroup1``);
   rlnMicrographOriginalPixelSize is the movie's pixel size, rlnMicrographPixelSize the
   written micrograph's (they differ when motion correction bins).
@@ -113,6 +120,7 @@ def export_tables(
     corrected: dict[str, list[object]] = {column: [] for column in _CORRECTED_COLUMNS}
     ctf: dict[str, list[object]] = {column: [] for column in _CTF_COLUMNS}
     phase_shift_deg: list[float] = []
+    ice_ring: list[float | None] = []
     for e in rows:
         m, c = e.motion, e.ctf
         shared = {
@@ -134,8 +142,11 @@ def export_tables(
         ctf["rlnCtfFigureOfMerit"].append(c.cross_correlation)
         ctf["rlnCtfMaxResolution"].append(c.fit_resolution_a)
         phase_shift_deg.append(math.degrees(c.phase_shift_rad))
+        ice_ring.append(c.ice_ring_ratio)
     if any(value != 0.0 for value in phase_shift_deg):
         ctf["rlnPhaseShift"] = list(phase_shift_deg)
+    if ice_ring and all(value is not None for value in ice_ring):
+        ctf["rlnCtfIceRingDensity"] = list(ice_ring)
     return {
         CTF_STAR: {"optics": optics.copy(), "micrographs": _frame(ctf)},
         CORRECTED_STAR: {"optics": optics, "micrographs": _frame(corrected)},

@@ -168,6 +168,16 @@ class CtfEstimate(models.Model):
     phase_shift_rad = models.FloatField(default=0.0, help_text="Phase-plate phase shift, rad")
     cross_correlation = models.FloatField(help_text="Score of the fit over the fitting band")
     fit_resolution_a = models.FloatField(help_text="Resolution to which Thon rings are fitted, Å")
+    fit_ok = models.BooleanField(
+        default=True,
+        help_text="False when no Thon rings were found: the defocus is a guess; reject the micrograph",
+    )
+    ice_ring_ratio = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Power in the 3.9–3.6 Å ice band over the bands beside it (~1 vitreous, higher crystalline); "
+        "null when beyond Nyquist or not measured",
+    )
     output_txt_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, help_text="ctffind 4.1 format result")
     avrot_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, help_text="ctffind-format rotational average")
     diagnostic_png_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS)

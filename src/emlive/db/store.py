@@ -273,6 +273,8 @@ def store_result(
         "phase_shift_rad": float(ctf.phase_shift_rad),
         "cross_correlation": float(ctf.cross_correlation),
         "fit_resolution_a": float(ctf.fit_resolution_a),
+        "fit_ok": bool(ctf.fit_ok),
+        "ice_ring_ratio": None if ctf.ice_ring_ratio is None else float(ctf.ice_ring_ratio),
         "output_txt_path": str(Path(ctf.output_txt_path).absolute()),
         "avrot_path": str(Path(ctf.avrot_path).absolute()),
         "diagnostic_png_path": str(Path(ctf.diagnostic_png_path).absolute()),
