@@ -20,7 +20,7 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 from pydantic_settings import (
@@ -58,30 +58,74 @@ class WatchSettings(BaseModel):
 
 
 class SchedulerSettings(BaseModel):
-    """What the controller submits, and how often it gives up."""
+    """What the controller submits, in which order, and how often it gives up."""
 
     model_config = ConfigDict(extra="forbid")
 
+    order: Literal["oldest", "newest", "alternate"] = Field(
+        "oldest", description="Which of a session's waiting exposures goes first"
+    )
+    retry_backoff_s: float = Field(10.0, ge=0.0, description="Wait before retry n: this × 2^(n-1)")
+
     max_in_flight: PositiveInt | None = Field(
-        None, description="Exposures submitted at once; default: twice the number of worker threads"
+        None, description="Exposures submitted at once; default: four times the worker threads"
     )
     max_attempts: PositiveInt = Field(3, description="Tries per exposure for transient failures")
     export_interval_s: float = Field(5.0, ge=0.0, description="Least time between export rewrites")
 
 
+ClusterKind = Literal["local", "slurm", "pbs", "sge", "lsf", "htcondor", "address"]
+
+
 class ClusterSettings(BaseModel):
-    """Where the work runs. Only a local Dask cluster for now."""
+    """Where the work runs: a local Dask cluster, a batch system via dask-jobqueue, or an
+    existing Dask scheduler. Batch-system workers are asked for as the backlog needs them."""
 
     model_config = ConfigDict(extra="forbid")
 
-    n_workers: PositiveInt | None = Field(None, description="Worker processes; default: CPU count")
+    kind: ClusterKind = Field("local", description="local | slurm | pbs | sge | lsf | htcondor | address")
+    n_workers: PositiveInt | None = Field(
+        None, description="local: worker processes (default: CPU count); batch systems: most workers"
+    )
+    min_workers: int = Field(0, ge=0, description="Batch systems: workers kept even when idle")
     threads_per_worker: PositiveInt = 1
     gpu_ids: list[int] = Field(
         default_factory=list,
         description="local: GPUs for GPU engines (MotionCor2/3, Gctf); each worker declares resources "
         "GPU=1 and uses gpu_ids[i % len] (default worker count: one per id)",
     )
-    memory_limit: str = Field("auto", description="Per worker, as Dask reads it ('4GiB', 'auto')")
+    memory_limit: str = Field("auto", description="local: per worker, as Dask reads it ('4GiB', 'auto')")
+    address: str | None = Field(None, description="kind = address: the scheduler, e.g. tcp://host:8786")
+    scale_down_after_s: float = Field(
+        60.0, ge=0.0, description="Batch systems: demand must stay lower this long before workers are released"
+    )
+    # batch systems (dask-jobqueue); one job = one worker process
+    queue: str | None = Field(None, description="Partition / queue")
+    account: str | None = Field(None, description="Account / project charged")
+    memory: str = Field("8GiB", description="Memory per job")
+    walltime: str = Field("02:00:00", description="Walltime per job, HH:MM:SS")
+    gpus_per_job: int = Field(0, ge=0, description="GPUs per job (Slurm: --gres=gpu:N)")
+    job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH/#PBS lines")
+    worker_lifetime_s: float | None = Field(
+        None, gt=0,
+        description="Workers retire gracefully (work moves elsewhere) after this long, staggered by "
+        "10 %; default: the walltime minus 10 minutes, so walltime never kills a task",
+    )
+    python: str | None = Field(None, description="Python that runs the workers (default: this one)")
+    log_directory: str | None = Field(None, description="Where job stdout/stderr go")
+    interface: str | None = Field(None, description="Network interface workers and scheduler use")
+    scheduler_host: str | None = Field(None, description="Address the scheduler listens on (default: Dask's)")
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics of the sessions being processed (arrival and processing rates, backlog,
+    lag, failures)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics on this port (0: any free one)")
+    address: str = Field("127.0.0.1", description="Address the metrics server listens on")
+    window_s: float = Field(600.0, gt=0, description="Rates and lag are over this last stretch of time")
 
 
 class Settings(BaseSettings):
@@ -103,6 +147,7 @@ class Settings(BaseSettings):
     watch: WatchSettings = WatchSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     cluster: ClusterSettings = ClusterSettings()
+    metrics: MetricsSettings = MetricsSettings()
     motion: MotionParams = MotionParams()
     ctf: CtfParams = CtfParams()
     tools: ToolsSettings = ToolsSettings()

@@ -105,3 +105,22 @@ def processed_rows(session: Session | int) -> list[ProcessedRow]:
         )
         for e in processed_exposures(session)
     ]
+
+
+def metric_inputs(session: Session | int) -> tuple[list[float], list[tuple[float, float]], int, int]:
+    """For ``runtime.metrics.session_metrics``: movie arrival times (mtime, s), (arrival, result)
+    pairs of processed exposures (s), the backlog (found or submitted) and the failed count."""
+    arrivals: list[float] = []
+    results: list[tuple[float, float]] = []
+    backlog = failed = 0
+    rows = Exposure.objects.filter(session_id=_pk(session)).values_list("mtime_ns", "state", "processed_at")
+    for mtime_ns, state, processed_at in rows.iterator():
+        arrival_s = mtime_ns / 1e9
+        arrivals.append(arrival_s)
+        if state == Exposure.State.PROCESSED and processed_at is not None:
+            results.append((arrival_s, processed_at.timestamp()))
+        elif state == Exposure.State.FAILED:
+            failed += 1
+        else:
+            backlog += 1
+    return arrivals, results, backlog, failed

@@ -124,6 +124,10 @@ def database_settings(url: str) -> dict[str, Any]:
         if not db.get("NAME"):
             raise _bad_url(url, "no database name after the host")
     db["OPTIONS"] = options
+    # The controller is a long-running process: keep its connection, check it before reuse
+    # (close_old_connections then reconnects after a database restart).
+    db["CONN_MAX_AGE"] = None
+    db["CONN_HEALTH_CHECKS"] = True
     return db
 
 

@@ -1,42 +1,148 @@
-"""Where the work runs: a Dask client on a local cluster (Slurm and friends come later)."""
+"""Where the work runs: a Dask client on a local cluster, a batch system or a given scheduler.
+
+Batch systems come from dask-jobqueue (one job = one worker process); their worker count is
+set by the controller's scaling decisions (``Cluster.scale``), never by Dask's ``adapt``, so the
+hysteresis that keeps workers through short lulls is ours and tested.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, SpecCluster
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from emlive.config import ClusterSettings
 from emlive.tools import ToolsSettings, configure_tools
 
+_WALLTIME_MARGIN_S = 600.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A client; how to ask for a number of workers and to replace lost ones (None: fixed size)."""
+
+    client: Client
+    scale: Callable[[int], None] | None
+    threads_per_worker: int
+    replace_lost: Callable[[], list[str]] | None = None
+
 
 def worker_count(settings: ClusterSettings) -> int:
+    """Local workers, or the most a batch system may be asked for."""
     return settings.n_workers or len(settings.gpu_ids) or os.cpu_count() or 1
 
 
+def walltime_s(walltime: str) -> float:
+    """Seconds in a ``[D-]HH:MM:SS`` / ``MM:SS`` walltime."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", walltime.strip())
+    if match is None:
+        raise ValueError(f"walltime {walltime!r} is not [D-]HH:MM:SS")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def jobqueue_options(settings: ClusterSettings) -> dict[str, object]:
+    """Keyword arguments of a dask-jobqueue cluster (pure: tested without a batch system)."""
+    lifetime_s = settings.worker_lifetime_s or max(60.0, walltime_s(settings.walltime) - _WALLTIME_MARGIN_S)
+    directives = list(settings.job_extra_directives)
+    if settings.gpus_per_job and settings.kind == "slurm":
+        directives.append(f"--gres=gpu:{settings.gpus_per_job}")
+    options: dict[str, object] = {
+        "cores": settings.threads_per_worker,
+        "processes": 1,
+        "memory": settings.memory,
+        "walltime": settings.walltime,
+        "queue": settings.queue,
+        "account": settings.account,
+        "job_extra_directives": directives,
+        "python": settings.python or sys.executable,
+        "log_directory": settings.log_directory,
+        "interface": settings.interface,
+        "worker_extra_args": [
+            f"--lifetime={int(lifetime_s)}s",
+            f"--lifetime-stagger={int(lifetime_s * 0.1)}s",
+        ]
+        + ([f"--resources=GPU={settings.gpus_per_job}"] if settings.gpus_per_job else []),
+    }
+    if settings.scheduler_host:
+        options["scheduler_options"] = {"host": settings.scheduler_host}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _jobqueue_class(kind: str) -> type:
+    import dask_jobqueue
+
+    return {
+        "slurm": dask_jobqueue.SLURMCluster,
+        "pbs": dask_jobqueue.PBSCluster,
+        "sge": dask_jobqueue.SGECluster,
+        "lsf": dask_jobqueue.LSFCluster,
+        "htcondor": dask_jobqueue.HTCondorCluster,
+    }[kind]
+
+
 @contextlib.contextmanager
-def local_client(settings: ClusterSettings) -> Iterator[Client]:
-    """A client on a LocalCluster of worker processes, closed on exit."""
-    cluster = LocalCluster(
-        n_workers=worker_count(settings),
-        threads_per_worker=settings.threads_per_worker,
-        processes=True,
-        resources={"GPU": 1} if settings.gpu_ids else None,
-        memory_limit=settings.memory_limit,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
+def open_cluster(settings: ClusterSettings) -> Iterator[Cluster]:
+    """The configured cluster, closed on exit (its batch jobs cancelled)."""
+    if settings.kind == "address":
+        if not settings.address:
+            raise ValueError("cluster.kind = 'address' needs cluster.address (e.g. tcp://host:8786)")
+        with Client(settings.address) as client:
+            yield Cluster(client, None, settings.threads_per_worker)
+        return
+    if settings.kind == "local":
+        cluster = LocalCluster(
+            n_workers=worker_count(settings),
+            threads_per_worker=settings.threads_per_worker,
+            processes=True,
+            resources={"GPU": 1} if settings.gpu_ids else None,
+            memory_limit=settings.memory_limit,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        scale = None
+        replace_lost = None
+    else:
+        cluster = _jobqueue_class(settings.kind)(**jobqueue_options(settings))
+        scale, replace_lost = cluster.scale, _lost_worker_replacer(cluster)
     try:
         with Client(cluster) as client:
-            yield client
+            yield Cluster(client, scale, settings.threads_per_worker, replace_lost)
     finally:
         cluster.close()
+
+
+def _lost_worker_replacer(cluster: SpecCluster) -> Callable[[], list[str]]:
+    """A function that replaces workers whose jobs ended (cancelled, walltime, node failure).
+
+    dask-jobqueue keeps asking for the workers it was told to, but does not notice that a job
+    died; a worker that was connected once and is gone now has its job submitted anew. Jobs still
+    waiting in the queue (never connected) keep their place.
+    """
+    seen: set[str] = set()
+
+    def replace_lost() -> list[str]:
+        connected = {str(worker["name"]) for worker in cluster.scheduler_info["workers"].values()}
+        seen.update(connected)
+        lost = [name for name in cluster.worker_spec if str(name) in seen and str(name) not in connected]
+        for name in lost:  # forget the dead job, so a new one is started under a fresh spec
+            del cluster.worker_spec[name]
+            cluster.workers.pop(name, None)
+            seen.discard(str(name))
+        if lost:
+            cluster.scale(len(cluster.worker_spec) + len(lost))
+        return [str(name) for name in lost]
+
+    return replace_lost
 
 
 class ToolsPlugin(WorkerPlugin):

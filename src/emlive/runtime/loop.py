@@ -17,12 +17,18 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from distributed import Client, Future
+from distributed import Client, Future, wait
 
-from emlive.config import Settings
-from emlive.pipeline.exposure import ExposureSpec, PipelineParams, completed_result, process_exposure
+from emlive.config import ClusterSettings, Settings
+from emlive.pipeline.exposure import (
+    ExposureResult,
+    ExposureSpec,
+    PipelineParams,
+    completed_result,
+    process_exposure,
+)
 from emlive.pipeline.steps import engine
-from emlive.runtime.cluster import local_client, worker_count
+from emlive.runtime.cluster import Cluster, open_cluster, worker_count
 from emlive.runtime.controller import (
     Action,
     ControllerState,
@@ -30,12 +36,16 @@ from emlive.runtime.controller import (
     ExposureReady,
     MarkFailed,
     StopRequested,
+    ScaleTo,
+    ScalingPolicy,
     Store,
     Submit,
     TaskFailed,
+    Tick,
     TaskFinished,
     decide,
 )
+from emlive.runtime.metrics import PrometheusMetrics, session_metrics
 from emlive.runtime.watcher import Found, new_watcher
 from emlive.runtime.cluster import ToolsPlugin
 
@@ -44,7 +54,9 @@ if TYPE_CHECKING:  # Django models can be imported only once the database is set
 
 log = logging.getLogger(__name__)
 
-_WAKE_S = 0.1  # how often finished tasks are collected
+_WAKE_S = 0.1  # longest wait for a task to end before the watcher and clock are looked at again
+_WORKER_CHECK_S = 2.0  # how often lost batch-system workers are looked for
+_METRICS_S = 5.0  # how often Prometheus metrics are recomputed
 
 
 @dataclass(frozen=True)
@@ -66,17 +78,19 @@ def run_session(
     *,
     watch: bool,
     signals: StopSignals | None = None,
-    client: Client | None = None,
+    cluster: Cluster | None = None,
     on_change: Callable[[dict[str, int]], None] | None = None,
+    task: Callable[[ExposureSpec, PipelineParams], ExposureResult] = process_exposure,
 ) -> dict[str, int]:
     """Process ``session``'s raw folder: once over what is there, or until stopped (``watch``).
 
-    Returns the exposure counts by state. ``client`` defaults to a new local cluster.
+    Returns the exposure counts by state. ``cluster`` defaults to the configured one; ``task``
+    is what workers run per exposure (another function only to measure the controller itself).
     """
-    if client is None:
-        with local_client(settings.cluster) as own_client:
+    if cluster is None:
+        with open_cluster(settings.cluster) as own:
             return run_session(
-                session, params, settings, watch=watch, signals=signals, client=own_client, on_change=on_change
+                session, params, settings, watch=watch, signals=signals, cluster=own, on_change=on_change, task=task
             )
     from django.db import close_old_connections
 
@@ -84,10 +98,14 @@ def run_session(
 
     signals = signals or never_stop()
     raw_dir, out_dir = Path(session.raw_dir), Path(session.out_dir)
-    threads = worker_count(settings.cluster) * settings.cluster.threads_per_worker
+    client = cluster.client
     state = ControllerState(
-        max_in_flight=settings.scheduler.max_in_flight or 2 * threads,
+        max_in_flight=settings.scheduler.max_in_flight
+        or 4 * worker_count(settings.cluster) * cluster.threads_per_worker,
         max_attempts=settings.scheduler.max_attempts,
+        order=settings.scheduler.order,
+        backoff_s=settings.scheduler.retry_backoff_s,
+        scaling=None if cluster.scale is None else _scaling_policy(settings.cluster, cluster.threads_per_worker),
     )
     resources = _gpu_resources(params, settings, client)  # GPU engines run on GPU workers only
     client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
@@ -100,7 +118,11 @@ def run_session(
 
     specs: dict[int, ExposureSpec] = {}
     futures: dict[int, Future] = {}
-    exports_dirty, last_export_s, next_poll_s = True, 0.0, 0.0
+    exports_dirty, last_export_s, next_poll_s, next_worker_check_s = True, 0.0, 0.0, 0.0
+    next_metrics_s = 0.0
+    prometheus = None if settings.metrics.port is None else PrometheusMetrics(
+        settings.metrics.port, address=settings.metrics.address
+    )
 
     def notify() -> None:
         if on_change is not None:
@@ -113,7 +135,7 @@ def run_session(
                 case Submit(exposure_id, attempt):
                     store.mark_submitted(exposure_id)
                     futures[exposure_id] = client.submit(
-                        process_exposure,
+                        task,
                         specs[exposure_id],
                         params,
                         key=f"exposure-{session.pk}-{exposure_id}-{attempt}",
@@ -128,6 +150,9 @@ def run_session(
                     log.warning("%s failed: %s", specs[exposure_id].movie_path, reason)
                     store.mark_failed(exposure_id, reason)
                     notify()
+                case ScaleTo(n_workers):
+                    log.info("asking for %d workers", n_workers)
+                    cluster.scale(n_workers)
 
     def handle(events: list[Event]) -> None:
         nonlocal state
@@ -140,6 +165,7 @@ def run_session(
         now_s = time.time()
         if signals.abandon.is_set():
             break
+        handle([Tick(time.monotonic())])
         if signals.stop.is_set() and not state.stopping:
             log.info("stopping: finishing %d exposures in flight", len(state.in_flight))
             handle([StopRequested()])
@@ -150,13 +176,28 @@ def run_session(
             if found:
                 notify()
         handle(_collect(futures))
+        if cluster.replace_lost is not None and now_s >= next_worker_check_s:
+            next_worker_check_s = now_s + _WORKER_CHECK_S
+            if lost := cluster.replace_lost():
+                log.warning("workers %s were lost (job ended); asked for replacements", ", ".join(lost))
+        if prometheus is not None and now_s >= next_metrics_s:
+            next_metrics_s = now_s + _METRICS_S
+            arrivals, results, backlog, failed = queries.metric_inputs(session)
+            prometheus.update(
+                session.name,
+                session_metrics(
+                    arrivals, results, backlog=backlog, failed=failed, now_s=now_s, window_s=settings.metrics.window_s
+                ),
+            )
         if exports_dirty and now_s - last_export_s >= settings.scheduler.export_interval_s:
             export.write_exports(session, out_dir / "exports")
             exports_dirty, last_export_s = False, now_s
         if state.idle and (state.stopping or (not watch and watcher.unsettled == 0)):
             break
-        time.sleep(_WAKE_S)
+        _wait_any(futures, _WAKE_S)
 
+    if prometheus is not None:
+        prometheus.close()
     for future in futures.values():
         future.cancel()
     left = store.reset_in_flight(session)
@@ -165,6 +206,15 @@ def run_session(
     export.write_exports(session, out_dir / "exports")
     store.set_session_state(session, "stopped" if watch or left else "complete")
     return queries.counts_by_state(session)
+
+
+def _scaling_policy(settings: ClusterSettings, threads_per_worker: int) -> ScalingPolicy:
+    return ScalingPolicy(
+        min_workers=settings.min_workers,
+        max_workers=worker_count(settings),
+        tasks_per_worker=threads_per_worker,
+        scale_down_after_s=settings.scale_down_after_s,
+    )
 
 
 def _admit(
@@ -196,8 +246,19 @@ def _admit(
             log.info("%s: results found on disk, stored without recomputing", item.rel_path)
             store.store_exposure_result(exposure.pk, cached)
         else:
-            events.append(ExposureReady(exposure.pk))
+            events.append(ExposureReady(exposure.pk, session.pk))
     return events
+
+
+def _wait_any(futures: dict[int, Future], timeout_s: float) -> None:
+    """Sleep until a task ends or ``timeout_s`` passes."""
+    if not futures:
+        time.sleep(timeout_s)
+        return
+    try:
+        wait(list(futures.values()), timeout=timeout_s, return_when="FIRST_COMPLETED")
+    except TimeoutError:
+        pass
 
 
 def _collect(futures: dict[int, Future]) -> list[Event]:

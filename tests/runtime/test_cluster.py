@@ -1,0 +1,36 @@
+"""Batch-system options for dask-jobqueue, built from settings (pure; no batch system needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from emlive.config import ClusterSettings
+from emlive.runtime.cluster import jobqueue_options, walltime_s
+
+
+def test_workers_retire_before_the_walltime_staggered_so_walltime_kills_no_task():
+    options = jobqueue_options(ClusterSettings(kind="slurm", walltime="04:00:00", threads_per_worker=4))
+    assert options["worker_extra_args"] == ["--lifetime=13800s", "--lifetime-stagger=1380s"]
+    assert options["cores"] == 4 and options["processes"] == 1 and options["walltime"] == "04:00:00"
+
+
+def test_gpus_queue_account_and_extra_directives_reach_the_job():
+    settings = ClusterSettings(
+        kind="slurm", queue="gpu", account="cryoem", gpus_per_job=2, job_extra_directives=["--qos=high"],
+        worker_lifetime_s=3600, scheduler_host="10.0.0.5",
+    )
+    options = jobqueue_options(settings)
+    assert options["queue"] == "gpu" and options["account"] == "cryoem"
+    assert options["job_extra_directives"] == ["--qos=high", "--gres=gpu:2"]
+    assert options["worker_extra_args"] == ["--lifetime=3600s", "--lifetime-stagger=360s", "--resources=GPU=2"]
+    assert options["scheduler_options"] == {"host": "10.0.0.5"}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("02:00:00", 7200), ("1-00:00:30", 86430), ("45:00", 2700)])
+def test_walltimes_are_read_as_batch_systems_write_them(text, seconds):
+    assert walltime_s(text) == seconds
+
+
+def test_a_bad_walltime_is_a_clear_error():
+    with pytest.raises(ValueError, match="not \\[D-\\]HH:MM:SS"):
+        walltime_s("two hours")
