@@ -220,6 +220,10 @@ def ctf(
     min_defocus: Annotated[float | None, typer.Option("--min-defocus", help="Search start, Å")] = None,
     max_defocus: Annotated[float | None, typer.Option("--max-defocus", help="Search end, Å")] = None,
     phase_shift: Annotated[bool, typer.Option("--phase-shift", help="Fit a phase-plate phase shift")] = False,
+    expected_astigmatism: Annotated[
+        float | None,
+        typer.Option("--expected-astigmatism", help="Astigmatism restraint: |U - V| much above this is penalised, Å"),
+    ] = None,
     engine: Annotated[str, typer.Option("--engine", help="CTF engine")] = "native",
     config: ConfigOption = None,
 ) -> None:
@@ -228,6 +232,7 @@ def ctf(
     update = {
         "min_res_a": min_res, "max_res_a": max_res, "min_defocus_a": min_defocus,
         "max_defocus_a": max_defocus, "engine": engine, "fit_phase_shift": phase_shift or None,
+        "expected_astigmatism_a": expected_astigmatism,
     }
     optics = _valid(Optics, pixel_size_a=apix, voltage_kv=kv, cs_mm=cs, amplitude_contrast=amp)
     params = _valid(CtfParams, **settings.ctf.model_dump() | {k: v for k, v in update.items() if v is not None})
@@ -238,6 +243,8 @@ def ctf(
         f"fit to {result.fit_resolution_a:.1f} Å → {result.output_txt_path}",
         highlight=False,
     )
+    if not result.fit_ok:
+        out.print(f"{micrograph.name}: NO FIT — no Thon rings found; the defocus above is a guess", highlight=False)
 
 
 @app.command()
