@@ -109,6 +109,7 @@ def test_a_run_with_a_stand_in_ctffind_writes_the_ctffind_files_and_a_png(tmp_pa
     result = run(micrograph, tmp_path / "out", Optics(pixel_size_a=1.0), CtfParams(), stem="exp1",
                  spec=ToolSpec(executable=str(tool)))
     assert result.defocus_u_a == pytest.approx(16012.335938 if release == "ctffind4" else 16004.918945)
+    assert result.fit_ok and result.ice_ring_ratio is None
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["exp1.png", "exp1.txt", "exp1_avrot.txt"]
     assert result.output_txt_path.read_text() == golden(f"ctffind/ctffind-{sample}_diag.txt")
     (call,) = calls(tool)
@@ -150,3 +151,16 @@ def test_ctffind_writing_garbage_is_an_output_error(tmp_path):
                                       CtfParams(), spec=ToolSpec(executable=str(tool)))
     assert isinstance(caught.value, ValueError)  # permanent: not retried
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_astigmatism_restraint_reaches_ctffind_and_gctf():
+    from emlive.ctf import gctf
+
+    params = CtfParams(expected_astigmatism_a=250.0)
+    p = ctffind.ctffind_params(Optics(pixel_size_a=1.0), params)
+    _, stdin = build_command(p, version=Version(4, 1, 14), executable="ctffind", micrograph="m", diagnostic="d")
+    assert stdin.splitlines()[14:16] == ["yes", "250"]
+    argv = gctf.build_command(gctf.gctf_params(Optics(pixel_size_a=1.0), params), executable="Gctf", micrograph="m")
+    assert argv[argv.index("--astm") + 1] == "250"
+    unrestrained = gctf.build_command(gctf.gctf_params(Optics(pixel_size_a=1.0), CtfParams()), executable="Gctf", micrograph="m")
+    assert unrestrained[unrestrained.index("--astm") + 1] == "1000"

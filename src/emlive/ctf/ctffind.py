@@ -114,6 +114,7 @@ def ctffind_params(optics: Optics, params: CtfParams) -> CtffindParams:
         max_res_a=params.max_res_a,
         min_defocus_a=params.min_defocus_a,
         max_defocus_a=params.max_defocus_a,
+        expected_astigmatism_a=params.expected_astigmatism_a,
         fit_phase_shift=params.fit_phase_shift,
     )
 

@@ -90,7 +90,7 @@ class GctfParams(BaseModel):
     min_defocus_a: PositiveFloat = 5000.0
     max_defocus_a: PositiveFloat = 50000.0
     defocus_step_a: PositiveFloat = 500.0
-    expected_astigmatism_a: PositiveFloat = 1000.0
+    expected_astigmatism_a: PositiveFloat = Field(1000.0, description="--astm, Å (Gctf's default unless restrained)")
     bfactor_a2: PositiveFloat = 150.0
     fit_phase_shift: bool = False
     min_phase_shift_deg: float = 0.0
@@ -112,6 +112,7 @@ def gctf_params(optics: Optics, params: CtfParams) -> GctfParams:
         min_defocus_a=params.min_defocus_a,
         max_defocus_a=params.max_defocus_a,
         fit_phase_shift=params.fit_phase_shift,
+        **({} if params.expected_astigmatism_a is None else {"expected_astigmatism_a": params.expected_astigmatism_a}),
     )
 
 
