@@ -68,7 +68,7 @@ class SchedulerSettings(BaseModel):
     retry_backoff_s: float = Field(10.0, ge=0.0, description="Wait before retry n: this × 2^(n-1)")
 
     max_in_flight: PositiveInt | None = Field(
-        None, description="Exposures submitted at once; default: four times the worker threads"
+        None, description="Exposures submitted at once; default: twice the worker threads"
     )
     max_attempts: PositiveInt = Field(3, description="Tries per exposure for transient failures")
     export_interval_s: float = Field(5.0, ge=0.0, description="Least time between export rewrites")

@@ -46,7 +46,7 @@ from emlive.runtime.controller import (
     decide,
 )
 from emlive.runtime.metrics import PrometheusMetrics, session_metrics
-from emlive.runtime.watcher import Found, new_watcher
+from emlive.runtime.watcher import Found, Watcher, new_watcher
 from emlive.runtime.cluster import ToolsPlugin
 
 if TYPE_CHECKING:  # Django models can be imported only once the database is set up
@@ -82,74 +82,117 @@ def run_session(
     on_change: Callable[[dict[str, int]], None] | None = None,
     task: Callable[[ExposureSpec, PipelineParams], ExposureResult] = process_exposure,
 ) -> dict[str, int]:
-    """Process ``session``'s raw folder: once over what is there, or until stopped (``watch``).
+    """Process one session's raw folder: once over what is there, or until stopped (``watch``).
 
-    Returns the exposure counts by state. ``cluster`` defaults to the configured one; ``task``
-    is what workers run per exposure (another function only to measure the controller itself).
+    Returns the exposure counts by state. See :func:`run_sessions`.
+    """
+    counts = run_sessions(
+        [(session, params)], settings, watch=watch, signals=signals, cluster=cluster, task=task,
+        on_change=None if on_change is None else lambda _session, counts: on_change(counts),
+    )
+    return counts[session.pk]
+
+
+@dataclass
+class _Live:
+    """A session being processed: its parameters, watcher and exports."""
+
+    session: Session
+    params: PipelineParams
+    watcher: Watcher
+    resources: dict[str, float] | None
+    exports_dirty: bool = True
+    last_export_s: float = 0.0
+
+
+def run_sessions(
+    sessions: list[tuple[Session, PipelineParams]],
+    settings: Settings,
+    *,
+    watch: bool,
+    signals: StopSignals | None = None,
+    cluster: Cluster | None = None,
+    on_change: Callable[[Session, dict[str, int]], None] | None = None,
+    task: Callable[[ExposureSpec, PipelineParams], ExposureResult] = process_exposure,
+) -> dict[int, dict[str, int]]:
+    """Process several sessions on one cluster, sharing its workers fairly between them.
+
+    Returns each session's exposure counts by state, by session id. ``cluster`` defaults to the
+    configured one; ``task`` is what workers run per exposure (another function only to
+    measure the controller itself).
     """
     if cluster is None:
         with open_cluster(settings.cluster) as own:
-            return run_session(
-                session, params, settings, watch=watch, signals=signals, cluster=own, on_change=on_change, task=task
+            return run_sessions(
+                sessions, settings, watch=watch, signals=signals, cluster=own, on_change=on_change, task=task
             )
     from django.db import close_old_connections
 
     from emlive.db import export, queries, store
 
     signals = signals or never_stop()
-    raw_dir, out_dir = Path(session.raw_dir), Path(session.out_dir)
     client = cluster.client
     state = ControllerState(
         max_in_flight=settings.scheduler.max_in_flight
-        or 4 * worker_count(settings.cluster) * cluster.threads_per_worker,
+        or 2 * worker_count(settings.cluster) * cluster.threads_per_worker,
         max_attempts=settings.scheduler.max_attempts,
         order=settings.scheduler.order,
         backoff_s=settings.scheduler.retry_backoff_s,
         scaling=None if cluster.scale is None else _scaling_policy(settings.cluster, cluster.threads_per_worker),
     )
-    resources = _gpu_resources(params, settings, client)  # GPU engines run on GPU workers only
     client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
-    watcher = new_watcher(
-        raw_dir, settle_s=settings.watch.settle_s, incomplete_timeout_s=settings.watch.incomplete_timeout_s
-    )
-    if (reset := store.reset_in_flight(session)) > 0:
-        log.info("%d exposures left in flight by an earlier run will be processed again", reset)
-    store.set_session_state(session, "processing")
+    lives = [
+        _Live(
+            session,
+            params,
+            new_watcher(
+                Path(session.raw_dir),
+                settle_s=settings.watch.settle_s,
+                incomplete_timeout_s=settings.watch.incomplete_timeout_s,
+            ),
+            _gpu_resources(params, settings, client),  # GPU engines run on GPU workers only
+        )
+        for session, params in sessions
+    ]
+    for live in lives:
+        if (reset := store.reset_in_flight(live.session)) > 0:
+            log.info("%s: %d exposures left in flight by an earlier run will be redone", live.session, reset)
+        store.set_session_state(live.session, "processing")
 
     specs: dict[int, ExposureSpec] = {}
+    live_of: dict[int, _Live] = {}
     futures: dict[int, Future] = {}
-    exports_dirty, last_export_s, next_poll_s, next_worker_check_s = True, 0.0, 0.0, 0.0
-    next_metrics_s = 0.0
+    next_poll_s, next_worker_check_s, next_metrics_s = 0.0, 0.0, 0.0
     prometheus = None if settings.metrics.port is None else PrometheusMetrics(
         settings.metrics.port, address=settings.metrics.address
     )
 
-    def notify() -> None:
+    def notify(live: _Live) -> None:
         if on_change is not None:
-            on_change(queries.counts_by_state(session))
+            on_change(live.session, queries.counts_by_state(live.session))
 
     def perform(actions: list[Action]) -> None:
-        nonlocal exports_dirty
         for action in actions:
             match action:
                 case Submit(exposure_id, attempt):
+                    live = live_of[exposure_id]
                     store.mark_submitted(exposure_id)
                     futures[exposure_id] = client.submit(
                         task,
                         specs[exposure_id],
-                        params,
-                        key=f"exposure-{session.pk}-{exposure_id}-{attempt}",
+                        live.params,
+                        key=f"exposure-{live.session.pk}-{exposure_id}-{attempt}",
                         pure=False,
-                        resources=resources,
+                        resources=live.resources,
                     )
                 case Store(exposure_id, result):
                     store.store_exposure_result(exposure_id, result)
-                    exports_dirty = True
-                    notify()
+                    live_of[exposure_id].exports_dirty = True
+                    notify(live_of[exposure_id])
                 case MarkFailed(exposure_id, reason):
                     log.warning("%s failed: %s", specs[exposure_id].movie_path, reason)
                     store.mark_failed(exposure_id, reason)
-                    notify()
+                    notify(live_of[exposure_id])
                 case ScaleTo(n_workers):
                     log.info("asking for %d workers", n_workers)
                     cluster.scale(n_workers)
@@ -171,10 +214,11 @@ def run_session(
             handle([StopRequested()])
         if not state.stopping and now_s >= next_poll_s:
             next_poll_s = now_s + settings.watch.poll_interval_s
-            found = watcher.poll(now_s=now_s, final=not watch)
-            handle(_admit(session, found, specs, params, out_dir))
-            if found:
-                notify()
+            for live in lives:
+                found = live.watcher.poll(now_s=now_s, final=not watch)
+                handle(_admit(live, found, specs, live_of))
+                if found:
+                    notify(live)
         handle(_collect(futures))
         if cluster.replace_lost is not None and now_s >= next_worker_check_s:
             next_worker_check_s = now_s + _WORKER_CHECK_S
@@ -182,17 +226,17 @@ def run_session(
                 log.warning("workers %s were lost (job ended); asked for replacements", ", ".join(lost))
         if prometheus is not None and now_s >= next_metrics_s:
             next_metrics_s = now_s + _METRICS_S
-            arrivals, results, backlog, failed = queries.metric_inputs(session)
-            prometheus.update(
-                session.name,
-                session_metrics(
+            for live in lives:
+                arrivals, results, backlog, failed = queries.metric_inputs(live.session)
+                metrics = session_metrics(
                     arrivals, results, backlog=backlog, failed=failed, now_s=now_s, window_s=settings.metrics.window_s
-                ),
-            )
-        if exports_dirty and now_s - last_export_s >= settings.scheduler.export_interval_s:
-            export.write_exports(session, out_dir / "exports")
-            exports_dirty, last_export_s = False, now_s
-        if state.idle and (state.stopping or (not watch and watcher.unsettled == 0)):
+                )
+                prometheus.update(live.session.name, metrics)
+        for live in lives:
+            if live.exports_dirty and now_s - live.last_export_s >= settings.scheduler.export_interval_s:
+                export.write_exports(live.session, Path(live.session.out_dir) / "exports")
+                live.exports_dirty, live.last_export_s = False, now_s
+        if state.idle and (state.stopping or (not watch and all(live.watcher.unsettled == 0 for live in lives))):
             break
         _wait_any(futures, _WAKE_S)
 
@@ -200,12 +244,14 @@ def run_session(
         prometheus.close()
     for future in futures.values():
         future.cancel()
-    left = store.reset_in_flight(session)
-    if left:
-        log.info("%d exposures in flight were left to be processed next time", left)
-    export.write_exports(session, out_dir / "exports")
-    store.set_session_state(session, "stopped" if watch or left else "complete")
-    return queries.counts_by_state(session)
+    counts: dict[int, dict[str, int]] = {}
+    for live in lives:
+        if left := store.reset_in_flight(live.session):
+            log.info("%s: %d exposures in flight were left to be processed next time", live.session, left)
+        export.write_exports(live.session, Path(live.session.out_dir) / "exports")
+        store.set_session_state(live.session, "stopped" if watch or left else "complete")
+        counts[live.session.pk] = queries.counts_by_state(live.session)
+    return counts
 
 
 def _scaling_policy(settings: ClusterSettings, threads_per_worker: int) -> ScalingPolicy:
@@ -217,16 +263,11 @@ def _scaling_policy(settings: ClusterSettings, threads_per_worker: int) -> Scali
     )
 
 
-def _admit(
-    session: Session,
-    found: list[Found],
-    specs: dict[int, ExposureSpec],
-    params: PipelineParams,
-    out_dir: Path,
-) -> list[Event]:
+def _admit(live: _Live, found: list[Found], specs: dict[int, ExposureSpec], live_of: dict[int, _Live]) -> list[Event]:
     """Record newly found movies; fail broken ones, ingest checkpointed ones, queue the rest."""
     from emlive.db import store
 
+    session = live.session
     events: list[Event] = []
     for item in found:
         exposure, _ = store.record_exposure(session, item.rel_path, item.stat.size_bytes, item.stat.mtime_ns)
@@ -238,13 +279,14 @@ def _admit(
         spec = ExposureSpec(
             movie_path=Path(session.raw_dir) / item.rel_path,
             name=str(Path(item.rel_path).with_suffix("")),
-            out_dir=out_dir,
+            out_dir=Path(session.out_dir),
         )
-        specs[exposure.pk] = spec
-        cached = completed_result(spec, params)
+        specs[exposure.pk], live_of[exposure.pk] = spec, live
+        cached = completed_result(spec, live.params)
         if cached is not None:
             log.info("%s: results found on disk, stored without recomputing", item.rel_path)
             store.store_exposure_result(exposure.pk, cached)
+            live.exports_dirty = True
         else:
             events.append(ExposureReady(exposure.pk, session.pk))
     return events
