@@ -148,6 +148,8 @@ def test_scaling_goes_up_at_once_and_down_only_after_the_hysteresis_window():
     state, actions = feed(state, Tick(90.0 + 2 + 60 - 1))  # low since the last burst's first finish
     assert actions == []
     state, actions = feed(state, Tick(90.0 + 2 + 60))
+    assert actions == [ScaleTo(3)]  # the most wanted in that window (6 left of the burst)
+    state, actions = feed(state, Tick(90.0 + 2 + 120))
     assert actions == [ScaleTo(1)]
 
 

@@ -127,6 +127,7 @@ class ControllerState:
     now_s: float = 0.0
     workers: int = 0  # last ScaleTo
     low_since_s: float | None = None  # since when fewer workers would do
+    low_peak: int = 0  # the most workers wanted since then
     stopping: bool = False
 
     @property
@@ -226,16 +227,20 @@ def _fill(state: ControllerState) -> tuple[ControllerState, list[Action]]:
 
 
 def _scale(state: ControllerState) -> tuple[ControllerState, list[Action]]:
-    """Workers for the work in hand: up at once, down only after a full hysteresis window."""
+    """Workers for the work in hand: up at once; down only after a full hysteresis window of
+    lower demand, and then only to the highest demand seen in that window (so demand that
+    fluctuates below the current size never triggers a scale-down followed by a scale-up)."""
     policy = state.scaling
     if policy is None:
         return state, []
     wanted = policy.wanted(len(state.in_flight) + (0 if state.stopping else len(state.pending)))
     if wanted > state.workers:
-        return replace(state, workers=wanted, low_since_s=None), [ScaleTo(wanted)]
+        return replace(state, workers=wanted, low_since_s=None, low_peak=0), [ScaleTo(wanted)]
     if wanted == state.workers:
-        return replace(state, low_since_s=None), []
+        return replace(state, low_since_s=None, low_peak=0), []
     low_since_s = state.low_since_s if state.low_since_s is not None else state.now_s
-    if state.now_s - low_since_s >= policy.scale_down_after_s:
-        return replace(state, workers=wanted, low_since_s=None), [ScaleTo(wanted)]
-    return replace(state, low_since_s=low_since_s), []
+    peak = max(state.low_peak, wanted)
+    if state.now_s - low_since_s >= policy.scale_down_after_s:  # and a new window starts now
+        again = state.now_s if wanted < peak else None
+        return replace(state, workers=peak, low_since_s=again, low_peak=wanted if again is not None else 0), [ScaleTo(peak)]
+    return replace(state, low_since_s=low_since_s, low_peak=peak), []
