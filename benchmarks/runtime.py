@@ -76,7 +76,7 @@ def _session(root: Path, database_url: str):
     return store.get_or_create_session(root / "raw", root / "out", acq, name=f"bench-{root.name}"), acq
 
 
-def overhead(database_url: str, n_exposures: int, workers: int) -> dict[str, float]:
+def overhead(database_url: str, n_exposures: int, workers: int, max_in_flight: int) -> dict[str, float]:
     """(a): exposures per second through the whole controller path with a no-op step."""
     from emlive.config import load_settings
     from emlive.pipeline.exposure import PipelineParams
@@ -90,7 +90,10 @@ def overhead(database_url: str, n_exposures: int, workers: int) -> dict[str, flo
     for path in (root / "raw").iterdir():
         os.utime(path, (old, old))
     session, acq = _session(root, database_url)
-    settings = load_settings(watch={"settle_s": 0, "poll_interval_s": 0.2}, cluster={"n_workers": workers})
+    settings = load_settings(
+        watch={"settle_s": 0, "poll_interval_s": 0.2}, cluster={"n_workers": workers},
+        scheduler={"max_in_flight": max_in_flight},
+    )
     started = time.perf_counter()
     counts = run_session(session, PipelineParams(acquisition=acq), settings, watch=False, task=noop_result)
     elapsed_s = time.perf_counter() - started
@@ -162,6 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exposures", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-in-flight", type=int, default=32, help="(a): exposures submitted at once")
     parser.add_argument("--rate-per-s", type=float, default=0.5)
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--compute-s", type=float, default=4.0)
@@ -174,10 +178,10 @@ def main() -> None:
         from emlive.db.setup import sqlite_url
 
         db = Path(tempfile.mkdtemp(prefix="emlive-db-")) / "emlive.sqlite3"
-        print(json.dumps(overhead(sqlite_url(db), args.exposures, args.workers)))
+        print(json.dumps(overhead(sqlite_url(db), args.exposures, args.workers, args.max_in_flight)))
         return
     if args.part == "overhead-postgres":
-        print(json.dumps(overhead(POSTGRES_URL, args.exposures, args.workers)))
+        print(json.dumps(overhead(POSTGRES_URL, args.exposures, args.workers, args.max_in_flight)))
         return
     if args.part == "live":
         print(json.dumps(live(args.rate_per_s, args.duration_s, args.compute_s, args.settle_s,
@@ -191,7 +195,7 @@ def main() -> None:
         )
         rows[part] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"machine: {os.cpu_count()} cores; {datetime.now(UTC):%Y-%m-%d}")
-    print("(a) controller overhead, no-op step, " f"{args.workers} local workers")
+    print(f"(a) controller overhead, no-op step, {args.workers} local workers, {args.max_in_flight} in flight")
     print(f"{'database':<12}{'exposures':>10}{'seconds':>10}{'per s':>10}{'target':>10}")
     for part in ("overhead-sqlite", "overhead-postgres"):
         r = rows[part]

@@ -126,7 +126,7 @@ def run_sessions(
             return run_sessions(
                 sessions, settings, watch=watch, signals=signals, cluster=own, on_change=on_change, task=task
             )
-    from django.db import close_old_connections
+    from django.db import close_old_connections, transaction
 
     from emlive.db import export, queries, store
 
@@ -208,18 +208,19 @@ def run_sessions(
         now_s = time.time()
         if signals.abandon.is_set():
             break
-        handle([Tick(time.monotonic())])
-        if signals.stop.is_set() and not state.stopping:
-            log.info("stopping: finishing %d exposures in flight", len(state.in_flight))
-            handle([StopRequested()])
-        if not state.stopping and now_s >= next_poll_s:
-            next_poll_s = now_s + settings.watch.poll_interval_s
-            for live in lives:
-                found = live.watcher.poll(now_s=now_s, final=not watch)
-                handle(_admit(live, found, specs, live_of))
-                if found:
-                    notify(live)
-        handle(_collect(futures))
+        with transaction.atomic():  # one commit per turn, however many exposures it moves on
+            handle([Tick(time.monotonic())])
+            if signals.stop.is_set() and not state.stopping:
+                log.info("stopping: finishing %d exposures in flight", len(state.in_flight))
+                handle([StopRequested()])
+            if not state.stopping and now_s >= next_poll_s:
+                next_poll_s = now_s + settings.watch.poll_interval_s
+                for live in lives:
+                    found = live.watcher.poll(now_s=now_s, final=not watch)
+                    handle(_admit(live, found, specs, live_of))
+                    if found:
+                        notify(live)
+            handle(_collect(futures))
         if cluster.replace_lost is not None and now_s >= next_worker_check_s:
             next_worker_check_s = now_s + _WORKER_CHECK_S
             if lost := cluster.replace_lost():
