@@ -39,6 +39,7 @@ import math
 import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -87,6 +88,8 @@ MOVIE_SUFFIXES: dict[str, MovieFormat] = {
 }
 """Lower-case file suffix → movie format."""
 
+# Threads decoding the pages of a compressed TIFF movie at once.
+_DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 _MRC_MODES = "0 (int8/uint8), 1 (int16), 2 (float32), 6 (uint16), 12 (float16)"
 _IMOD_STAMP = 1146047817  # 'IMOD': bytes 153–156 of IMOD/SerialEM headers
 
@@ -250,6 +253,15 @@ class _TiffReader:
         self._buffer: np.ndarray | None = None  # one decoded frame, reused
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        if stop - start > 1 and _DECODE_THREADS > 1:
+            # pages decoded in parallel threads (LZW/deflate decoders release the GIL)
+            try:
+                data = self._tif.asarray(key=range(start, stop), maxworkers=_DECODE_THREADS)
+            except DECODE_ERRORS:
+                pass  # decode one by one below, to name the damaged frame
+            else:
+                out[...] = data.reshape(out.shape)
+                return
         pages = self._tif.pages
         direct = self._page_dtype == out.dtype  # native float32: decode into the output
         if not direct and self._buffer is None:
@@ -368,16 +380,28 @@ class _EerReader:
         self._bits = bits
         self._rows_per_strip = rows_per_strip
         self._bounds = bounds
+        self._strip_table: list[tuple[tuple[int, ...], tuple[int, ...]]] | None = None
+
+    def _strips(self, raw_index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(offsets, byte counts) of a raw frame's strips; the pages are parsed once, up front,
+        so that decoding threads never touch the TIFF parser."""
+        if self._strip_table is None:
+            pages = self._tif.pages
+            self._strip_table = [
+                (tuple(pages[self._first_page + i].dataoffsets), tuple(pages[self._first_page + i].databytecounts))
+                for i in range(self.header.n_raw_frames)
+            ]
+        return self._strip_table[raw_index]
 
     def _add_raw_frame(self, raw_index: int, acc: np.ndarray, accumulates: bool) -> None:
         page_index = self._first_page + raw_index
-        page = self._tif.pages[page_index]
+        offsets, counts = self._strips(raw_index)
         skip_bits, horz_bits, vert_bits = self._bits
         ny = self.header.shape[0]
         up = self.header.upsampling
         superres = {1: 0, 2: 1, 4: 2}[up]
         rows_per_strip = self._rows_per_strip * up
-        for s, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts, strict=True)):
+        for s, (offset, count) in enumerate(zip(offsets, counts, strict=True)):
             rows = acc[s * rows_per_strip : min(ny, (s + 1) * rows_per_strip)]
             data = os.pread(self._fd, count, offset)
             if len(data) != count:
@@ -404,13 +428,22 @@ class _EerReader:
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         accumulates = _eer_decode_accumulates()
-        acc = np.zeros(self.header.shape, np.uint16)
-        for j, fraction in enumerate(range(start, stop)):
-            raw_start, raw_stop = self._bounds[fraction]
+        self._strips(0)  # parse the pages before any thread starts
+
+        def fraction_into(j: int) -> None:
+            acc = np.zeros(self.header.shape, np.uint16)
+            raw_start, raw_stop = self._bounds[start + j]
             for raw in range(raw_start, raw_stop):
                 self._add_raw_frame(raw, acc, accumulates)
             out[j] = acc
-            acc.fill(0)
+
+        n = stop - start
+        if n > 1 and _DECODE_THREADS > 1:  # fractions decoded in parallel (eer_decode releases the GIL)
+            with ThreadPoolExecutor(max_workers=min(_DECODE_THREADS, n)) as pool:
+                list(pool.map(fraction_into, range(n)))  # the first error is raised here
+        else:
+            for j in range(n):
+                fraction_into(j)
 
     def close(self) -> None:
         try:

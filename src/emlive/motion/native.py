@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -173,8 +174,13 @@ def motion_correct(
         acq = _as_rendered(acq, header)
         static_bad = _static_defects(acq, source.gain, header)
         full_shape = (ny, nx)
-        crop_shape = crop_shape_for_bfactor(full_shape, params.bfactor_px2)
         local = tuple(params.patches) != (1, 1)
+        # With patches the frames are kept in real space for the sums, so the alignment may see
+        # them binned in real space (b x b sums, as small as the B-factor's band allows): a
+        # quarter of the transforms, and the band it uses is the same.
+        align_bin = _alignment_binning(full_shape, params.bfactor_px2) if local else 1
+        align_shape = (ny // align_bin, nx // align_bin)
+        crop_shape = crop_shape_for_bfactor(align_shape, params.bfactor_px2 / align_bin**2)
         if local and min(crop_shape[0] // params.patches[1], crop_shape[1] // params.patches[0]) < _MIN_PATCH_PX:
             log.warning(
                 "%s: %dx%d patches would be under %d px on the alignment band of %dx%d frames; "
@@ -182,34 +188,48 @@ def motion_correct(
                 movie.name, params.patches[0], params.patches[1], _MIN_PATCH_PX, nx, ny,
             )
             local = False
+            align_bin, align_shape = 1, full_shape
         spectra_shape = crop_shape if local else full_shape
         frames_ft = np.empty((n_frames, spectra_shape[0], spectra_shape[1] // 2 + 1), dtype=np.complex64)
         frames = np.empty((n_frames, ny, nx), dtype=np.float32) if local else None
-        edge_rows = np.empty((n_frames, nx // 2 + 1), dtype=np.complex64)
-        edge_columns = np.empty((n_frames, ny), dtype=np.complex64)
-        for start in range(0, n_frames, _READ_BATCH):
-            stop = min(start + _READ_BATCH, n_frames)
-            batch = source.frames(start, stop, out=None if frames is None else frames[start:stop])
-            if start == 0:
-                repair = _defect_repair(batch, static_bad, detect_hot=params.detect_hot_pixels, movie=movie)
-            if repair is not None:
-                index, values = repair
-                batch.reshape(len(batch), -1)[:, index] = values
-            spectra = scipy.fft.rfft2(batch, workers=workers)
+        edge_rows = np.empty((n_frames, align_shape[1] // 2 + 1), dtype=np.complex64)
+        edge_columns = np.empty((n_frames, align_shape[0]), dtype=np.complex64)
+
+        def transform(start: int, stop: int, batch: np.ndarray) -> None:
+            seen = _bin_frames(batch, align_bin) if align_bin > 1 else batch
+            spectra = scipy.fft.rfft2(seen, workers=workers)
             frames_ft[start:stop] = fourier_crop(spectra, crop_shape) if local else spectra
-            edge_rows[start:stop], edge_columns[start:stop] = boundary_spectra(batch)
-            del batch, spectra
+            edge_rows[start:stop], edge_columns[start:stop] = boundary_spectra(seen)
+
+        # Reading (decoding, casting, defect repair) of the next batch overlaps the transforms of
+        # the previous one: one batch in flight in a helper thread.
+        pending = None
+        with ThreadPoolExecutor(max_workers=1) as helper:
+            for start in range(0, n_frames, _READ_BATCH):
+                stop = min(start + _READ_BATCH, n_frames)
+                batch = source.frames(start, stop, out=None if frames is None else frames[start:stop])
+                if start == 0:
+                    repair = _defect_repair(batch, static_bad, detect_hot=params.detect_hot_pixels, movie=movie)
+                if repair is not None:
+                    index, values = repair
+                    batch.reshape(len(batch), -1)[:, index] = values
+                if pending is not None:
+                    pending.result()
+                pending = helper.submit(transform, start, stop, batch)
+                del batch
+            if pending is not None:
+                pending.result()
     read_s = time.perf_counter() - started
 
-    shifts = align_frames(
+    shifts = align_bin * align_frames(
         frames_ft,
-        bfactor_px2=params.bfactor_px2,
-        max_shift_px=params.max_shift_px,
-        tolerance_px=params.tolerance_px,
+        bfactor_px2=params.bfactor_px2 / align_bin**2,
+        max_shift_px=params.max_shift_px / align_bin,
+        tolerance_px=params.tolerance_px / align_bin,
         max_iterations=params.max_iterations,
         nx=spectra_shape[1],
         boundary=(edge_rows, edge_columns),
-        full_shape=full_shape if local else None,
+        full_shape=align_shape if local else None,
         workers=workers,
     )
     align_s = time.perf_counter() - started - read_s
@@ -219,7 +239,7 @@ def motion_correct(
     if local:
         assert frames is not None
         aligned = globally_aligned_frames(
-            frames_ft, shifts, crop_shape=crop_shape, full_shape=full_shape, workers=workers
+            frames_ft, shifts / align_bin, crop_shape=crop_shape, full_shape=align_shape, workers=workers
         )
         del frames_ft
         patch_shifts = align_patches(
@@ -326,6 +346,22 @@ def motion_correct(
         local_model=None if coefficients is None else [float(c) for c in coefficients],
         drift_plot_path=plot_path,
     )
+
+
+def _alignment_binning(shape: tuple[int, int], bfactor_px2: float) -> int:
+    """The largest real-space binning whose frames still hold the alignment's Fourier band and
+    divide the frame size evenly (1: none)."""
+    band = crop_shape_for_bfactor(shape, bfactor_px2)
+    factor = max(1, min(shape[0] // band[0], shape[1] // band[1]))
+    while factor > 1 and (shape[0] % factor or shape[1] % factor):
+        factor -= 1
+    return factor
+
+
+def _bin_frames(frames: np.ndarray, factor: int) -> np.ndarray:
+    """Sums of factor x factor pixel blocks of a stack (k, ny, nx) → (k, ny/f, nx/f) float32."""
+    k, ny, nx = frames.shape
+    return frames.reshape(k, ny // factor, factor, nx // factor, factor).sum(axis=(2, 4), dtype=np.float32)
 
 
 def _as_rendered(acq: Acquisition, header: MovieHeader) -> Acquisition:
