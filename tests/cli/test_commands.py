@@ -80,3 +80,18 @@ def test_process_refuses_a_missing_folder_and_a_session_recorded_with_other_para
     assert first.returncode == 0, first.stderr
     other = run_emlive("process", raw, "-o", tmp_path / "out", "--apix", 1.5, "--dose-per-frame", 1)
     assert other.returncode == 2 and "pixel_size_a" in other.stderr
+
+
+def test_process_takes_the_motion_options_of_motioncorr(tmp_path):
+    write_session(tmp_path, n_movies=1, formats=("mrc",), seed=4, shape=(512, 512), n_frames=8)
+    out = tmp_path / "out"
+    proc = run_emlive(
+        "process", tmp_path / "raw", "-o", out, "--apix", 1.0, "--dose-per-frame", 1.0, "--patches", 1, 1,
+        "--bin", 2, "--workers", 1, "--settle-s", 0,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (micrograph,) = (out / "motion").glob("*[!W].mrc")
+    image, pixel_size_a = read_mrc(micrograph)
+    assert image.shape == (256, 256) and pixel_size_a == pytest.approx(2.0)
+    star = starfile.read(next((out / "motion").glob("*.star")), always_dict=True)
+    assert star["general"]["rlnMotionModelVersion"] == 0  # --patches 1 1: global alignment only

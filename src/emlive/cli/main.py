@@ -264,6 +264,8 @@ def process(
     eer_dose_per_fraction: EerDosePerFraction = None,
     eer_total_dose: EerTotalDose = None,
     eer_upsampling: EerUpsampling = 1,
+    patches: Patches = None,
+    bin_factor: Annotated[float | None, typer.Option("--bin", help="Output binning by Fourier cropping")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Keep watching for new movies until SIGTERM/SIGINT")] = False,
     settle_s: Annotated[float | None, typer.Option("--settle-s", help="Seconds a file must stay unchanged")] = None,
     workers: Workers = None,
@@ -287,6 +289,9 @@ def process(
     )
     overrides = _overrides(settle_s=settle_s, workers=workers, database_url=database_url)
     overrides |= _engine_overrides(motion_engine=motion_engine, ctf_engine=ctf_engine, gpu_ids=gpu_ids, overrides=overrides)
+    motion = {key: value for key, value in (("patches", patches), ("bin_factor", bin_factor)) if value is not None}
+    if motion:
+        overrides["motion"] = dict(overrides.get("motion", {})) | motion  # type: ignore[call-overload]
     settings = _settings(config, **overrides)
     if not raw_dir.is_dir():
         raise _fail(f"{raw_dir}: no such folder; give the folder the movies are written to")
