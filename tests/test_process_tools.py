@@ -15,7 +15,7 @@ from emlive.synth.session import write_session
 
 from .conftest import run_emlive
 from .motion.test_relion import relion_binary  # noqa: F401  (fixture)
-from .tools.fakes import fake_tool, golden
+from .tools.fakes import fake_tool
 
 pytestmark = pytest.mark.slow
 
