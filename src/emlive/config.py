@@ -128,6 +128,30 @@ class MetricsSettings(BaseModel):
     window_s: float = Field(600.0, gt=0, description="Rates and lag are over this last stretch of time")
 
 
+class WebSettings(BaseModel):
+    """``emlive serve``: where the API and dashboard listen, and whom to tell when a session
+    needs attention."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
+    secret_key: str | None = Field(
+        None,
+        description="Signs login cookies; default: a random key kept in <data_root>/.emlive/secret_key",
+    )
+    webhook_url: str | None = Field(
+        None, description="POST a Slack-compatible JSON message here when a session stalls, fails or completes"
+    )
+    stall_after_s: float = Field(
+        600.0, gt=0, description="A session with a backlog and no new result for this long has stalled"
+    )
+    failures_to_alert: int = Field(5, ge=1, description="Alert after this many exposures fail in a row")
+    complete_after_s: float = Field(
+        1800.0, gt=0, description="A processing session with nothing left and no new movie for this long is complete"
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable; see the module docstring for where values come from."""
 
@@ -148,6 +172,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     cluster: ClusterSettings = ClusterSettings()
     metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
     motion: MotionParams = MotionParams()
     ctf: CtfParams = CtfParams()
     tools: ToolsSettings = ToolsSettings()

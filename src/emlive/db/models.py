@@ -12,9 +12,11 @@ import os
 from pathlib import Path
 
 from django.apps import apps
+from django.conf import settings
 from django.db import models
 
 from emlive.acquisition import Acquisition
+from emlive.curation import Curation
 
 if not apps.apps_ready:  # imported before Django was configured
     raise RuntimeError(
@@ -75,6 +77,21 @@ class Session(models.Model):
         "repeat the common ones for queries",
     )
 
+    owner = models.CharField(
+        max_length=150, blank=True, default="",
+        help_text="The facility user folder the session lives in (<root>/<project>/sessions/<owner>/<name>); "
+        "empty for sessions started from the command line",
+    )
+    params_json = models.JSONField(
+        default=dict,
+        help_text="Processing parameters of this session that differ from the service's configuration, "
+        "by step: {'motion': {...}, 'ctf': {...}} (e.g. bin_factor 2 for super-resolution movies)",
+    )
+    curation_json = models.JSONField(default=dict, help_text="Curation thresholds (Curation.model_dump)")
+    cycle_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When processing was last started or resumed"
+    )
+
     state = models.CharField(max_length=16, choices=State.choices, default=State.IDLE)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -89,6 +106,11 @@ class Session(models.Model):
     def acquisition(self) -> Acquisition:
         """The acquisition parameters as the engines take them."""
         return Acquisition.model_validate(self.acquisition_json)
+
+    @property
+    def curation(self) -> Curation:
+        """The thresholds that decide which processed exposures are exported."""
+        return Curation.model_validate(self.curation_json)
 
 
 class Exposure(models.Model):
@@ -191,3 +213,31 @@ class CtfEstimate(models.Model):
     def astigmatism_a(self) -> float:
         """|defocus U − defocus V|, Å (RELION's rlnCtfAstigmatism)."""
         return abs(self.defocus_u_a - self.defocus_v_a)
+
+
+class ProjectMember(models.Model):
+    """A user who may see and control a project's sessions (staff users see every project)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="emlive_projects")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="emlive_member_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project}"
+
+
+class ApiToken(models.Model):
+    """A secret for scripts, shown once: ``emlive_<key_id>_<secret>``. Only the SHA-256 of the
+    secret is stored; a request's token is found by ``key_id`` and its hash compared in
+    constant time."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="emlive_tokens")
+    key_id = models.CharField(max_length=16, unique=True)
+    secret_sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"token {self.key_id} of {self.user}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -131,9 +132,17 @@ def database_settings(url: str) -> dict[str, Any]:
     return db
 
 
-def _django_settings(db: dict[str, Any]) -> dict[str, Any]:
+def _django_settings(db: dict[str, Any], secret_key: str) -> dict[str, Any]:
+    """The whole of Django's settings: the data plane, plus auth, sessions and the web app
+    (``emlive.web``: API, dashboard), so every emlive process sees the same apps and tables."""
     return {
-        "INSTALLED_APPS": ["django.contrib.contenttypes", "django.contrib.auth", "emlive.db"],
+        "INSTALLED_APPS": [
+            "django.contrib.contenttypes",
+            "django.contrib.auth",
+            "django.contrib.sessions",
+            "emlive.db",
+            "emlive.web",
+        ],
         # Django fills defaults into the dict it is given: keep ours pristine for comparisons.
         "DATABASES": {"default": copy.deepcopy(db)},
         "USE_TZ": True,
@@ -143,6 +152,36 @@ def _django_settings(db: dict[str, Any]) -> dict[str, Any]:
         "DEBUG": False,
         # Logging is configured by the CLI only; Django must not install its own handlers.
         "LOGGING_CONFIG": None,
+        "SECRET_KEY": secret_key,
+        "ROOT_URLCONF": "emlive.web.urls",
+        "ALLOWED_HOSTS": ["*"],
+        "MIDDLEWARE": [
+            "emlive.web.middleware.reject_traversal",
+            "django.middleware.security.SecurityMiddleware",
+            "django.contrib.sessions.middleware.SessionMiddleware",
+            "django.middleware.common.CommonMiddleware",
+            "django.middleware.csrf.CsrfViewMiddleware",
+            "django.contrib.auth.middleware.AuthenticationMiddleware",
+            "django.middleware.clickjacking.XFrameOptionsMiddleware",
+        ],
+        "TEMPLATES": [
+            {
+                "BACKEND": "django.template.backends.django.DjangoTemplates",
+                "APP_DIRS": True,
+                "OPTIONS": {
+                    "context_processors": [
+                        "django.template.context_processors.request",
+                        "django.contrib.auth.context_processors.auth",
+                    ]
+                },
+            }
+        ],
+        "LOGIN_URL": "/login/",
+        "LOGIN_REDIRECT_URL": "/dashboard/",
+        "LOGOUT_REDIRECT_URL": "/login/",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "CSRF_COOKIE_SAMESITE": "Lax",
     }
 
 
@@ -156,11 +195,13 @@ def current_database_url() -> str | None:
     return _active_url
 
 
-def configure_django(url: str) -> None:
+def configure_django(url: str, *, secret_key: str | None = None) -> None:
     """Configure Django's settings and app registry for ``url`` without touching the database.
 
     :func:`setup_database` is this plus migrations; use this one for management commands that
-    must not migrate (``python -m emlive.db makemigrations``).
+    must not migrate (``python -m emlive.db makemigrations``). ``secret_key`` signs the
+    dashboard's login cookies (``emlive serve`` passes a persistent one); default: a random key
+    for this process only.
     """
     global _active_url, _active_db
     db = database_settings(url)
@@ -182,7 +223,7 @@ def configure_django(url: str) -> None:
                 "Django itself from a database URL (call setup_database(url) instead)"
             )
         _prepare_storage(db)
-        settings.configure(**_django_settings(db))
+        settings.configure(**_django_settings(db, secret_key or secrets.token_urlsafe(50)))
         django.setup()
         _active_url, _active_db = url, db
 
@@ -197,7 +238,7 @@ def _migrate(url: str) -> None:
         raise
 
 
-def setup_database(url: str) -> None:
+def setup_database(url: str, *, secret_key: str | None = None) -> None:
     """Configure Django for the database at ``url`` and apply emlive's migrations.
 
     Called once per process (the CLI and the service call it at start). Calling it again with
@@ -206,7 +247,7 @@ def setup_database(url: str) -> None:
     """
     global _migrated
     with _lock:
-        configure_django(url)
+        configure_django(url, secret_key=secret_key)
         if not _migrated:
             _migrate(url)
             _migrated = True

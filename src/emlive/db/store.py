@@ -90,7 +90,7 @@ def _finite(owner: str, values: dict[str, Any]) -> None:
             raise ValueError(f"{owner}.{key} is {value}; only finite numbers can be stored")
 
 
-def _acquisition_fields(acquisition: Acquisition) -> dict[str, Any]:
+def acquisition_fields(acquisition: Acquisition) -> dict[str, Any]:
     """The session's acquisition columns, and all parameters as JSON (gain path absolute)."""
     gain = str(Path(acquisition.gain_path).absolute()) if acquisition.gain_path else None
     every = acquisition.model_dump(mode="json") | {"gain_path": gain}
@@ -121,7 +121,7 @@ def get_or_create_session(
     """
     raw = canonical_dir(raw_dir)
     out = canonical_dir(out_dir)
-    fields = _acquisition_fields(acquisition)
+    fields = acquisition_fields(acquisition)
     _finite("acquisition", fields)
     with transaction.atomic():
         existing = Session.objects.select_for_update().select_related("project").filter(raw_dir=raw).first()

@@ -1,0 +1,1 @@
+"""The dashboard: Django templates + htmx, Plotly from the ``plotly`` wheel."""
