@@ -69,11 +69,11 @@ def add_user(name: str, *, staff: bool = False, password: str | None = None, pro
     if not valid_name(name):
         raise ValueError(f"user name {name!r}: use letters, digits, '.', '_' or '-' (no '..')")
     with transaction.atomic():
-        user, _ = User.objects.get_or_create(username=name)
+        user, created = User.objects.get_or_create(username=name)
         user.is_staff = staff
         if password is not None:
             user.set_password(password)
-        elif not user.has_usable_password():
+        elif created:
             user.set_unusable_password()
         user.save()
         for project_name in projects:
