@@ -178,3 +178,37 @@ def test_a_session_with_nothing_processed_exports_empty_tables(db, session, tmp_
         blocks = starfile.read(path, always_dict=True)
         assert len(blocks["optics"]) == 1
         assert len(blocks["micrographs"]) == 0
+
+
+def test_a_threshold_removes_rejected_micrographs_from_both_files(db, three_processed, tmp_path):
+    """m0, m1, m2 drift 10, 11, 12 Å: a 10.5 Å limit keeps m0 only; lifting it brings all back."""
+    exports = tmp_path / "exports"
+    db.models.Session.objects.filter(pk=three_processed.pk).update(curation_json={"max_total_drift_a": 10.5})
+    ctf_star, corrected_star = db.export.write_exports(three_processed, exports)  # a stale object: read afresh
+    for path in (ctf_star, corrected_star):
+        mics = starfile.read(path, always_dict=True)["micrographs"]
+        assert mics["rlnMicrographNameNoDW"].map(lambda p: Path(p).name).tolist() == ["m0.mrc"]
+        assert mics["rlnAccumMotionTotal"].tolist() == [10.0]
+    assert db.models.Exposure.objects.filter(session=three_processed, state="processed").count() == 3
+
+    db.models.Session.objects.filter(pk=three_processed.pk).update(curation_json={})
+    for path in db.export.write_exports(three_processed.pk, exports):
+        assert len(starfile.read(path, always_dict=True)["micrographs"]) == 3
+
+
+def test_rejecting_micrographs_without_a_fit_drops_their_rows(db, session, store_processed, tmp_path):
+    for i, fit_ok in enumerate([True, False]):
+        exposure, _ = db.store.record_exposure(session, f"m{i}.tif", 10, 20)
+        store_processed(exposure.pk, f"m{i}", defocus_u_a=15000.0 + 1000 * i, fit_ok=fit_ok)
+    db.models.Session.objects.filter(pk=session.pk).update(curation_json={"reject_no_fit": True})
+    for path in db.export.write_exports(session, tmp_path / "exports"):
+        assert len(starfile.read(path, always_dict=True)["micrographs"]) == 1
+    ctf = starfile.read(tmp_path / "exports" / "micrographs_ctf.star", always_dict=True)["micrographs"]
+    assert ctf["rlnDefocusU"].tolist() == [15000.0]
+
+
+def test_when_every_micrograph_is_rejected_the_tables_are_empty(db, three_processed, tmp_path):
+    db.models.Session.objects.filter(pk=three_processed.pk).update(curation_json={"max_total_drift_a": 1.0})
+    for path in db.export.write_exports(three_processed, tmp_path / "exports"):
+        blocks = starfile.read(path, always_dict=True)
+        assert len(blocks["optics"]) == 1 and len(blocks["micrographs"]) == 0

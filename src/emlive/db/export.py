@@ -12,7 +12,8 @@ a ``data_optics`` table and a ``data_micrographs`` table), one row per processed
   column for ice curation) when every micrograph has an ice-ring measure. A micrograph whose
   CTF estimation found no Thon rings (``fit_ok`` false) keeps its row, with the lowest fitted
   resolution (30 Å by default) as rlnCtfMaxResolution, so the resolution cut every RELION
-  user applies drops it; the database keeps the flag itself.
+  user applies drops it; the database keeps the flag itself (the curation threshold
+  ``reject_no_fit`` leaves such micrographs out).
 
 Conventions chosen here:
 
@@ -26,6 +27,9 @@ Conventions chosen here:
 - rlnCtfIceRingDensity holds emlive's ice-ring ratio (power in the 3.9–3.6 Å band over the
   bands beside it: ~1 for vitreous ice, higher for crystalline ice), a relative measure
   rather than RELION's absolute band power; it sorts and selects micrographs the same way.
+- Only *accepted* micrographs are written: those that meet the session's curation thresholds
+  (``Session.curation_json``, read afresh at each write; see :mod:`emlive.curation`). The
+  defaults reject nothing. Rejected micrographs stay in the database and on the dashboard.
 - One optics group per distinct micrograph pixel size (normally one, ``opticsGroup1``);
   rlnMicrographOriginalPixelSize is the movie's pixel size, rlnMicrographPixelSize the
   written micrograph's (they differ when motion correction bins).
@@ -40,7 +44,7 @@ from pathlib import Path
 import pandas as pd
 
 from emlive.db.models import Exposure, Session
-from emlive.db.queries import processed_exposures
+from emlive.db.queries import accepted_exposures
 from emlive.io.star import write_star_atomic
 
 __all__ = ["CORRECTED_STAR", "CTF_STAR", "export_tables", "write_exports"]
@@ -106,11 +110,12 @@ def export_tables(
 ) -> dict[str, dict[str, pd.DataFrame]]:
     """The STAR blocks of each export file, ``{file name: {"optics": …, "micrographs": …}}``.
 
-    Built from one read of the processed exposures, so both files describe the same set.
+    Built from one read of the accepted exposures (processed, meeting the session's stored
+    curation thresholds), so both files describe the same set.
     """
     if not isinstance(session, Session):
         session = Session.objects.get(pk=session)
-    rows = list(processed_exposures(session))
+    rows = list(accepted_exposures(session))
     optics, groups = _optics(session, rows)
     base = Path(relative_to).absolute() if relative_to is not None else None
 
@@ -168,7 +173,8 @@ def write_exports(
 ) -> list[Path]:
     """Write ``micrographs_ctf.star`` and ``corrected_micrographs.star`` into ``exports_dir``.
 
-    Each file is replaced atomically (a reader sees the old or the new file, never a part);
+    Only micrographs the session's curation thresholds accept are written (see the module
+    doc). Each file is replaced atomically (a reader sees the old or the new file, never a part);
     the folder is created if missing. A session with nothing processed yet gets both files
     with the optics table and an empty micrographs table. Returns the two paths.
     """

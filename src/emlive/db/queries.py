@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
-from django.db.models import Count, QuerySet
+from django.db.models import BooleanField, Case, Count, F, FloatField, Max, Q, QuerySet, Value, When
+from django.db.models.functions import Abs
+from django.db.models.lookups import GreaterThanOrEqual, LessThanOrEqual
 
+from emlive.curation import Curation
 from emlive.db.models import Exposure, Session, canonical_dir
 
 __all__ = [
     "ProcessedRow",
+    "ResultSeries",
+    "accepted_exposures",
+    "accepted_q",
+    "change_marker",
+    "completion_times",
     "counts_by_state",
+    "curation_counts",
     "exposures",
+    "metric_inputs",
     "processed_exposures",
     "processed_rows",
+    "rejected_exposures",
+    "result_series",
     "session_by_raw_dir",
+    "session_curation",
     "sessions",
+    "with_progress",
+    "with_verdict",
 ]
 
 
@@ -124,3 +140,173 @@ def metric_inputs(session: Session | int) -> tuple[list[float], list[tuple[float
         else:
             backlog += 1
     return arrivals, results, backlog, failed
+
+
+# --- Curation ------------------------------------------------------------------------------
+#
+# ``emlive.curation.accepts`` is the reference (pure Python, one exposure); the functions below
+# ask the same question of the database for a whole session at once, so a session of 20,000
+# exposures is split into accepted and rejected by one query. tests/db/test_queries.py checks
+# that both agree on random thresholds and results.
+
+
+def _mean_defocus_a() -> F:
+    return (F("ctf__defocus_u_a") + F("ctf__defocus_v_a")) / Value(2.0, output_field=FloatField())
+
+
+def accepted_q(curation: Curation) -> Q:
+    """A filter on :class:`Exposure` that keeps the processed exposures ``curation`` accepts.
+
+    Apply it to exposures that have a motion and a CTF row (:func:`processed_exposures`);
+    the defaults (no threshold) give an empty Q, which keeps everything.
+    """
+    q = Q()
+    if curation.reject_no_fit:
+        q &= Q(ctf__fit_ok=True)
+    if curation.max_fit_resolution_a is not None:
+        q &= Q(ctf__fit_resolution_a__lte=curation.max_fit_resolution_a)
+    if curation.max_total_drift_a is not None:
+        q &= Q(motion__total_drift_a__lte=curation.max_total_drift_a)
+    if curation.min_defocus_a is not None:
+        q &= Q(GreaterThanOrEqual(_mean_defocus_a(), curation.min_defocus_a))
+    if curation.max_defocus_a is not None:
+        q &= Q(LessThanOrEqual(_mean_defocus_a(), curation.max_defocus_a))
+    if curation.max_astigmatism_a is not None:
+        astigmatism = Abs(F("ctf__defocus_u_a") - F("ctf__defocus_v_a"), output_field=FloatField())
+        q &= Q(LessThanOrEqual(astigmatism, curation.max_astigmatism_a))
+    if curation.max_ice_ring_ratio is not None:
+        q &= Q(ctf__ice_ring_ratio__isnull=True) | Q(ctf__ice_ring_ratio__lte=curation.max_ice_ring_ratio)
+    return q
+
+
+def session_curation(session: Session | int) -> Curation:
+    """The session's thresholds as stored now (read afresh: the dashboard may have changed
+    them since ``session`` was loaded, e.g. in the controller's long-lived session object)."""
+    stored = Session.objects.filter(pk=_pk(session)).values_list("curation_json", flat=True).first()
+    if stored is None:
+        raise Session.DoesNotExist(f"no session with id {_pk(session)}")
+    return Curation.model_validate(stored)
+
+
+def accepted_exposures(session: Session | int, curation: Curation | None = None) -> QuerySet[Exposure]:
+    """:func:`processed_exposures` that meet ``curation`` (default: the session's stored thresholds)."""
+    curation = session_curation(session) if curation is None else curation
+    return processed_exposures(session).filter(accepted_q(curation))
+
+
+def rejected_exposures(session: Session | int, curation: Curation | None = None) -> QuerySet[Exposure]:
+    """:func:`processed_exposures` that fail any threshold of ``curation`` (default: the
+    session's stored thresholds). Never an exposure that is not processed yet."""
+    curation = session_curation(session) if curation is None else curation
+    q = accepted_q(curation)
+    if not q:
+        return processed_exposures(session).none()
+    return processed_exposures(session).exclude(q)
+
+
+def with_verdict(queryset: QuerySet[Exposure], curation: Curation) -> QuerySet[Exposure]:
+    """``queryset`` with ``accepted`` annotated: True or False for processed exposures, None for
+    those without results yet (found, submitted, failed)."""
+    processed = Q(state=Exposure.State.PROCESSED, motion__isnull=False, ctf__isnull=False)
+    q = accepted_q(curation)
+    verdict = Case(
+        When(~processed, then=Value(None, output_field=BooleanField())),
+        *([When(q, then=Value(True))] if q else []),
+        default=Value(not q),
+        output_field=BooleanField(),
+    )
+    return queryset.annotate(accepted=verdict)
+
+
+def curation_counts(session: Session | int, curation: Curation | None = None) -> dict[str, int]:
+    """``{"processed": n, "accepted": n, "rejected": n}`` for the session (one query)."""
+    curation = session_curation(session) if curation is None else curation
+    q = accepted_q(curation)
+    counts = processed_exposures(session).order_by().aggregate(
+        processed=Count("id"), accepted=Count("id", filter=q) if q else Count("id")
+    )
+    return {**counts, "rejected": counts["processed"] - counts["accepted"]}
+
+
+def change_marker(session: Session | int) -> str:
+    """A short string that changes whenever the session's exposures or thresholds change (new
+    exposures, state changes, results stored again, new thresholds): the dashboard's live
+    fragments are re-sent only when it differs from the one the page holds."""
+    row = Exposure.objects.filter(session_id=_pk(session)).order_by().aggregate(
+        n=Count("id"),
+        processed=Count("id", filter=Q(state=Exposure.State.PROCESSED)),
+        failed=Count("id", filter=Q(state=Exposure.State.FAILED)),
+        submitted=Count("id", filter=Q(state=Exposure.State.SUBMITTED)),
+        found=Max("found_at"),
+        done=Max("ctf_done_at"),
+        failed_at=Max("failed_at"),
+    )
+    curation = Session.objects.filter(pk=_pk(session)).values_list("curation_json", flat=True).first()
+    parts = [row["n"], row["processed"], row["failed"], row["submitted"]]
+    parts += [t.timestamp() if t is not None else 0 for t in (row["found"], row["done"], row["failed_at"])]
+    text = repr((parts, sorted((curation or {}).items())))
+    return hashlib.blake2s(text.encode(), digest_size=8).hexdigest()
+
+
+# --- Dashboard reads ---------------------------------------------------------------------
+
+
+def with_progress(queryset: QuerySet[Session]) -> QuerySet[Session]:
+    """Sessions with ``n_exposures``, ``n_processed`` and ``n_failed`` annotated (one query)."""
+    return queryset.annotate(
+        n_exposures=Count("exposures"),
+        n_processed=Count("exposures", filter=Q(exposures__state=Exposure.State.PROCESSED)),
+        n_failed=Count("exposures", filter=Q(exposures__state=Exposure.State.FAILED)),
+    )
+
+
+@dataclass(frozen=True)
+class ResultSeries:
+    """A session's processed exposures as columns, in acquisition order (movie mtime).
+
+    ``acquired_s`` is the movie's modification time (s since the epoch); defocus is the mean
+    of U and V (Å, positive = underfocus); ``ice_ring_ratio`` holds None where not measured.
+    """
+
+    exposure_id: list[int]
+    path: list[str]
+    acquired_s: list[float]
+    defocus_a: list[float]
+    astigmatism_a: list[float]
+    fit_resolution_a: list[float]
+    total_drift_a: list[float]
+    ice_ring_ratio: list[float | None]
+    accepted: list[bool]
+
+
+def result_series(session: Session | int, curation: Curation | None = None) -> ResultSeries:
+    """Every processed exposure's main numbers and verdict (one query, no model objects)."""
+    curation = session_curation(session) if curation is None else curation
+    rows = (
+        with_verdict(processed_exposures(session), curation)
+        .order_by("mtime_ns", "id")
+        .values_list(
+            "id", "path", "mtime_ns", "ctf__defocus_u_a", "ctf__defocus_v_a", "ctf__fit_resolution_a",
+            "motion__total_drift_a", "ctf__ice_ring_ratio", "accepted",
+        )
+    )
+    columns: list[list] = [[] for _ in range(9)]
+    for pk, path, mtime_ns, u, v, res, drift, ice, accepted in rows.iterator(chunk_size=5000):
+        for column, value in zip(
+            columns, (pk, path, mtime_ns / 1e9, (u + v) / 2, abs(u - v), res, drift, ice, bool(accepted)), strict=True
+        ):
+            column.append(value)
+    return ResultSeries(*columns)
+
+
+def completion_times(session: Session | int) -> tuple[list[float], list[float]]:
+    """Movie arrival times (mtime) of every exposure and result times of the processed ones,
+    each sorted, seconds since the epoch (the dashboard's acquisition vs processing curve)."""
+    arrivals: list[float] = []
+    done: list[float] = []
+    rows = Exposure.objects.filter(session_id=_pk(session)).order_by().values_list("mtime_ns", "processed_at")
+    for mtime_ns, processed_at in rows.iterator(chunk_size=5000):
+        arrivals.append(mtime_ns / 1e9)
+        if processed_at is not None:
+            done.append(processed_at.timestamp())
+    return sorted(arrivals), sorted(done)
