@@ -1,0 +1,296 @@
+"""Request and response bodies of the REST API (``/api/v1`` and the compatible routes).
+
+Units are in the field names, as in the database (Å, e/Å², kV, mm, px, rad, °). Every schema
+here is what the OpenAPI document at ``/api/v1/openapi.json`` describes.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from ninja import Schema
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, field_validator
+
+from emlive.acquisition import Acquisition
+from emlive.ctf.types import CtfParams
+from emlive.curation import Curation
+from emlive.motion.types import MotionParams
+from emlive.web.access import valid_name
+
+NAME_HINT = "use letters, digits, '.', '_' or '-' (no '..', no '/', at most 200 characters)"
+
+NAME_SHAPE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+"""``access.NAME_PATTERN`` without its look-ahead (no ``..``), which pydantic's and JSON
+Schema's regular expressions lack; :func:`check_name` applies the whole pattern."""
+
+
+def check_name(value: str) -> str:
+    """``value`` if it is a safe project/user/session name, else ValueError saying what is allowed."""
+    if not valid_name(value):
+        raise ValueError(NAME_HINT)
+    return value
+
+
+Name = Annotated[str, Field(pattern=NAME_SHAPE, max_length=200, description=NAME_HINT), AfterValidator(check_name)]
+
+SessionState = Literal["idle", "processing", "stopped", "complete", "failed"]
+ExposureState = Literal["found", "submitted", "processed", "failed"]
+CompatState = Literal[
+    "unknown",
+    "needs_processing",
+    "processing_start",
+    "processing",
+    "processing_complete",
+    "processing_failure",
+    "incomplete_or_empty",
+    "no_such_session",
+]
+ExportName = Literal["micrographs_ctf.star", "corrected_micrographs.star"]
+
+
+def finite(owner: str, value: object) -> None:
+    """Raise ValueError when ``value`` (or a number inside it) is not finite (inf, nan): JSON
+    and the database cannot store them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{owner} is {value}; use a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            finite(f"{owner}.{key}", item)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            finite(f"{owner}[{i}]", item)
+
+
+class Error(Schema):
+    """Every error: what went wrong and what to do about it."""
+
+    detail: str = Field(description="What went wrong and what to do")
+
+
+class CompatStatusOut(Schema):
+    """The status facility scripts parse: exactly these six fields."""
+
+    state: CompatState
+    raw_files: int = Field(description="Movies recorded (or, before the first start, found in raw/)")
+    processed_files: int
+    failed_jobs: int
+    percent_done_total: float = Field(description="Processed or failed over all movies, %")
+    percent_current_cycle: float = Field(description="The same since processing was last started or resumed, %")
+
+
+class ExposureCounts(Schema):
+    """Exposures of a session in each state."""
+
+    found: int
+    submitted: int
+    processed: int
+    failed: int
+    total: int
+
+
+class SessionSummary(Schema):
+    """One session in a list."""
+
+    id: int
+    project: str
+    name: str
+    owner: str = Field(description="Facility user folder the session lives in; empty if started from the CLI")
+    state: SessionState
+    counts: ExposureCounts
+    created_at: datetime
+    updated_at: datetime
+    cycle_started_at: datetime | None = Field(description="When processing was last started or resumed")
+
+
+class SessionPage(Schema):
+    """A page of sessions, newest first; ``count`` is the number matching the filters."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list[SessionSummary]
+
+
+class ProjectOut(Schema):
+    """A project the caller can see."""
+
+    name: str
+    sessions: int = Field(description="Number of sessions recorded")
+
+
+class ProcessingParams(Schema):
+    """Per-session processing options that differ from the service's configuration, by step.
+
+    Only the options given are stored; each step's options are validated against that step's
+    parameters (``motion``: MotionParams, ``ctf``: CtfParams of the configuration).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    motion: dict[str, Any] = Field(default_factory=dict, description="e.g. {'bin_factor': 2, 'patches': [5, 5]}")
+    ctf: dict[str, Any] = Field(default_factory=dict, description="e.g. {'min_res_a': 30, 'max_res_a': 4}")
+
+    @field_validator("motion")
+    @classmethod
+    def _motion(cls, value: dict[str, Any]) -> dict[str, Any]:
+        finite("params.motion", value)
+        MotionParams.model_validate(value)
+        return value
+
+    @field_validator("ctf")
+    @classmethod
+    def _ctf(cls, value: dict[str, Any]) -> dict[str, Any]:
+        finite("params.ctf", value)
+        CtfParams.model_validate(value)
+        return value
+
+    def stored(self) -> dict[str, dict[str, Any]]:
+        """The form kept in ``Session.params_json``: steps without options left out."""
+        return {step: options for step, options in (("motion", self.motion), ("ctf", self.ctf)) if options}
+
+
+class SessionDetail(SessionSummary):
+    """One session: its state, progress, acquisition, processing parameters and curation."""
+
+    raw_dir: str = Field(description="Folder of the movies")
+    out_dir: str = Field(description="Folder of the outputs (exports in exports/)")
+    status: CompatStatusOut = Field(description="The compatible status (the states facility scripts parse)")
+    acquisition: dict[str, Any] = Field(description="Acquisition parameters as given (Acquisition)")
+    params: dict[str, dict[str, Any]] = Field(description="Processing options of this session, by step")
+    curation: Curation
+
+
+class StartSession(Schema):
+    """Start processing a session folder ``<data root>/<project>/sessions/<user>/<name>/raw/``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: Name
+    user: Name = Field(description="The facility user folder (not necessarily the caller)")
+    name: Name = Field(description="The session folder")
+    acquisition: Acquisition
+    params: ProcessingParams = Field(default_factory=ProcessingParams)
+
+    @field_validator("acquisition")
+    @classmethod
+    def _acquisition(cls, value: Acquisition) -> Acquisition:
+        finite("acquisition", value.model_dump())
+        return value
+
+
+class Parameters(Schema):
+    """Every parameter of a session, split by kind (DESIGN.md §3)."""
+
+    acquisition: dict[str, Any] = Field(description="Instrument and acquisition (Acquisition)")
+    params: dict[str, dict[str, Any]] = Field(description="Processing options of this session, by step")
+    curation: Curation
+
+
+class ExposureSummary(Schema):
+    """One exposure in a page: where it is in the pipeline and its main results (null until
+    processed)."""
+
+    id: int
+    path: str = Field(description="Movie path relative to the session's raw/")
+    state: ExposureState
+    found_at: datetime
+    processed_at: datetime | None
+    failed_at: datetime | None
+    fail_count: int
+    total_drift_a: float | None
+    defocus_u_a: float | None = Field(description="Å, positive = underfocus")
+    defocus_v_a: float | None
+    astigmatism_a: float | None = Field(description="|defocus U − V|, Å")
+    fit_resolution_a: float | None
+    fit_ok: bool | None = Field(description="False when the CTF fit found no Thon rings")
+    ice_ring_ratio: float | None
+    accepted: bool | None = Field(description="Whether it meets the session's curation thresholds (null until processed)")
+
+
+class ExposurePage(Schema):
+    """A page of a session's exposures; ``count`` is the number matching the filters."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list[ExposureSummary]
+
+
+class MotionOut(Schema):
+    """Motion correction of one exposure."""
+
+    engine: str
+    engine_version: str
+    shifts_px: list[tuple[float, float]] = Field(description="Per-frame (x, y) correction, unbinned px (RELION's convention)")
+    total_drift_a: float
+    early_drift_a: float = Field(description="Accumulated motion in the first 4 e/Å², Å")
+    late_drift_a: float
+    n_frames: int
+    pixel_size_a: float = Field(description="Pixel size of the written micrographs, Å")
+
+
+class CtfOut(Schema):
+    """CTF estimation of one exposure."""
+
+    engine: str
+    engine_version: str
+    defocus_u_a: float = Field(description="Å, positive = underfocus")
+    defocus_v_a: float
+    astigmatism_a: float = Field(description="|defocus U − V|, Å")
+    azimuth_deg: float
+    phase_shift_rad: float
+    cross_correlation: float
+    fit_resolution_a: float
+    fit_ok: bool
+    ice_ring_ratio: float | None = Field(description="~1 vitreous, higher crystalline; null when not measured")
+
+
+class ExposureDetail(Schema):
+    """One exposure with all its results."""
+
+    id: int
+    session_id: int
+    path: str
+    state: ExposureState
+    size_bytes: int
+    found_at: datetime
+    submitted_at: datetime | None
+    motion_done_at: datetime | None
+    ctf_done_at: datetime | None
+    processed_at: datetime | None
+    failed_at: datetime | None
+    fail_count: int
+    fail_reason: str
+    accepted: bool | None
+    motion: MotionOut | None
+    ctf: CtfOut | None
+
+
+class MetricsOut(Schema):
+    """Is processing keeping up? Rates over the last ``window_s``; lag = result − arrival, s."""
+
+    arrivals_per_min: float
+    processed_per_min: float
+    backlog: int = Field(description="Exposures found or in flight")
+    failed: int
+    lag_p50_s: float | None
+    lag_p95_s: float | None
+    window_s: float
+
+
+class ExportFile(Schema):
+    """A STAR export one can download."""
+
+    name: ExportName
+    url: str
+
+
+def validation_message(exc: ValidationError, owner: str) -> str:
+    """One line per problem of a pydantic ValidationError: ``owner.field: message``."""
+    parts = []
+    for problem in exc.errors():
+        where = ".".join(str(p) for p in (owner, *problem["loc"]) if p != "")
+        parts.append(f"{where}: {problem['msg']}")
+    return "; ".join(parts)
