@@ -1,3 +1,35 @@
+"""The dashboard's URLs (namespace ``dashboard``): login, sessions, a session's live page and
+its fragments, curation, controls, STAR downloads, exposures, their pictures and the scripts."""
+
 from __future__ import annotations
 
-urlpatterns: list = []
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from emlive.web.dashboard import views
+
+app_name = "dashboard"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="emlive/login.html", redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("dashboard/", views.sessions, name="sessions"),
+    path("dashboard/sessions-table/", views.sessions_table, name="sessions_table"),
+    path("dashboard/sessions/<int:session_id>/", views.session_page, name="session"),
+    path("dashboard/sessions/<int:session_id>/status/", views.session_status, name="session_status"),
+    path("dashboard/sessions/<int:session_id>/plots/", views.session_plots, name="session_plots"),
+    path("dashboard/sessions/<int:session_id>/exposures/", views.session_exposures, name="session_exposures"),
+    path("dashboard/sessions/<int:session_id>/curation/", views.set_curation, name="curation"),
+    path("dashboard/sessions/<int:session_id>/stop/", views.control_session, {"action": "stop"}, name="stop"),
+    path("dashboard/sessions/<int:session_id>/resume/", views.control_session, {"action": "resume"}, name="resume"),
+    path("dashboard/sessions/<int:session_id>/exports/<str:name>", views.download_export, name="export"),
+    path("dashboard/exposures/<int:exposure_id>/", views.exposure_page, name="exposure"),
+    path("dashboard/exposures/<int:exposure_id>/thumbnail.png", views.thumbnail, name="thumbnail"),
+    path("dashboard/exposures/<int:exposure_id>/spectrum.png", views.spectrum, name="spectrum"),
+    path("static/emlive/<str:name>", views.static_file, name="static"),
+]

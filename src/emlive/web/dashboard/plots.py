@@ -1,0 +1,164 @@
+"""Plotly figures of the dashboard, as plain JSON-ready dicts (pure: numbers in, dicts out).
+
+The browser draws them with the Plotly JS bundled in the ``plotly`` wheel (``Plotly.react``),
+so a refresh re-renders from new JSON without reloading the page and keeps the user's zoom
+(``uirevision``). Time runs along x as minutes since the session's first movie was written
+(movie mtime = acquisition time). Accepted and rejected exposures are separate traces, so
+the curation thresholds show in every plot; each point carries its exposure id
+(``customdata``) so a click opens the exposure's page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from emlive.db.queries import ResultSeries
+
+Figure = dict[str, Any]
+
+ACCEPTED_COLOR = "#1f77b4"
+REJECTED_COLOR = "#d62728"
+ARRIVED_COLOR = "#7f7f7f"
+WEBGL_ABOVE_POINTS = 3000
+"""Above this many points the time series use WebGL (``scattergl``); SVG below (works without a GPU)."""
+MAX_CURVE_POINTS = 400
+"""Cumulative curves are thinned to at most this many points."""
+
+_TIME_SERIES = (
+    # (figure key, series attribute, title, y axis title, scale)
+    ("defocus", "defocus_a", "Defocus", "mean defocus (µm)", 1e-4),
+    ("resolution", "fit_resolution_a", "CTF fit resolution", "fit resolution (Å)", 1.0),
+    ("drift", "total_drift_a", "Total drift", "total drift (Å)", 1.0),
+    ("ice", "ice_ring_ratio", "Ice-ring ratio", "ice-ring ratio (~1 vitreous)", 1.0),
+)
+_HISTOGRAMS = (
+    ("defocus_hist", "defocus_a", "Defocus distribution", "mean defocus (µm)", 1e-4),
+    ("resolution_hist", "fit_resolution_a", "Fit resolution distribution", "fit resolution (Å)", 1.0),
+    ("drift_hist", "total_drift_a", "Drift distribution", "total drift (Å)", 1.0),
+)
+FIGURE_KEYS = ("rates", *(key for key, *_ in _TIME_SERIES), *(key for key, *_ in _HISTOGRAMS))
+
+
+def _layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "title": {"text": title, "font": {"size": 14}},
+        "xaxis": {"title": {"text": x_title}},
+        "yaxis": {"title": {"text": y_title}},
+        "margin": {"l": 55, "r": 10, "t": 35, "b": 45},
+        "height": 260,
+        "showlegend": True,
+        "legend": {"orientation": "h", "y": -0.3, "font": {"size": 11}},
+        "uirevision": "keep",
+        **extra,
+    }
+
+
+def _round(values: Sequence[float | None], digits: int) -> list[float | None]:
+    return [None if v is None else round(float(v), digits) for v in values]
+
+
+def session_figures(series: ResultSeries, arrivals_s: Sequence[float], done_s: Sequence[float]) -> dict[str, Figure]:
+    """Every figure of a session page: ``rates`` (movies acquired and processed over time),
+    the time series of defocus, fit resolution, drift and ice, and their histograms."""
+    start_s = min(arrivals_s[0] if arrivals_s else np.inf, series.acquired_s[0] if series.acquired_s else np.inf)
+    start_s = 0.0 if not np.isfinite(start_s) else float(start_s)
+    minutes = _round([(t - start_s) / 60.0 for t in series.acquired_s], 3)
+    accepted = np.asarray(series.accepted, dtype=bool)
+    figures: dict[str, Figure] = {"rates": rates_figure(arrivals_s, done_s, start_s=start_s)}
+    kind = "scattergl" if len(minutes) > WEBGL_ABOVE_POINTS else "scatter"
+    for key, attribute, title, y_title, scale in _TIME_SERIES:
+        values = [None if v is None else v * scale for v in getattr(series, attribute)]
+        traces = []
+        for name, keep, color, symbol in (
+            ("accepted", accepted, ACCEPTED_COLOR, "circle"),
+            ("rejected", ~accepted, REJECTED_COLOR, "x"),
+        ):
+            index = np.flatnonzero(keep)
+            traces.append({
+                "type": kind,
+                "mode": "markers",
+                "name": f"{name} ({len(index)})",
+                "x": [minutes[i] for i in index],
+                "y": _round([values[i] for i in index], 4),
+                "customdata": [series.exposure_id[i] for i in index],
+                "hovertemplate": f"%{{y}}<br>{name}, exposure %{{customdata}}<extra></extra>",
+                "marker": {"color": color, "size": 6, "symbol": symbol},
+            })
+        figures[key] = {"data": traces, "layout": _layout(title, "minutes since the first movie", y_title)}
+    for key, attribute, title, x_title, scale in _HISTOGRAMS:
+        figures[key] = histogram_figure(
+            np.asarray(getattr(series, attribute), dtype=float) * scale, accepted, title=title, x_title=x_title
+        )
+    return figures
+
+
+def histogram_figure(values: np.ndarray, accepted: np.ndarray, *, title: str, x_title: str, bins: int = 30) -> Figure:
+    """Counts of accepted and rejected exposures in shared bins (binned here: a few numbers to
+    send instead of every value), stacked."""
+    finite = np.isfinite(values)
+    edges = np.histogram_bin_edges(values[finite], bins=bins) if finite.any() else np.array([0.0, 1.0])
+    centers = _round(((edges[:-1] + edges[1:]) / 2).tolist(), 4)
+    traces = []
+    for name, keep, color in (("accepted", accepted, ACCEPTED_COLOR), ("rejected", ~accepted, REJECTED_COLOR)):
+        counts, _ = np.histogram(values[finite & keep], bins=edges)
+        traces.append({
+            "type": "bar",
+            "name": f"{name} ({int(counts.sum())})",
+            "x": centers,
+            "y": counts.tolist(),
+            "width": float(edges[1] - edges[0]),
+            "marker": {"color": color},
+        })
+    return {"data": traces, "layout": _layout(title, x_title, "exposures", barmode="stack", bargap=0.05)}
+
+
+def _cumulative(times_s: Sequence[float], start_s: float) -> tuple[list[float], list[int]]:
+    times = np.sort(np.asarray(times_s, dtype=float))
+    counts = np.arange(1, len(times) + 1)
+    if len(times) > MAX_CURVE_POINTS:
+        keep = np.unique(np.linspace(0, len(times) - 1, MAX_CURVE_POINTS).round().astype(int))
+        times, counts = times[keep], counts[keep]
+    return _round(((times - start_s) / 60.0).tolist(), 3), counts.tolist()  # type: ignore[return-value]
+
+
+def rates_figure(arrivals_s: Sequence[float], done_s: Sequence[float], *, start_s: float) -> Figure:
+    """Movies acquired and exposures processed so far, against time: processing keeps up when
+    the two curves run together (the horizontal gap is the lag, the vertical one the backlog)."""
+    traces = []
+    for name, times, color in (("acquired", arrivals_s, ARRIVED_COLOR), ("processed", done_s, ACCEPTED_COLOR)):
+        x, y = _cumulative(times, start_s)
+        traces.append({"type": "scatter", "mode": "lines", "line": {"shape": "hv", "color": color}, "name": name, "x": x, "y": y})
+    return {"data": traces, "layout": _layout("Acquisition and processing", "minutes since the first movie", "movies")}
+
+
+def drift_figure(shifts_px: Sequence[Sequence[float]], *, pixel_size_a: float) -> Figure:
+    """One exposure's frame trajectory: the per-frame correction (RELION's shift, px of the
+    unbinned movie) as a path in x–y, frame numbers on hover; the axes say Å too."""
+    shifts = np.asarray(shifts_px, dtype=float).reshape(-1, 2)
+    frames = list(range(1, len(shifts) + 1))
+    trace = {
+        "type": "scatter",
+        "mode": "lines+markers",
+        "name": "correction",
+        "x": _round(shifts[:, 0].tolist(), 3),
+        "y": _round(shifts[:, 1].tolist(), 3),
+        "customdata": frames,
+        "hovertemplate": "frame %{customdata}<br>x %{x} px, y %{y} px<extra></extra>",
+        "marker": {"size": 6, "color": frames, "colorscale": "Viridis", "showscale": False},
+        "line": {"color": "#999"},
+    }
+    first = {
+        "type": "scatter", "mode": "markers", "name": "frame 1", "x": trace["x"][:1], "y": trace["y"][:1],
+        "marker": {"size": 11, "symbol": "circle-open", "color": "#000"},
+    }
+    layout = _layout(
+        "Drift (per-frame correction)",
+        f"x shift (px, {pixel_size_a:g} Å/px)",
+        "y shift (px)",
+        height=380,
+    )
+    layout["yaxis"]["scaleanchor"] = "x"
+    return {"data": [trace, first], "layout": layout}

@@ -1,0 +1,413 @@
+"""The dashboard: sessions, a live session page, exposures, curation and STAR downloads.
+
+Every view needs a logged-in user and finds sessions only through
+:func:`emlive.web.access.visible_sessions`, so another group's session answers 404 (whether it
+exists is not revealed). Files are served only from paths the database holds or the output
+layout defines (never a path taken from the URL): a micrograph's thumbnail
+``<out_dir>/thumbnails/<name>.png``, its CTF diagnostic (``CtfEstimate.diagnostic_png_path``),
+the two STAR exports in ``<out_dir>/exports/``, and the dashboard's own scripts.
+
+Live parts of the session page are htmx fragments that poll: the status panel every few
+seconds; the plots and the exposure table carry a change marker
+(:func:`emlive.db.queries.change_marker`) and get ``204 No Content`` (htmx keeps what it
+shows) until something changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Max
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from emlive.curation import Curation
+from emlive.db import queries
+from emlive.db.export import CORRECTED_STAR, CTF_STAR, write_exports
+from emlive.db.models import Exposure, Session
+from emlive.runtime.metrics import session_metrics
+from emlive.web import control
+from emlive.web.access import visible_sessions
+from emlive.web.dashboard import plots
+from emlive.web.dashboard.forms import CurationForm
+
+log = logging.getLogger(__name__)
+
+EXPOSURES_PER_PAGE = 50
+METRICS_WINDOW_S = 600.0
+"""Rates and lag on the session page are over this last stretch of time, s."""
+EXPORT_NAMES = (CTF_STAR, CORRECTED_STAR)
+SHOW_CHOICES = {
+    "all": "all",
+    "accepted": "accepted",
+    "rejected": "rejected",
+    "waiting": "waiting or in flight",
+    "failed": "failed",
+}
+
+_STATIC_DIR = Path(__file__).resolve().parent.parent / "static" / "emlive"
+_STATIC_FILES: dict[str, tuple[Callable[[], Any], str]] = {
+    "htmx.min.js": (lambda: _STATIC_DIR / "htmx.min.js", "text/javascript; charset=utf-8"),
+    "dashboard.js": (lambda: _STATIC_DIR / "dashboard.js", "text/javascript; charset=utf-8"),
+    "dashboard.css": (lambda: _STATIC_DIR / "dashboard.css", "text/css; charset=utf-8"),
+    "plotly.min.js": (
+        lambda: resources.files("plotly") / "package_data" / "plotly.min.js",
+        "text/javascript; charset=utf-8",
+    ),
+}
+
+
+def dashboard_login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """``login_required``; an htmx poll from a page whose login expired gets the login page
+    as a full-page redirect (``HX-Redirect``) instead of a login form inside a fragment."""
+    wrapped = login_required(view)
+
+    @functools.wraps(view)
+    def check(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated and request.headers.get("HX-Request"):
+            return HttpResponse(status=401, headers={"HX-Redirect": reverse("dashboard:login")})
+        return wrapped(request, *args, **kwargs)
+
+    return check
+
+
+def _session(request: HttpRequest, session_id: int) -> Session:
+    session = visible_sessions(request.user).filter(pk=session_id).first()
+    if session is None:
+        raise Http404("no such session")
+    return session
+
+
+def _exposure(request: HttpRequest, exposure_id: int) -> Exposure:
+    exposure = (
+        Exposure.objects.select_related("session__project", "motion", "ctf")
+        .filter(pk=exposure_id, session__in=visible_sessions(request.user))
+        .first()
+    )
+    if exposure is None:
+        raise Http404("no such exposure")
+    return exposure
+
+
+def _file_response(data: bytes, content_type: str, *, cache_s: int, filename: str | None = None) -> HttpResponse:
+    # Bytes, not FileResponse: under ASGI Django warns about (and buffers) synchronous file iterators.
+    response = HttpResponse(data, content_type=content_type)
+    response["Cache-Control"] = f"private, max-age={cache_s}" if cache_s else "no-store"
+    if filename is not None:
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+# --- pages ----------------------------------------------------------------------------------
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    return HttpResponseRedirect(reverse("dashboard:sessions"))
+
+
+def _session_rows(request: HttpRequest) -> list[Session]:
+    rows = list(queries.with_progress(visible_sessions(request.user)).order_by("-created_at", "-id"))
+    for row in rows:
+        done = row.n_processed + row.n_failed
+        row.percent_done = round(100.0 * done / row.n_exposures, 1) if row.n_exposures else 0.0
+    return rows
+
+
+@dashboard_login_required
+@require_GET
+def sessions(request: HttpRequest) -> HttpResponse:
+    """Every session the user may see, with its state and progress (refreshed live)."""
+    return render(request, "emlive/sessions.html", {"sessions": _session_rows(request)})
+
+
+@dashboard_login_required
+@require_GET
+def sessions_table(request: HttpRequest) -> HttpResponse:
+    return render(request, "emlive/_sessions_table.html", {"sessions": _session_rows(request)})
+
+
+def _status_context(session: Session) -> dict[str, Any]:
+    arrivals, results, backlog, failed = queries.metric_inputs(session)
+    metrics = session_metrics(arrivals, results, backlog=backlog, failed=failed, now_s=time.time(), window_s=METRICS_WINDOW_S)
+    counts = queries.counts_by_state(session)
+    verdicts = queries.curation_counts(session)
+    total = sum(counts.values())
+    done = counts["processed"] + counts["failed"]
+    return {
+        "session": session,
+        "metrics": metrics,
+        "counts": counts,
+        "verdicts": verdicts,
+        "total": total,
+        "percent_done": round(100.0 * done / total, 1) if total else 0.0,
+        "keeping_up": metrics.processed_per_min >= metrics.arrivals_per_min or metrics.backlog <= 2,
+        "window_min": round(METRICS_WINDOW_S / 60),
+    }
+
+
+def _plots_context(session: Session) -> dict[str, Any]:
+    curation = queries.session_curation(session)
+    arrivals, done = queries.completion_times(session)
+    figures = plots.session_figures(queries.result_series(session, curation), arrivals, done)
+    return {"session": session, "figures": figures, "marker": queries.change_marker(session)}
+
+
+def _show(request: HttpRequest) -> str:
+    show = request.GET.get("show", "all")
+    return show if show in SHOW_CHOICES else "all"
+
+
+def _page_number(request: HttpRequest) -> int:
+    try:
+        return max(1, int(request.GET.get("page", "1")))
+    except ValueError:
+        return 1
+
+
+def _exposures_context(request: HttpRequest, session: Session) -> dict[str, Any]:
+    curation = queries.session_curation(session)
+    show = _show(request)
+    rows = queries.with_verdict(
+        Exposure.objects.filter(session_id=session.pk).select_related("motion", "ctf"), curation
+    ).order_by("-found_at", "-id")
+    match show:
+        case "accepted":
+            rows = rows.filter(accepted=True)
+        case "rejected":
+            rows = rows.filter(accepted=False)
+        case "waiting":
+            rows = rows.filter(state__in=(Exposure.State.FOUND, Exposure.State.SUBMITTED))
+        case "failed":
+            rows = rows.filter(state=Exposure.State.FAILED)
+    page = Paginator(rows, EXPOSURES_PER_PAGE).get_page(_page_number(request))
+    page.object_list = list(page.object_list)
+    for e in page.object_list:
+        ctf = getattr(e, "ctf", None)
+        e.mean_defocus_um = (ctf.defocus_u_a + ctf.defocus_v_a) / 2e4 if ctf is not None else None
+    return {
+        "session": session,
+        "page": page,
+        "show": show,
+        "show_choices": SHOW_CHOICES,
+        "marker": queries.change_marker(session),
+    }
+
+
+@dashboard_login_required
+@require_GET
+def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
+    """One session: status and rates, live plots, curation, exports and its exposures."""
+    session = _session(request, session_id)
+    return _render_session(request, session, CurationForm.from_curation(queries.session_curation(session)))
+
+
+def _render_session(request: HttpRequest, session: Session, form: CurationForm, *, status: int = 200) -> HttpResponse:
+    context = {
+        **_status_context(session),
+        **_plots_context(session),
+        **_exposures_context(request, session),
+        "form": form,
+        "curation": queries.session_curation(session),
+        "export_names": EXPORT_NAMES,
+        "notice": {"saved": "Thresholds saved; the exports were rewritten."}.get(request.GET.get("curation", "")),
+        "figure_keys": plots.FIGURE_KEYS,
+    }
+    return render(request, "emlive/session.html", context, status=status)
+
+
+@dashboard_login_required
+@require_GET
+def session_status(request: HttpRequest, session_id: int) -> HttpResponse:
+    return render(request, "emlive/_status.html", _status_context(_session(request, session_id)))
+
+
+@dashboard_login_required
+@require_GET
+def session_plots(request: HttpRequest, session_id: int) -> HttpResponse:
+    session = _session(request, session_id)
+    if request.GET.get("since") == queries.change_marker(session):
+        return HttpResponse(status=204)
+    return render(request, "emlive/_plots.html", _plots_context(session))
+
+
+@dashboard_login_required
+@require_GET
+def session_exposures(request: HttpRequest, session_id: int) -> HttpResponse:
+    session = _session(request, session_id)
+    if request.GET.get("since") == queries.change_marker(session):
+        return HttpResponse(status=204)
+    return render(request, "emlive/_exposures.html", _exposures_context(request, session))
+
+
+@dashboard_login_required
+@require_POST
+def set_curation(request: HttpRequest, session_id: int) -> HttpResponse:
+    """Save the thresholds (validated by :class:`Curation`) and rewrite the STAR exports, so
+    rejected micrographs leave them at once."""
+    session = _session(request, session_id)
+    form = CurationForm(request.POST)
+    if not form.is_valid():
+        return _render_session(request, session, form, status=400)
+    curation: Curation = form.curation
+    # update(), not save(): the controller may change the session's state meanwhile.
+    Session.objects.filter(pk=session.pk).update(
+        curation_json=curation.model_dump(mode="json"), updated_at=timezone.now()
+    )
+    write_exports(session, Path(session.out_dir) / "exports")
+    log.info("%s: curation thresholds set to %s by %s", session, curation.model_dump(exclude_defaults=True), request.user)
+    return HttpResponseRedirect(reverse("dashboard:session", args=[session.pk]) + "?curation=saved#curation")
+
+
+@dashboard_login_required
+@require_POST
+def control_session(request: HttpRequest, session_id: int, action: str) -> HttpResponse:
+    """Stop, or start/resume, a session's processing (the controller follows the database)."""
+    session = _session(request, session_id)
+    if action == "stop":
+        control.stop_processing(session)
+    else:
+        control.resume_processing(session)
+    log.info("%s: %s by %s", session, action, request.user)
+    return HttpResponseRedirect(reverse("dashboard:session", args=[session.pk]))
+
+
+def _exports_fresh(session: Session, path: Path) -> bool:
+    if not path.is_file():
+        return False
+    last_result = Exposure.objects.filter(session_id=session.pk).aggregate(t=Max("ctf_done_at"))["t"]
+    changed = max(t for t in (session.updated_at, last_result) if t is not None)
+    return path.stat().st_mtime >= changed.timestamp()
+
+
+@dashboard_login_required
+@require_GET
+def download_export(request: HttpRequest, session_id: int, name: str) -> HttpResponse:
+    """A STAR export as written from the database (rewritten first when older than the
+    session's latest result or threshold change)."""
+    session = _session(request, session_id)
+    if name not in EXPORT_NAMES:
+        raise Http404("no such export")
+    folder = Path(session.out_dir) / "exports"
+    path = folder / name
+    if not _exports_fresh(session, path):
+        write_exports(session, folder)
+    return _file_response(path.read_bytes(), "text/plain; charset=utf-8", cache_s=0, filename=f"{session.name}_{name}")
+
+
+@dashboard_login_required
+@require_GET
+def exposure_page(request: HttpRequest, exposure_id: int) -> HttpResponse:
+    """One exposure: its results, verdict, drift plot, micrograph and CTF spectrum."""
+    exposure = _exposure(request, exposure_id)
+    session = exposure.session
+    curation = queries.session_curation(session)
+    motion = getattr(exposure, "motion", None)
+    ctf = getattr(exposure, "ctf", None)
+    figure = plots.drift_figure(motion.shifts_px, pixel_size_a=session.pixel_size_a) if motion else None
+    verdict = queries.with_verdict(Exposure.objects.filter(pk=exposure.pk), curation).values_list("accepted", flat=True).get()
+    failing = _failing_thresholds(curation, motion, ctf) if motion and ctf else []
+    return render(
+        request,
+        "emlive/exposure.html",
+        {
+            "session": session,
+            "exposure": exposure,
+            "motion": motion,
+            "ctf": ctf,
+            "mean_defocus_a": (ctf.defocus_u_a + ctf.defocus_v_a) / 2 if ctf else None,
+            "accepted": verdict,
+            "failing": failing,
+            "figures": {"drift": figure} if figure else {},
+            "has_thumbnail": _thumbnail_path(exposure).is_file(),
+            "has_spectrum": bool(ctf and _spectrum_path(ctf.diagnostic_png_path)),
+        },
+    )
+
+
+def _failing_thresholds(curation: Curation, motion: Any, ctf: Any) -> list[str]:
+    """Which of the thresholds an exposure fails, for a person (the same rules as ``accepts``)."""
+    mean = (ctf.defocus_u_a + ctf.defocus_v_a) / 2
+    astig = abs(ctf.defocus_u_a - ctf.defocus_v_a)
+    checks = [
+        (curation.reject_no_fit and not ctf.fit_ok, "no Thon rings were found"),
+        (curation.max_fit_resolution_a is not None and ctf.fit_resolution_a > curation.max_fit_resolution_a,
+         f"fit resolution {ctf.fit_resolution_a:.2f} Å is worse than {curation.max_fit_resolution_a} Å"),
+        (curation.max_total_drift_a is not None and motion.total_drift_a > curation.max_total_drift_a,
+         f"total drift {motion.total_drift_a:.2f} Å is more than {curation.max_total_drift_a} Å"),
+        (curation.min_defocus_a is not None and mean < curation.min_defocus_a,
+         f"mean defocus {mean:.0f} Å is less than {curation.min_defocus_a} Å"),
+        (curation.max_defocus_a is not None and mean > curation.max_defocus_a,
+         f"mean defocus {mean:.0f} Å is more than {curation.max_defocus_a} Å"),
+        (curation.max_astigmatism_a is not None and astig > curation.max_astigmatism_a,
+         f"astigmatism {astig:.0f} Å is more than {curation.max_astigmatism_a} Å"),
+        (curation.max_ice_ring_ratio is not None and ctf.ice_ring_ratio is not None
+         and ctf.ice_ring_ratio > curation.max_ice_ring_ratio,
+         f"ice-ring ratio {ctf.ice_ring_ratio or 0:.2f} is above {curation.max_ice_ring_ratio}"),
+    ]
+    return [reason for failed, reason in checks if failed]
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def _thumbnail_path(exposure: Exposure) -> Path:
+    """``<out_dir>/thumbnails/<name>.png``, name = the movie's path under raw/ minus its suffix
+    (the pipeline's layout); a path that would leave the thumbnails folder is never returned."""
+    folder = (Path(exposure.session.out_dir) / "thumbnails").resolve()
+    name = PurePosixPath(exposure.path).with_suffix("")
+    candidate = (folder / Path(*name.parts)).with_name(name.name + ".png").resolve()
+    return candidate if candidate.is_relative_to(folder) else folder / "missing.png"
+
+
+def _spectrum_path(stored: str) -> Path | None:
+    path = Path(stored)
+    return path if stored and path.is_absolute() and path.suffix.lower() == ".png" and path.is_file() else None
+
+
+@dashboard_login_required
+@require_GET
+def thumbnail(request: HttpRequest, exposure_id: int) -> HttpResponse:
+    """The micrograph's thumbnail PNG."""
+    path = _thumbnail_path(_exposure(request, exposure_id))
+    if not path.is_file():
+        raise Http404("no thumbnail yet")
+    return _file_response(path.read_bytes(), "image/png", cache_s=60)
+
+
+@dashboard_login_required
+@require_GET
+def spectrum(request: HttpRequest, exposure_id: int) -> HttpResponse:
+    """The CTF diagnostic PNG (power spectrum with the fitted model)."""
+    ctf = getattr(_exposure(request, exposure_id), "ctf", None)
+    path = _spectrum_path(ctf.diagnostic_png_path) if ctf is not None else None
+    if path is None:
+        raise Http404("no CTF spectrum yet")
+    return _file_response(path.read_bytes(), "image/png", cache_s=60)
+
+
+@functools.cache
+def _static_bytes(name: str) -> bytes:
+    locate, _ = _STATIC_FILES[name]
+    return locate().read_bytes()
+
+
+@require_GET
+def static_file(request: HttpRequest, name: str) -> HttpResponse:
+    """The dashboard's scripts and style (htmx, Plotly from its wheel): a fixed list, no CDN."""
+    if name not in _STATIC_FILES:
+        raise Http404("no such file")
+    response = HttpResponse(_static_bytes(name), content_type=_STATIC_FILES[name][1])
+    response["Cache-Control"] = "public, max-age=3600"
+    return response

@@ -1,0 +1,34 @@
+// emlive dashboard: draw the Plotly figures the server sends as JSON (#plot-figures) into the
+// .plot divs, again whenever htmx swaps in new figures (the divs stay, so zoom is kept).
+(function () {
+  "use strict";
+  var drawnMarker = null;
+
+  function draw() {
+    var node = document.getElementById("plot-figures");
+    if (!node || !window.Plotly) return;
+    var holder = document.getElementById("plot-data");
+    var marker = holder ? holder.getAttribute("data-marker") : "static";
+    if (marker === drawnMarker) return;
+    var figures = JSON.parse(node.textContent);
+    var linkTemplate = document.body.getAttribute("data-exposure-url");
+    Object.keys(figures).forEach(function (key) {
+      var div = document.getElementById("plot-" + key);
+      if (!div) return;
+      var figure = figures[key];
+      Plotly.react(div, figure.data, figure.layout, { responsive: true, displaylogo: false });
+      if (linkTemplate && !div.getAttribute("data-linked")) {
+        div.setAttribute("data-linked", "1");
+        div.on("plotly_click", function (event) {
+          var id = event.points && event.points[0] && event.points[0].customdata;
+          if (Number.isInteger(id)) window.location.href = linkTemplate.replace("/0/", "/" + id + "/");
+        });
+      }
+    });
+    drawnMarker = marker;
+    document.body.setAttribute("data-plots-drawn", String(Number(document.body.getAttribute("data-plots-drawn") || 0) + 1));
+  }
+
+  document.addEventListener("DOMContentLoaded", draw);
+  document.addEventListener("htmx:afterSettle", draw);
+})();
