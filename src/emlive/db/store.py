@@ -3,6 +3,9 @@
 The controller is the only caller (workers return plain results and never touch the
 database). Every function is idempotent where the pipeline may repeat it: a rescan records a
 file once, a result stored twice leaves one row per step and the exposure processed once.
+The functions the controller calls every loop turn take many exposures at once and run a
+fixed number of queries however many there are (``record_exposures``,
+``mark_submitted_many``, ``store_exposure_results``).
 
 Exposure states::
 
@@ -20,7 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -40,10 +44,13 @@ __all__ = [
     "get_or_create_session",
     "mark_failed",
     "mark_submitted",
+    "mark_submitted_many",
     "record_exposure",
+    "record_exposures",
     "reset_in_flight",
     "set_session_state",
     "store_exposure_result",
+    "store_exposure_results",
     "store_result",
 ]
 
@@ -62,6 +69,15 @@ _ACQUISITION_FIELDS = (
     "gain_path",
     "eer_fractions",
 )
+
+
+_CHUNK = 500
+"""Most ids or paths in one ``IN (...)`` (SQLite limits the parameters of a statement)."""
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class InvalidTransition(ValueError):
@@ -190,22 +206,70 @@ def record_exposure(
         )
         if created:
             return exposure, True
-        changed = (exposure.size_bytes, exposure.mtime_ns) != (int(size_bytes), int(mtime_ns))
-        if changed and exposure.state == Exposure.State.FAILED:
-            logger.info("%s was rewritten after failing (%s); processing it again", rel, exposure.fail_reason)
-            exposure.size_bytes, exposure.mtime_ns = int(size_bytes), int(mtime_ns)
-            exposure.state = Exposure.State.FOUND
-            exposure.fail_count, exposure.fail_reason = 0, ""
-            exposure.found_at = now
-            exposure.submitted_at = exposure.failed_at = None
-            exposure.motion_done_at = exposure.ctf_done_at = None
-            exposure.save()
-        elif changed:
-            logger.warning(
-                "%s changed on disk (size %d → %d) while %s; keeping the recorded file",
-                rel, exposure.size_bytes, size_bytes, exposure.state,
-            )
+        _rewritten(exposure, int(size_bytes), int(mtime_ns), now=now)
         return exposure, False
+
+
+def record_exposures(
+    session: Session | int,
+    found: Sequence[tuple[str | os.PathLike[str], int, int]],
+) -> list[tuple[Exposure, bool]]:
+    """:func:`record_exposure` for many movies, ``(rel_path, size_bytes, mtime_ns)`` each.
+
+    Returns ``(exposure, created)`` in the order given, in three queries however many movies
+    there are (plus one save per failed exposure whose file was rewritten). A path given twice
+    is recorded once.
+    """
+    items: dict[str, tuple[int, int]] = {}
+    for rel_path, size_bytes, mtime_ns in found:
+        rel = _relative_path(rel_path)
+        if size_bytes < 0:
+            raise ValueError(f"{rel}: size_bytes must be >= 0, got {size_bytes}")
+        items.setdefault(rel, (int(size_bytes), int(mtime_ns)))
+    session_id = _pk(session)
+    paths = list(items)
+    now = timezone.now()
+    with transaction.atomic():
+        existing: dict[str, Exposure] = {}
+        for chunk in _chunks(paths):
+            existing.update(
+                (e.path, e) for e in Exposure.objects.select_for_update().filter(session_id=session_id, path__in=chunk)
+            )
+        new = [path for path in paths if path not in existing]
+        # ignore_conflicts: a row inserted meanwhile by another process is kept, not duplicated
+        Exposure.objects.bulk_create(
+            [
+                Exposure(session_id=session_id, path=path, size_bytes=items[path][0], mtime_ns=items[path][1], found_at=now)
+                for path in new
+            ],
+            ignore_conflicts=True,
+        )
+        created: dict[str, Exposure] = {}
+        for chunk in _chunks(new):
+            created.update((e.path, e) for e in Exposure.objects.filter(session_id=session_id, path__in=chunk))
+        for path, exposure in existing.items():
+            _rewritten(exposure, *items[path], now=now)
+        recorded = existing | created
+        return [(recorded[rel], rel in created) for rel in (_relative_path(p) for p, _, _ in found)]
+
+
+def _rewritten(exposure: Exposure, size_bytes: int, mtime_ns: int, *, now: datetime) -> None:
+    """A recorded file seen again: a failed one that changed is found again (see record_exposure)."""
+    changed = (exposure.size_bytes, exposure.mtime_ns) != (size_bytes, mtime_ns)
+    if changed and exposure.state == Exposure.State.FAILED:
+        logger.info("%s was rewritten after failing (%s); processing it again", exposure.path, exposure.fail_reason)
+        exposure.size_bytes, exposure.mtime_ns = size_bytes, mtime_ns
+        exposure.state = Exposure.State.FOUND
+        exposure.fail_count, exposure.fail_reason = 0, ""
+        exposure.found_at = now
+        exposure.submitted_at = exposure.failed_at = None
+        exposure.motion_done_at = exposure.ctf_done_at = None
+        exposure.save()
+    elif changed:
+        logger.warning(
+            "%s changed on disk (size %d → %d) while %s; keeping the recorded file",
+            exposure.path, exposure.size_bytes, size_bytes, exposure.state,
+        )
 
 
 def _locked(exposure_id: int) -> Exposure:
@@ -230,7 +294,49 @@ def mark_submitted(exposure_id: int) -> Exposure:
         return exposure
 
 
-def store_result(
+def mark_submitted_many(exposure_ids: Collection[int], *, skip_missing: bool = False) -> int:
+    """:func:`mark_submitted` for many exposures in one UPDATE; returns how many were marked.
+
+    Raises :class:`InvalidTransition` (and marks none) if one of them is processed, and
+    ``Exposure.DoesNotExist`` if one does not exist, unless ``skip_missing`` (exposures of a
+    session deleted meanwhile are then left out).
+    """
+    ids = sorted({int(pk) for pk in exposure_ids})
+    now = timezone.now()
+    with transaction.atomic():
+        marked = 0
+        for chunk in _chunks(ids):
+            marked += (
+                Exposure.objects.filter(pk__in=chunk)
+                .exclude(state=Exposure.State.PROCESSED)
+                .update(state=Exposure.State.SUBMITTED, submitted_at=now)
+            )
+        if marked == len(ids):
+            return marked
+        states: dict[int, str] = {}
+        for chunk in _chunks(ids):
+            states.update(Exposure.objects.filter(pk__in=chunk).values_list("pk", "state"))
+        processed = [pk for pk, state in states.items() if state == Exposure.State.PROCESSED]
+        if processed:
+            raise InvalidTransition(f"exposures {', '.join(map(str, sorted(processed)))} are already processed")
+        if not skip_missing:
+            missing = sorted(set(ids) - states.keys())
+            raise Exposure.DoesNotExist(f"no exposure with id {', '.join(map(str, missing))}")
+        return marked
+
+
+@dataclass(frozen=True)
+class _ResultRow:
+    """One exposure's result, validated, as the columns it is stored in."""
+
+    exposure_id: int
+    motion: dict[str, Any]
+    ctf: dict[str, Any]
+    motion_done_at: datetime
+    ctf_done_at: datetime
+
+
+def _result_row(
     exposure_id: int,
     motion: MotionResult,
     ctf: CtfResult,
@@ -239,18 +345,11 @@ def store_result(
     motion_engine_version: str,
     ctf_engine: str,
     ctf_engine_version: str,
-    motion_done_at: datetime | None = None,
-    ctf_done_at: datetime | None = None,
-) -> Exposure:
-    """Store one exposure's motion and CTF results and mark it processed, in one transaction.
-
-    Storing again (a task that ran twice, a sidecar ingested after a crash) updates the same
-    two result rows: never a duplicate, and ``processed_at`` keeps the first time the exposure
-    was processed. ``*_done_at`` are when each step finished (aware datetimes; default now).
-    Output paths are stored absolute. Non-finite numbers raise ValueError before anything is
-    written.
-    """
-    now = timezone.now()
+    motion_done_at: datetime | None,
+    ctf_done_at: datetime | None,
+    now: datetime,
+) -> _ResultRow:
+    """The columns of a result; ValueError for non-finite numbers or naive times."""
     motion_fields = {
         "engine": motion_engine,
         "engine_version": motion_engine_version,
@@ -282,20 +381,88 @@ def store_result(
     _finite("motion", motion_fields)
     _finite("motion", {f"shifts_px[{i}][{j}]": v for i, xy in enumerate(motion_fields["shifts_px"]) for j, v in enumerate(xy)})
     _finite("ctf", ctf_fields)
-    motion_at = _aware("motion_done_at", motion_done_at, now)
-    ctf_at = _aware("ctf_done_at", ctf_done_at, now)
+    return _ResultRow(
+        int(exposure_id),
+        motion_fields,
+        ctf_fields,
+        _aware("motion_done_at", motion_done_at, now),
+        _aware("ctf_done_at", ctf_done_at, now),
+    )
+
+
+def _store_rows(rows: Sequence[_ResultRow], *, now: datetime, skip_missing: bool = False) -> list[Exposure]:
+    """Store results and mark their exposures processed: four statements however many rows
+    (upserts keep one result row per step and exposure; the last of an id given twice wins)."""
+    by_id = {row.exposure_id: row for row in rows}
+    ids = sorted(by_id)
     with transaction.atomic():
-        exposure = _locked(exposure_id)
-        MotionCorrection.objects.update_or_create(exposure=exposure, defaults=motion_fields)
-        CtfEstimate.objects.update_or_create(exposure=exposure, defaults=ctf_fields)
-        exposure.motion_done_at, exposure.ctf_done_at = motion_at, ctf_at
-        if exposure.state != Exposure.State.PROCESSED:
-            exposure.state = Exposure.State.PROCESSED
-            exposure.processed_at = now
-        else:
-            logger.info("exposure %s (%s) stored again; results updated", exposure_id, exposure.path)
-        exposure.save(update_fields=["state", "processed_at", "motion_done_at", "ctf_done_at"])
-        return exposure
+        exposures: dict[int, Exposure] = {}
+        for chunk in _chunks(ids):
+            exposures.update((e.pk, e) for e in Exposure.objects.select_for_update().filter(pk__in=chunk))
+        if missing := [pk for pk in ids if pk not in exposures]:
+            if not skip_missing:
+                raise Exposure.DoesNotExist(f"no exposure with id {', '.join(map(str, missing))}")
+            logger.warning("exposures %s no longer exist (session deleted?); their results are not stored", missing)
+        stored = [by_id[pk] for pk in ids if pk in exposures]
+        if not stored:
+            return []
+        for model, columns in ((MotionCorrection, stored[0].motion), (CtfEstimate, stored[0].ctf)):
+            model.objects.bulk_create(
+                [
+                    model(exposure_id=row.exposure_id, **(row.motion if model is MotionCorrection else row.ctf))
+                    for row in stored
+                ],
+                update_conflicts=True,
+                unique_fields=["exposure"],
+                update_fields=[*columns, "updated_at"],
+            )
+        for row in stored:
+            exposure = exposures[row.exposure_id]
+            exposure.motion_done_at, exposure.ctf_done_at = row.motion_done_at, row.ctf_done_at
+            if exposure.state != Exposure.State.PROCESSED:
+                exposure.state = Exposure.State.PROCESSED
+                exposure.processed_at = now
+            else:
+                logger.info("exposure %s (%s) stored again; results updated", exposure.pk, exposure.path)
+        updated = [exposures[row.exposure_id] for row in stored]
+        Exposure.objects.bulk_update(updated, ["state", "processed_at", "motion_done_at", "ctf_done_at"])
+        return updated
+
+
+def store_result(
+    exposure_id: int,
+    motion: MotionResult,
+    ctf: CtfResult,
+    *,
+    motion_engine: str,
+    motion_engine_version: str,
+    ctf_engine: str,
+    ctf_engine_version: str,
+    motion_done_at: datetime | None = None,
+    ctf_done_at: datetime | None = None,
+) -> Exposure:
+    """Store one exposure's motion and CTF results and mark it processed, in one transaction.
+
+    Storing again (a task that ran twice, a sidecar ingested after a crash) updates the same
+    two result rows: never a duplicate, and ``processed_at`` keeps the first time the exposure
+    was processed. ``*_done_at`` are when each step finished (aware datetimes; default now).
+    Output paths are stored absolute. Non-finite numbers raise ValueError before anything is
+    written.
+    """
+    now = timezone.now()
+    row = _result_row(
+        exposure_id,
+        motion,
+        ctf,
+        motion_engine=motion_engine,
+        motion_engine_version=motion_engine_version,
+        ctf_engine=ctf_engine,
+        ctf_engine_version=ctf_engine_version,
+        motion_done_at=motion_done_at,
+        ctf_done_at=ctf_done_at,
+        now=now,
+    )
+    return _store_rows([row], now=now)[0]
 
 
 class StepRecordLike(Protocol):
@@ -318,22 +485,39 @@ class ExposureResultLike(Protocol):
 def store_exposure_result(exposure_id: int, result: ExposureResultLike) -> Exposure:
     """:func:`store_result` for a whole pipeline result: the engines, their versions and the
     steps' finish times come from its step records (``motion`` and ``ctf`` must be there)."""
-    records = {record.step: record for record in result.steps}
-    missing = sorted({"motion", "ctf"} - records.keys())
-    if missing:
-        raise ValueError(f"exposure {exposure_id}: the result has no step record for {', '.join(missing)}")
-    motion, ctf = records["motion"], records["ctf"]
-    return store_result(
-        exposure_id,
-        result.motion,
-        result.ctf,
-        motion_engine=motion.engine,
-        motion_engine_version=motion.engine_version,
-        ctf_engine=ctf.engine,
-        ctf_engine_version=ctf.engine_version,
-        motion_done_at=motion.finished_at,
-        ctf_done_at=ctf.finished_at,
-    )
+    return store_exposure_results([(exposure_id, result)])[0]
+
+
+def store_exposure_results(
+    results: Sequence[tuple[int, ExposureResultLike]], *, skip_missing: bool = False
+) -> list[Exposure]:
+    """:func:`store_exposure_result` for many exposures, in one transaction of four statements
+    however many there are. Every result is checked before anything is written. Returns the
+    exposures stored; ``skip_missing`` leaves out (with a warning) exposures that no longer
+    exist instead of raising ``Exposure.DoesNotExist``."""
+    now = timezone.now()
+    rows = []
+    for exposure_id, result in results:
+        records = {record.step: record for record in result.steps}
+        missing = sorted({"motion", "ctf"} - records.keys())
+        if missing:
+            raise ValueError(f"exposure {exposure_id}: the result has no step record for {', '.join(missing)}")
+        motion, ctf = records["motion"], records["ctf"]
+        rows.append(
+            _result_row(
+                exposure_id,
+                result.motion,
+                result.ctf,
+                motion_engine=motion.engine,
+                motion_engine_version=motion.engine_version,
+                ctf_engine=ctf.engine,
+                ctf_engine_version=ctf.engine_version,
+                motion_done_at=motion.finished_at,
+                ctf_done_at=ctf.finished_at,
+                now=now,
+            )
+        )
+    return _store_rows(rows, now=now, skip_missing=skip_missing)
 
 
 def mark_failed(exposure_id: int, reason: str) -> Exposure:
