@@ -79,7 +79,7 @@ def test_a_trickling_session_is_not_starved_by_a_burst_in_another(tmp_path):
         _movies(tmp_path / "quiet" / "raw", ["q1.mrc"])
 
     arrivals = threading.Thread(target=trickle)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as local:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as local:
         with Client(local) as client:
             arrivals.start()
             counts = run_sessions(

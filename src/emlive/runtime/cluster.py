@@ -106,7 +106,7 @@ def open_cluster(settings: ClusterSettings) -> Iterator[Cluster]:
             processes=True,
             resources={"GPU": 1} if settings.gpu_ids else None,
             memory_limit=settings.memory_limit,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: several controllers (and their tests) on one machine
             silence_logs=logging.ERROR,
         )
         scale = None
