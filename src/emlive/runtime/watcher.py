@@ -45,22 +45,24 @@ class Found:
 def scan_movies(raw_dir: Path) -> dict[str, FileStat]:
     """Movie files under ``raw_dir`` (recursively) by path relative to it; skips temp names."""
     found: dict[str, FileStat] = {}
-    stack = [raw_dir]
-    while stack:
-        folder = stack.pop()
+    root = os.fspath(raw_dir)
+    stack = [(root, "")]  # (folder, its path relative to raw_dir with a trailing "/")
+    while stack:  # plain strings: this runs over every file of a session each poll
+        folder, prefix = stack.pop()
         try:
-            entries = list(os.scandir(folder))
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if entry.is_dir(follow_symlinks=True):
+                        stack.append((entry.path, f"{prefix}{name}/"))
+                    elif name.lower().endswith(MOVIE_SUFFIXES) and not (name[:1] == "." and is_temporary_name(name)):
+                        try:
+                            st = entry.stat()
+                        except FileNotFoundError:
+                            continue
+                        found[prefix + name] = FileStat(st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
             continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=True):
-                stack.append(Path(entry.path))
-            elif entry.name.lower().endswith(MOVIE_SUFFIXES) and not is_temporary_name(entry.name):
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:
-                    continue
-                found[Path(entry.path).relative_to(raw_dir).as_posix()] = FileStat(st.st_size, st.st_mtime_ns)
     return found
 
 
