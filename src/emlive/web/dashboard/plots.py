@@ -11,11 +11,12 @@ the curation thresholds show in every plot; each point carries its exposure id
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emlive.db.queries import ResultSeries
+if TYPE_CHECKING:  # the dataclass lives with the query that fills it (Django models)
+    from emlive.db.queries import ResultSeries
 
 Figure = dict[str, Any]
 
@@ -47,10 +48,10 @@ def _layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict[str, A
         "title": {"text": title, "font": {"size": 14}},
         "xaxis": {"title": {"text": x_title}},
         "yaxis": {"title": {"text": y_title}},
-        "margin": {"l": 55, "r": 10, "t": 35, "b": 45},
-        "height": 260,
+        "margin": {"l": 55, "r": 10, "t": 35, "b": 80},
+        "height": 290,
         "showlegend": True,
-        "legend": {"orientation": "h", "y": -0.3, "font": {"size": 11}},
+        "legend": {"orientation": "h", "y": -0.35, "yanchor": "top", "traceorder": "normal", "font": {"size": 11}},
         "uirevision": "keep",
         **extra,
     }

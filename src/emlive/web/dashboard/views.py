@@ -41,6 +41,7 @@ from emlive.web import control
 from emlive.web.access import visible_sessions
 from emlive.web.dashboard import plots
 from emlive.web.dashboard.forms import CurationForm
+from emlive.web.dashboard.reasons import rejection_reasons
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,14 @@ def exposure_page(request: HttpRequest, exposure_id: int) -> HttpResponse:
     ctf = getattr(exposure, "ctf", None)
     figure = plots.drift_figure(motion.shifts_px, pixel_size_a=session.pixel_size_a) if motion else None
     verdict = queries.with_verdict(Exposure.objects.filter(pk=exposure.pk), curation).values_list("accepted", flat=True).get()
-    failing = _failing_thresholds(curation, motion, ctf) if motion and ctf else []
+    failing = (
+        rejection_reasons(
+            curation, fit_resolution_a=ctf.fit_resolution_a, total_drift_a=motion.total_drift_a,
+            defocus_u_a=ctf.defocus_u_a, defocus_v_a=ctf.defocus_v_a, fit_ok=ctf.fit_ok, ice_ring_ratio=ctf.ice_ring_ratio,
+        )
+        if motion and ctf
+        else []
+    )
     return render(
         request,
         "emlive/exposure.html",
@@ -334,29 +342,6 @@ def exposure_page(request: HttpRequest, exposure_id: int) -> HttpResponse:
             "has_spectrum": bool(ctf and _spectrum_path(ctf.diagnostic_png_path)),
         },
     )
-
-
-def _failing_thresholds(curation: Curation, motion: Any, ctf: Any) -> list[str]:
-    """Which of the thresholds an exposure fails, for a person (the same rules as ``accepts``)."""
-    mean = (ctf.defocus_u_a + ctf.defocus_v_a) / 2
-    astig = abs(ctf.defocus_u_a - ctf.defocus_v_a)
-    checks = [
-        (curation.reject_no_fit and not ctf.fit_ok, "no Thon rings were found"),
-        (curation.max_fit_resolution_a is not None and ctf.fit_resolution_a > curation.max_fit_resolution_a,
-         f"fit resolution {ctf.fit_resolution_a:.2f} Å is worse than {curation.max_fit_resolution_a} Å"),
-        (curation.max_total_drift_a is not None and motion.total_drift_a > curation.max_total_drift_a,
-         f"total drift {motion.total_drift_a:.2f} Å is more than {curation.max_total_drift_a} Å"),
-        (curation.min_defocus_a is not None and mean < curation.min_defocus_a,
-         f"mean defocus {mean:.0f} Å is less than {curation.min_defocus_a} Å"),
-        (curation.max_defocus_a is not None and mean > curation.max_defocus_a,
-         f"mean defocus {mean:.0f} Å is more than {curation.max_defocus_a} Å"),
-        (curation.max_astigmatism_a is not None and astig > curation.max_astigmatism_a,
-         f"astigmatism {astig:.0f} Å is more than {curation.max_astigmatism_a} Å"),
-        (curation.max_ice_ring_ratio is not None and ctf.ice_ring_ratio is not None
-         and ctf.ice_ring_ratio > curation.max_ice_ring_ratio,
-         f"ice-ring ratio {ctf.ice_ring_ratio or 0:.2f} is above {curation.max_ice_ring_ratio}"),
-    ]
-    return [reason for failed, reason in checks if failed]
 
 
 # --- files ----------------------------------------------------------------------------------
