@@ -96,9 +96,11 @@ class Alert:
 
 @dataclass
 class Notifier:
-    """The memory of every session being watched (the only state :func:`decide_all` keeps)."""
+    """The memory of every session being watched (the only state :func:`decide_all` keeps), and
+    since when the controller watches (see :func:`decide`)."""
 
     rules: Rules
+    watching_since_s: float = 0.0
     memory: dict[int, Memory] = field(default_factory=dict)
 
 
@@ -106,17 +108,23 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def decide(memory: Memory | None, snap: Snapshot, *, now_s: float, rules: Rules) -> tuple[Memory, list[Alert]]:
+def decide(
+    memory: Memory | None, snap: Snapshot, *, now_s: float, rules: Rules, watching_since_s: float = 0.0
+) -> tuple[Memory, list[Alert]]:
     """The alerts one session's snapshot calls for, given what was already said (pure).
 
     ``memory`` is None for a session not seen before; a memory from an earlier processing cycle
     (the session was stopped and resumed) is forgotten, so a resumed session can alert again.
+    ``watching_since_s``: when the controller began watching (the service's start): time before
+    it counts neither as a stall nor as quiet, so a restart after a long stop does not call
+    sessions stalled or complete before their folders have been looked at.
     """
     if memory is None or memory.cycle_started_s != snap.cycle_started_s:
         memory = Memory(cycle_started_s=snap.cycle_started_s)
     alerts: list[Alert] = []
+    start_s = max(snap.cycle_started_s, watching_since_s)
 
-    since_s = max(snap.cycle_started_s, snap.last_result_s or snap.cycle_started_s)
+    since_s = max(start_s, snap.last_result_s or start_s)
     stalled = snap.backlog > 0 and now_s - since_s >= rules.stall_after_s
     if stalled and not memory.stalled:
         alerts.append(
@@ -141,7 +149,7 @@ def decide(memory: Memory | None, snap: Snapshot, *, now_s: float, rules: Rules)
             )
         )
 
-    quiet_s = now_s - max(snap.cycle_started_s, snap.last_found_s or snap.cycle_started_s)
+    quiet_s = now_s - max(start_s, snap.last_found_s or start_s)
     complete = snap.backlog == 0 and snap.total > 0 and quiet_s >= rules.complete_after_s
     if complete and not memory.complete:
         alerts.append(
@@ -163,7 +171,8 @@ def decide_all(notifier: Notifier, snaps: list[Snapshot], *, now_s: float) -> li
     memory: dict[int, Memory] = {}
     for snap in snaps:
         memory[snap.session_id], new = decide(
-            notifier.memory.get(snap.session_id), snap, now_s=now_s, rules=notifier.rules
+            notifier.memory.get(snap.session_id), snap, now_s=now_s, rules=notifier.rules,
+            watching_since_s=notifier.watching_since_s,
         )
         alerts.extend(new)
     notifier.memory = memory

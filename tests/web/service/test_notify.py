@@ -80,6 +80,18 @@ def test_complete_when_nothing_is_left_and_no_movie_came_for_a_while():
     assert run([(T0 + 9999, snap(total=0, backlog=0, processed=0, last_found_s=None, last_result_s=None))]) == []
 
 
+def test_time_before_the_controller_watched_counts_neither_as_a_stall_nor_as_quiet():
+    """A service restarted after a long stop must look at the folders before judging them."""
+    waiting = snap(last_result_s=T0, last_found_s=T0)
+    done = snap(backlog=0, last_result_s=T0, last_found_s=T0)
+    restart_s = T0 + 86_400
+    for s, after_s, kind in ((waiting, RULES.stall_after_s, "stalled"), (done, RULES.complete_after_s, "complete")):
+        _, alerts = decide(None, s, now_s=restart_s + 5, rules=RULES, watching_since_s=restart_s)
+        assert alerts == []
+        _, alerts = decide(None, s, now_s=restart_s + after_s, rules=RULES, watching_since_s=restart_s)
+        assert [a.kind for a in alerts] == [kind]
+
+
 def test_a_new_cycle_forgets_what_was_said():
     stuck = snap(last_result_s=T0)
     memory, alerts = decide(None, stuck, now_s=T0 + 700, rules=RULES)
