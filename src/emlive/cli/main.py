@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -327,6 +328,111 @@ def demo(
     )
     if not compare_with_truth(out, session, truth):
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default [web] host: 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port to listen on (default [web] port: 8000)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the service (API, dashboard, controller of every session started, notifications) until SIGTERM/SIGINT."""
+    from emlive.web.service import Service, ServiceError
+
+    web = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    settings = _settings(config, **({"web": web} if web else {}))
+    if config is not None:  # every part of the service reads the same settings
+        os.environ["EMLIVE_CONFIG"] = str(config.expanduser().resolve())
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    try:
+        code = Service(settings).run()
+    except (ServiceError, ValueError) as err:  # no data root, a bad database URL or secret key
+        raise _fail(str(err)) from None
+    raise typer.Exit(code)
+
+
+user_app = typer.Typer(help="Users of the service: who may see which projects.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for scripts (Authorization: Bearer TOKEN).", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="Default: database_url, else sqlite in <data_root>/.emlive (as emlive serve)"),
+]
+
+
+def _service_database(config: Path | None, database_url: str | None) -> None:
+    """Open the database ``emlive serve`` uses (or the one given) for a user/token command."""
+    from emlive.db.setup import setup_database
+    from emlive.web.service import ServiceError
+    from emlive.web.service import database_url as service_database_url
+
+    settings = _settings(config, **({"database_url": database_url} if database_url else {}))
+    try:
+        setup_database(service_database_url(settings))
+    except (ServiceError, ValueError) as err:
+        raise _fail(str(err)) from None
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="User name (letters, digits, '.', '_', '-')")],
+    staff: Annotated[bool, typer.Option("--staff", help="Staff see and control every project")] = False,
+    project: Annotated[
+        list[str] | None, typer.Option("--project", help="A project the user may see and control (repeatable)")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read a dashboard login password from the first line of stdin")
+    ] = False,
+    database_url: DatabaseUrl = None,
+    config: ConfigOption = None,
+) -> None:
+    """Add a user, or update one: its staff flag is set as given, projects are added, the password
+    replaced when given. Without a password the user has API tokens only, no dashboard login."""
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise _fail("--password-stdin: stdin had no password on its first line")
+    _service_database(config, database_url)
+    from django.contrib.auth.models import User
+
+    from emlive.web.access import add_user
+
+    existed = User.objects.filter(username=name).exists()
+    try:
+        user = add_user(name, staff=staff, password=password, projects=tuple(project or ()))
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    projects = sorted(user.emlive_projects.values_list("project__name", flat=True))
+    role = "staff (every project)" if user.is_staff else f"projects: {', '.join(projects) or 'none yet'}"
+    login = "dashboard login" if user.has_usable_password() else "no dashboard login (tokens only)"
+    out.print(f"user {name} {'updated' if existed else 'added'}: {role}; {login}", highlight=False)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="The user the token acts for")],
+    database_url: DatabaseUrl = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create an API token for a user and print it as the last line (shown once; only its hash is
+    stored)."""
+    _service_database(config, database_url)
+    from django.contrib.auth.models import User
+
+    from emlive.web.access import create_token
+
+    user = User.objects.filter(username=name).first()
+    if user is None:
+        raise _fail(f"no user {name!r}; add it first: emlive user add {name} [--staff] [--project P]")
+    if not user.is_active:
+        raise _fail(f"user {name!r} is deactivated; its tokens would not be accepted")
+    token = create_token(user)
+    out.print(f"new token for {name} (store it now: it is not shown again):", highlight=False)
+    typer.echo(token)
 
 
 def _overrides(*, settle_s: float | None, workers: int | None, database_url: str | None) -> dict[str, object]:

@@ -1,0 +1,111 @@
+"""The service's pieces in one process: its folder, database and secret key, a session's
+parameters, and a notification round against the database and a real webhook."""
+
+from __future__ import annotations
+
+import stat
+import time
+
+import pytest
+
+from emlive.acquisition import Acquisition
+from emlive.config import Settings
+from emlive.db.setup import sqlite_url
+from emlive.web import service
+
+ACQ = Acquisition(pixel_size_a=0.83, dose_per_frame_e_a2=1.0, voltage_kv=300.0)
+
+
+def settings(root, **values) -> Settings:
+    return Settings(data_root=root, database_url=None, **values)
+
+
+def test_the_secret_key_is_generated_once_private_and_reused(tmp_path):
+    first = service.secret_key(settings(tmp_path))
+    path = tmp_path / ".emlive" / "secret_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert len(first) >= 50 and service.secret_key(settings(tmp_path)) == first
+    assert [p.name for p in path.parent.iterdir()] == ["secret_key"]  # no temporary file left
+    assert service.secret_key(settings(tmp_path, web={"secret_key": "k" * 40})) == "k" * 40
+
+
+def test_the_database_defaults_to_sqlite_in_the_data_root_and_a_missing_root_is_a_clear_error(tmp_path):
+    assert service.database_url(settings(tmp_path)) == sqlite_url(tmp_path / ".emlive" / "emlive.sqlite3")
+    given = "postgresql://emlive@db.example/emlive"
+    assert service.database_url(Settings(data_root=tmp_path, database_url=given)) == given
+    with pytest.raises(service.ServiceError, match="nowhere is not a folder.*EMLIVE_DATA_ROOT"):
+        service.database_url(settings(tmp_path / "nowhere"))
+
+
+def start(root, session="grid1", movies=(), params=None):
+    from emlive.web import control
+
+    raw = root / "p1" / "sessions" / "ann" / session / "raw"
+    raw.mkdir(parents=True)
+    for name in movies:
+        (raw / name).write_bytes(b"x")
+    return control.start_processing(root, "p1", "ann", session, ACQ, params=params)
+
+
+def test_a_sessions_parameters_are_the_configured_ones_with_its_overrides(db, tmp_path):
+    configured = settings(tmp_path, motion={"patches": (3, 3)}, ctf={"max_res_a": 4.0})
+    session = start(tmp_path, params={"motion": {"bin_factor": 2}})
+    params = service.pipeline_params(session, configured)
+    assert params.acquisition == ACQ
+    assert params.motion.bin_factor == 2 and tuple(params.motion.patches) == (3, 3)
+    assert params.ctf.max_res_a == 4.0
+    session.params_json = {"motion": {"bin_factor": -1}}
+    with pytest.raises(ValueError, match="bin_factor"):
+        service.pipeline_params(session, configured)
+    session.params_json = {"gain": {}}
+    with pytest.raises(ValueError, match="unknown parameter groups \\['gain'\\]"):
+        service.pipeline_params(session, configured)
+
+
+def test_a_notification_round_alerts_marks_complete_and_posts_to_the_webhook(db, tmp_path, hook, caplog):
+    caplog.set_level("INFO", logger="emlive.web.service")
+    configured = settings(
+        tmp_path, web={"webhook_url": hook.url, "failures_to_alert": 2, "stall_after_s": 60, "complete_after_s": 120}
+    )
+    notifier = service.notify.Notifier(service.rules(configured))
+    session = start(tmp_path, movies=("a.tif", "b.tif", "c.tif"))
+    other = start(tmp_path, session="grid2")
+    ids = [db.store.record_exposure(session, name, 1, 1)[0].pk for name in ("a.tif", "b.tif", "c.tif")]
+    now = time.time()
+    assert service.check_sessions(notifier, configured, now_s=now) == []
+
+    db.store.mark_failed(ids[0], "a.tif: truncated")
+    db.store.mark_failed(ids[1], "b.tif: truncated")
+    alerts = service.check_sessions(notifier, configured, now_s=now + 30)
+    assert [a.kind for a in alerts] == ["failing"]  # a failure is a result: not stalled
+    assert service.check_sessions(notifier, configured, now_s=now + 31) == []
+    alerts = service.check_sessions(notifier, configured, now_s=now + 125)
+    assert [a.kind for a in alerts] == ["stalled"]  # c.tif waits, nothing finished for 60 s
+
+    db.store.mark_failed(ids[2], "c.tif: truncated")
+    alerts = service.check_sessions(notifier, configured, now_s=time.time() + 121)
+    assert [a.kind for a in alerts] == ["complete"]
+    session.refresh_from_db()
+    other.refresh_from_db()
+    assert (session.state, other.state) == ("complete", "processing")  # grid2 has no movie yet
+    assert service.check_sessions(notifier, configured, now_s=time.time() + 1000) == []
+
+    texts = [body["text"] for body in hook.bodies]
+    assert len(texts) == 3 and all("p1/ann/grid1" in text for text in texts)
+    assert "last 2 exposures failed" in texts[0] and "b.tif: truncated" in texts[0]
+    assert "stalled" in texts[1] and "complete" in texts[2]
+    assert [r.getMessage() for r in caplog.records] == texts
+
+
+def test_a_session_resumed_meanwhile_is_not_marked_complete(db, tmp_path):
+    from emlive.web import control, notify
+
+    session = start(tmp_path, movies=("a.tif",))
+    cycle_s = session.cycle_started_at.timestamp()
+    control.stop_processing(session)
+    control.resume_processing(session)
+    assert not notify.mark_complete(session.pk, cycle_started_s=cycle_s)
+    session.refresh_from_db()
+    assert session.state == "processing"
+    assert notify.mark_complete(session.pk, cycle_started_s=session.cycle_started_at.timestamp())
