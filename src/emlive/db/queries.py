@@ -19,7 +19,6 @@ __all__ = [
     "accepted_exposures",
     "accepted_q",
     "change_marker",
-    "completion_times",
     "counts_by_state",
     "curation_counts",
     "exposures",
@@ -297,16 +296,3 @@ def result_series(session: Session | int, curation: Curation | None = None) -> R
         ):
             column.append(value)
     return ResultSeries(*columns)
-
-
-def completion_times(session: Session | int) -> tuple[list[float], list[float]]:
-    """Movie arrival times (mtime) of every exposure and result times of the processed ones,
-    each sorted, seconds since the epoch (the dashboard's acquisition vs processing curve)."""
-    arrivals: list[float] = []
-    done: list[float] = []
-    rows = Exposure.objects.filter(session_id=_pk(session)).order_by().values_list("mtime_ns", "processed_at")
-    for mtime_ns, processed_at in rows.iterator(chunk_size=5000):
-        arrivals.append(mtime_ns / 1e9)
-        if processed_at is not None:
-            done.append(processed_at.timestamp())
-    return sorted(arrivals), sorted(done)

@@ -160,8 +160,8 @@ def _status_context(session: Session) -> dict[str, Any]:
 
 def _plots_context(session: Session) -> dict[str, Any]:
     curation = queries.session_curation(session)
-    arrivals, done = queries.completion_times(session)
-    figures = plots.session_figures(queries.result_series(session, curation), arrivals, done)
+    arrivals, results, _, _ = queries.metric_inputs(session)
+    figures = plots.session_figures(queries.result_series(session, curation), arrivals, [done for _, done in results])
     return {"session": session, "figures": figures, "marker": queries.change_marker(session)}
 
 
