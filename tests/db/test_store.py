@@ -249,3 +249,80 @@ def test_a_pipeline_result_is_stored_with_its_step_provenance(db, session, make_
 
     with pytest.raises(ValueError, match="no step record for ctf"):
         db.store.store_exposure_result(exposure.pk, SimpleNamespace(motion=motion, ctf=ctf, steps=steps[:1]))
+
+
+def _pipeline_result(make_results, stem: str, **options):
+    from types import SimpleNamespace
+
+    motion, ctf = make_results(stem, **options)
+    at = timezone.now()
+    steps = [SimpleNamespace(step=step, engine="native", engine_version="1", finished_at=at) for step in ("motion", "ctf")]
+    return SimpleNamespace(motion=motion, ctf=ctf, steps=steps)
+
+
+@pytest.mark.parametrize("n", [3, 40])
+def test_a_loop_turn_costs_the_same_statements_for_any_number_of_exposures(
+    db, session, make_results, assert_num_queries, n
+):
+    found = [(f"m{i:03d}.mrc", 10, 20) for i in range(n)]
+    # each call is one transaction: BEGIN and COMMIT, and between them a fixed number of statements
+    with assert_num_queries(2 + 3):  # existing rows, insert the new ones, read them back
+        recorded = db.store.record_exposures(session, found)
+    assert [(e.path, created) for e, created in recorded] == [(p, True) for p, _, _ in found]
+    ids = [e.pk for e, _ in recorded]
+    with assert_num_queries(2 + 1):
+        assert db.store.mark_submitted_many(ids) == n
+    results = [(pk, _pipeline_result(make_results, f"m{i:03d}", total_drift_a=float(i))) for i, pk in enumerate(ids)]
+    with assert_num_queries(2 + 4):  # lock the exposures, upsert motion, upsert CTF, update the exposures
+        db.store.store_exposure_results(results)
+    with assert_num_queries(2 + 1):  # a rescan of a recorded folder
+        again = db.store.record_exposures(session, found)
+    assert [(e.pk, created) for e, created in again] == [(pk, False) for pk in ids]
+    stored = db.models.Exposure.objects.filter(session=session).select_related("motion")
+    assert {e.state for e in stored} == {"processed"}
+    assert sorted(e.motion.total_drift_a for e in stored) == [float(i) for i in range(n)]
+
+
+def test_storing_many_again_keeps_one_result_each_and_the_first_processed_time(db, session, make_results):
+    ids = [e.pk for e, _ in db.store.record_exposures(session, [("a.mrc", 1, 1), ("b.mrc", 1, 1)])]
+    first = db.store.store_exposure_results([(pk, _pipeline_result(make_results, "a", total_drift_a=1.0)) for pk in ids])
+    again = db.store.store_exposure_results(
+        [(ids[0], _pipeline_result(make_results, "a", total_drift_a=2.0)),
+         (ids[0], _pipeline_result(make_results, "a", total_drift_a=3.0))]  # the last of an id given twice wins
+    )
+    assert db.models.MotionCorrection.objects.count() == 2 and db.models.CtfEstimate.objects.count() == 2
+    stored = db.models.Exposure.objects.select_related("motion").get(pk=ids[0])
+    assert stored.motion.total_drift_a == 3.0
+    assert stored.processed_at == first[0].processed_at == again[0].processed_at
+
+
+def test_bulk_writes_keep_the_single_exposure_rules(db, session, make_results, store_processed):
+    (done, _), (bad, _) = db.store.record_exposures(session, [("done.mrc", 10, 100), ("bad.mrc", 0, 100)])
+    store_processed(done.pk, "done")
+    db.store.mark_failed(bad.pk, "zero bytes")
+    rescanned = db.store.record_exposures(
+        session, [("done.mrc", 20, 200), ("bad.mrc", 4096, 200), ("bad.mrc", 4096, 200)]
+    )
+    assert [(e.state, created) for e, created in rescanned] == [("processed", False), ("found", False), ("found", False)]
+    with pytest.raises(ValueError, match="relative to the session's raw_dir"):
+        db.store.record_exposures(session, [("ok.mrc", 1, 1), ("../escape.mrc", 1, 1)])
+    assert not db.models.Exposure.objects.filter(path="ok.mrc").exists()  # checked before writing
+
+    with pytest.raises(db.store.InvalidTransition, match=f"exposures {done.pk} are already processed"):
+        db.store.mark_submitted_many([bad.pk, done.pk])
+    assert db.models.Exposure.objects.get(pk=bad.pk).state == "found"  # none marked
+    with pytest.raises(db.models.Exposure.DoesNotExist, match="no exposure with id 987654"):
+        db.store.mark_submitted_many([bad.pk, 987654])
+    assert db.store.mark_submitted_many([bad.pk, 987654], skip_missing=True) == 1
+
+    broken = _pipeline_result(make_results, "bad")
+    broken.motion = broken.motion.model_copy(update={"total_drift_a": math.nan})
+    with pytest.raises(ValueError, match="total_drift_a is nan"):
+        db.store.store_exposure_results([(bad.pk, _pipeline_result(make_results, "bad")), (done.pk, broken)])
+    with pytest.raises(db.models.Exposure.DoesNotExist, match="no exposure with id 987654"):
+        db.store.store_exposure_results([(bad.pk, _pipeline_result(make_results, "bad")), (987654, _pipeline_result(make_results, "x"))])
+    assert db.models.Exposure.objects.get(pk=bad.pk).state == "submitted"  # nothing written
+    stored = db.store.store_exposure_results(
+        [(bad.pk, _pipeline_result(make_results, "bad")), (987654, _pipeline_result(make_results, "x"))], skip_missing=True
+    )
+    assert [e.pk for e in stored] == [bad.pk] and db.models.Exposure.objects.get(pk=bad.pk).state == "processed"

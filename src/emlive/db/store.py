@@ -233,7 +233,7 @@ def record_exposures(
         existing: dict[str, Exposure] = {}
         for chunk in _chunks(paths):
             existing.update(
-                (e.path, e) for e in Exposure.objects.select_for_update().filter(session_id=session_id, path__in=chunk)
+                (e.path, e) for e in Exposure.objects.select_for_update().filter(session_id=session_id, path__in=chunk).order_by()
             )
         new = [path for path in paths if path not in existing]
         # ignore_conflicts: a row inserted meanwhile by another process is kept, not duplicated
@@ -246,7 +246,7 @@ def record_exposures(
         )
         created: dict[str, Exposure] = {}
         for chunk in _chunks(new):
-            created.update((e.path, e) for e in Exposure.objects.filter(session_id=session_id, path__in=chunk))
+            created.update((e.path, e) for e in Exposure.objects.filter(session_id=session_id, path__in=chunk).order_by())
         for path, exposure in existing.items():
             _rewritten(exposure, *items[path], now=now)
         recorded = existing | created
@@ -315,7 +315,7 @@ def mark_submitted_many(exposure_ids: Collection[int], *, skip_missing: bool = F
             return marked
         states: dict[int, str] = {}
         for chunk in _chunks(ids):
-            states.update(Exposure.objects.filter(pk__in=chunk).values_list("pk", "state"))
+            states.update(Exposure.objects.filter(pk__in=chunk).order_by().values_list("pk", "state"))
         processed = [pk for pk, state in states.items() if state == Exposure.State.PROCESSED]
         if processed:
             raise InvalidTransition(f"exposures {', '.join(map(str, sorted(processed)))} are already processed")
@@ -398,7 +398,7 @@ def _store_rows(rows: Sequence[_ResultRow], *, now: datetime, skip_missing: bool
     with transaction.atomic():
         exposures: dict[int, Exposure] = {}
         for chunk in _chunks(ids):
-            exposures.update((e.pk, e) for e in Exposure.objects.select_for_update().filter(pk__in=chunk))
+            exposures.update((e.pk, e) for e in Exposure.objects.select_for_update().filter(pk__in=chunk).order_by())
         if missing := [pk for pk in ids if pk not in exposures]:
             if not skip_missing:
                 raise Exposure.DoesNotExist(f"no exposure with id {', '.join(map(str, missing))}")
