@@ -8,6 +8,7 @@ from emlive.runtime.controller import (
     MarkFailed,
     ScaleTo,
     ScalingPolicy,
+    SessionDropped,
     StopRequested,
     Store,
     Submit,
@@ -72,6 +73,23 @@ def test_stop_submits_nothing_new_and_drains_in_flight():
     state, actions = feed(state, TaskFinished(1, "r"))
     assert actions == [Store(1, "r")]
     assert state.idle and state.pending == (2,)
+
+
+def test_a_dropped_session_finishes_in_flight_work_submits_nothing_new_and_can_come_back():
+    state, _ = feed(
+        ControllerState(max_in_flight=3),
+        ExposureReady(10, session_id=2),
+        *(ExposureReady(i, session_id=1) for i in range(4)),
+    )
+    assert state.in_flight == {10, 0, 1} and state.pending == (2, 3)
+    state, actions = feed(state, SessionDropped(1), SessionDropped(1))
+    assert actions == [] and state.pending == ()
+    assert state.busy(1) and state.busy(2)
+    state, actions = feed(state, TaskFinished(0, "r0"), TaskFailed(1, "worker lost", permanent=False))
+    assert actions == [Store(0, "r0")]  # the transient failure is not retried for a dropped session
+    assert not state.busy(1) and 1 not in state.attempts
+    state, actions = feed(state, ExposureReady(3, session_id=1))  # taken up again
+    assert actions == [Submit(3, 1)] and state.dropped == frozenset()
 
 
 def test_late_results_for_unknown_tasks_are_ignored():

@@ -21,7 +21,7 @@ from emlive.pipeline.exposure import ExposureResult, PipelineParams
 from emlive.pipeline.steps import StepRecord
 from emlive.pipeline.thumbnail import Thumbnail
 from emlive.runtime.cluster import Cluster
-from emlive.runtime.loop import run_sessions
+from emlive.runtime.loop import StopSignals, run_sessions
 
 from ..db.conftest import activate
 
@@ -94,3 +94,86 @@ def test_a_trickling_session_is_not_starved_by_a_burst_in_another(tmp_path):
     busy_done = sorted(t for name, t in done.items() if name.startswith("b"))
     # both quiet movies are done while a fifth of the burst still waits
     assert done["q1.mrc"] < busy_done[-4], sorted(done, key=done.get)
+
+
+COMPUTED: list[str] = []  # the exposures the (threaded) workers computed, in order
+
+
+def counted_result(spec, params) -> ExposureResult:
+    COMPUTED.append(str(spec.movie_path))
+    return timed_result(spec, params)
+
+
+def _wait_for(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+def test_followed_sessions_are_taken_up_and_let_go_as_their_state_changes(tmp_path):
+    """What ``emlive serve`` does: the loop follows the sessions whose state is ``processing``."""
+    activate(sqlite_url(tmp_path / "emlive.sqlite3"))
+    from django.db import connections
+
+    from emlive.db import store
+    from emlive.db.models import Session
+
+    acq = Acquisition(pixel_size_a=1.0, dose_per_frame_e_a2=1.0)
+    params = PipelineParams(acquisition=acq)
+    first = store.get_or_create_session(tmp_path / "first" / "raw", tmp_path / "first" / "out", acq)
+    second = store.get_or_create_session(tmp_path / "second" / "raw", tmp_path / "second" / "out", acq)
+    _movies(tmp_path / "first" / "raw", [f"f{i:02d}.mrc" for i in range(12)])
+    _movies(tmp_path / "second" / "raw", [f"s{i}.mrc" for i in range(3)])
+    store.set_session_state(first, "processing")
+    settings = load_settings(
+        watch={"settle_s": 0, "poll_interval_s": 0.1}, cluster={"n_workers": 2}, scheduler={"export_interval_s": 60}
+    )
+    signals = StopSignals(threading.Event(), threading.Event())
+    COMPUTED.clear()
+    seen: dict[str, dict[str, int]] = {}
+    errors: list[BaseException] = []
+
+    def follow():
+        return [(session, params) for session in Session.objects.filter(state="processing")]
+
+    def counts(session) -> dict[str, int]:
+        return queries.counts_by_state(session)
+
+    def operator() -> None:  # what the API does while the controller runs
+        try:
+            _wait_for(lambda: counts(first).get("processed", 0) >= 1)
+            store.set_session_state(first, "stopped")  # its work in flight finishes, nothing new starts
+            store.set_session_state(second, "processing")
+            _wait_for(lambda: counts(second).get("processed", 0) == 3 and counts(first).get("submitted", 0) == 0)
+            seen["first let go"] = counts(first)
+            store.set_session_state(first, "processing")  # resumed: taken up again
+            _wait_for(lambda: counts(first).get("processed", 0) == 12)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            signals.stop.set()
+            connections.close_all()
+
+    from emlive.db import queries
+
+    with pytest.raises(ValueError, match="needs watch=True"):
+        run_sessions([], settings, watch=False, follow=follow, cluster=Cluster(None, None, 1))
+    operating = threading.Thread(target=operator)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as local:
+        with Client(local) as client:
+            operating.start()
+            final = run_sessions(
+                [], settings, watch=True, signals=signals, cluster=Cluster(client, None, 1), task=counted_result,
+                follow=follow, follow_interval_s=0.2,
+            )
+    operating.join()
+    assert errors == []
+    let_go = seen["first let go"]
+    assert (let_go["submitted"], let_go["failed"]) == (0, 0) and 1 <= let_go["processed"] < 12, let_go
+    assert (final[first.pk]["processed"], final[second.pk]["processed"]) == (12, 3), final
+    assert sum(final[first.pk].values()) + sum(final[second.pk].values()) == 15
+    assert sorted(COMPUTED) == sorted(set(COMPUTED)) and len(COMPUTED) == 15  # each computed once
+    # the loop leaves the states to whoever follows them: both are taken up by the next start
+    assert {s.name: s.state for s in Session.objects.all()} == {"first": "processing", "second": "processing"}

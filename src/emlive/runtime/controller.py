@@ -55,7 +55,16 @@ class StopRequested:
     """Finish what is in flight, submit nothing new."""
 
 
-Event = ExposureReady | TaskFinished | TaskFailed | Tick | StopRequested
+@dataclass(frozen=True)
+class SessionDropped:
+    """A session is no longer to be processed: its waiting exposures are forgotten (nothing of
+    it is submitted any more, a transient failure of it is not retried); those in flight finish
+    and are stored. An :class:`ExposureReady` of the session takes it up again."""
+
+    session_id: int
+
+
+Event = ExposureReady | TaskFinished | TaskFailed | Tick | StopRequested | SessionDropped
 
 
 # Actions ----------------------------------------------------------------------------------
@@ -129,10 +138,15 @@ class ControllerState:
     low_since_s: float | None = None  # since when fewer workers would do
     low_peak: int = 0  # the most workers wanted since then
     stopping: bool = False
+    dropped: frozenset[int] = frozenset()  # sessions no longer processed
 
     @property
     def pending(self) -> tuple[int, ...]:
         return tuple(exposure_id for queue in self.queues.values() for exposure_id in queue)
+
+    def busy(self, session_id: int) -> bool:
+        """Whether the session has exposures in flight."""
+        return any(self.session_of.get(exposure_id) == session_id for exposure_id in self.in_flight)
 
     @property
     def idle(self) -> bool:
@@ -145,6 +159,8 @@ def decide(state: ControllerState, event: Event) -> tuple[ControllerState, list[
     actions: list[Action] = []
     match event:
         case ExposureReady(exposure_id, session_id):
+            if session_id in state.dropped:
+                state = replace(state, dropped=state.dropped - {session_id})
             if exposure_id not in state.session_of:
                 queue = state.queues.get(session_id, ()) + (exposure_id,)
                 state = replace(
@@ -159,7 +175,9 @@ def decide(state: ControllerState, event: Event) -> tuple[ControllerState, list[
         case TaskFailed(exposure_id, reason, permanent):
             if exposure_id in state.in_flight:
                 tries = state.attempts.get(exposure_id, 0)
-                if permanent or tries >= state.max_attempts:
+                if not permanent and state.session_of[exposure_id] in state.dropped:
+                    state = _forget(state, exposure_id)  # not retried: left for when it is taken up again
+                elif permanent or tries >= state.max_attempts:
                     state = _forget(state, exposure_id)
                     suffix = "" if permanent else f" (gave up after {tries} attempts)"
                     actions.append(MarkFailed(exposure_id, reason + suffix))
@@ -176,6 +194,16 @@ def decide(state: ControllerState, event: Event) -> tuple[ControllerState, list[
             state = replace(state, now_s=max(state.now_s, now_s))
         case StopRequested():
             state = replace(state, stopping=True)
+        case SessionDropped(session_id):
+            waiting = set(state.queues.get(session_id, ()))
+            state = replace(
+                state,
+                queues={s: q for s, q in state.queues.items() if s != session_id},
+                session_of={k: v for k, v in state.session_of.items() if k not in waiting},
+                attempts={k: v for k, v in state.attempts.items() if k not in waiting},
+                not_before_s={k: v for k, v in state.not_before_s.items() if k not in waiting},
+                dropped=state.dropped | {session_id},
+            )
     state, submits = _fill(state)
     state, scale = _scale(state)
     return state, actions + submits + scale

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from distributed import Client, Future, wait
+from distributed import Client, Future
 
 from emlive.config import ClusterSettings, Settings
 from emlive.pipeline.exposure import (
@@ -35,14 +35,15 @@ from emlive.runtime.controller import (
     Event,
     ExposureReady,
     MarkFailed,
-    StopRequested,
     ScaleTo,
     ScalingPolicy,
+    SessionDropped,
+    StopRequested,
     Store,
     Submit,
     TaskFailed,
-    Tick,
     TaskFinished,
+    Tick,
     decide,
 )
 from emlive.runtime.metrics import PrometheusMetrics, session_metrics
@@ -93,6 +94,10 @@ def run_session(
     return counts[session.pk]
 
 
+SessionSource = Callable[[], Sequence[tuple["Session", PipelineParams]]]
+"""The sessions to process now, with their parameters (see ``follow`` in :func:`run_sessions`)."""
+
+
 @dataclass
 class _Live:
     """A session being processed: its parameters, watcher and exports."""
@@ -103,10 +108,12 @@ class _Live:
     resources: dict[str, float] | None
     exports_dirty: bool = True
     last_export_s: float = 0.0
+    changed: bool = False  # its counts changed this turn (on_change is told once, at the end)
+    dropped: bool = False  # no longer followed: finishes what it has in flight, then is let go
 
 
 def run_sessions(
-    sessions: list[tuple[Session, PipelineParams]],
+    sessions: Sequence[tuple[Session, PipelineParams]],
     settings: Settings,
     *,
     watch: bool,
@@ -114,21 +121,40 @@ def run_sessions(
     cluster: Cluster | None = None,
     on_change: Callable[[Session, dict[str, int]], None] | None = None,
     task: Callable[[ExposureSpec, PipelineParams], ExposureResult] = process_exposure,
+    follow: SessionSource | None = None,
+    follow_interval_s: float = 2.0,
 ) -> dict[int, dict[str, int]]:
     """Process several sessions on one cluster, sharing its workers fairly between them.
 
     Returns each session's exposure counts by state, by session id. ``cluster`` defaults to the
     configured one; ``task`` is what workers run per exposure (another function only to
     measure the controller itself).
+
+    ``follow`` (a service; needs ``watch`` and no ``sessions``): the sessions processed are
+    those ``follow()`` returns, asked again every ``follow_interval_s``. A session that appears
+    is taken up (exposures an earlier run left in flight are redone, checkpointed results
+    stored); one that disappears gets nothing new submitted, and is let go once its exposures
+    in flight are stored. The loop then runs until ``signals`` stop it, and leaves the
+    sessions' states to the caller (a session still followed when the loop stops is taken up
+    again by the next run). Without ``follow`` the loop sets each session's state:
+    ``processing``, then ``complete`` (a one-shot run that finished) or ``stopped``.
+
+    Each loop turn is one database transaction, whatever it moves on: the movies found are
+    recorded, the results that came back stored and the exposures submitted in a fixed number
+    of statements.
     """
+    if follow is not None and (sessions or not watch):
+        raise ValueError("run_sessions(follow=...) takes its sessions from follow() and needs watch=True")
     if cluster is None:
         with open_cluster(settings.cluster) as own:
             return run_sessions(
-                sessions, settings, watch=watch, signals=signals, cluster=own, on_change=on_change, task=task
+                sessions, settings, watch=watch, signals=signals, cluster=own, on_change=on_change, task=task,
+                follow=follow, follow_interval_s=follow_interval_s,
             )
     from django.db import close_old_connections, transaction
 
     from emlive.db import export, queries, store
+    from emlive.db.models import Exposure
 
     signals = signals or never_stop()
     client = cluster.client
@@ -141,8 +167,28 @@ def run_sessions(
         scaling=None if cluster.scale is None else _scaling_policy(settings.cluster, cluster.threads_per_worker),
     )
     client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
-    lives = [
-        _Live(
+    lives: dict[int, _Live] = {}
+    counts: dict[int, dict[str, int]] = {}
+    specs: dict[int, ExposureSpec] = {}
+    live_of: dict[int, _Live] = {}
+    tasks = _Tasks(client)
+    next_poll_s, next_follow_s, next_worker_check_s, next_metrics_s = 0.0, 0.0, 0.0, 0.0
+    prometheus = None if settings.metrics.port is None else PrometheusMetrics(
+        settings.metrics.port, address=settings.metrics.address
+    )
+
+    refused: set[int] = set()  # followed sessions that cannot run (no GPU worker for their engines)
+
+    def take_up(session: Session, params: PipelineParams) -> None:
+        try:
+            resources = _gpu_resources(params, settings, client)  # GPU engines run on GPU workers only
+        except ValueError as err:
+            if follow is None:
+                raise
+            log.error("%s cannot be processed: %s", session, err)
+            refused.add(session.pk)
+            return
+        live = _Live(
             session,
             params,
             new_watcher(
@@ -150,108 +196,142 @@ def run_sessions(
                 settle_s=settings.watch.settle_s,
                 incomplete_timeout_s=settings.watch.incomplete_timeout_s,
             ),
-            _gpu_resources(params, settings, client),  # GPU engines run on GPU workers only
+            resources,
         )
-        for session, params in sessions
-    ]
-    for live in lives:
-        if (reset := store.reset_in_flight(live.session)) > 0:
-            log.info("%s: %d exposures left in flight by an earlier run will be redone", live.session, reset)
-        store.set_session_state(live.session, "processing")
+        if (reset := store.reset_in_flight(session)) > 0:
+            log.info("%s: %d exposures left in flight by an earlier run will be redone", session, reset)
+        if follow is None:
+            store.set_session_state(session, "processing")
+        lives[session.pk] = live
 
-    specs: dict[int, ExposureSpec] = {}
-    live_of: dict[int, _Live] = {}
-    futures: dict[int, Future] = {}
-    next_poll_s, next_worker_check_s, next_metrics_s = 0.0, 0.0, 0.0
-    prometheus = None if settings.metrics.port is None else PrometheusMetrics(
-        settings.metrics.port, address=settings.metrics.address
-    )
-
-    def notify(live: _Live) -> None:
-        if on_change is not None:
-            on_change(live.session, queries.counts_by_state(live.session))
+    def let_go(live: _Live) -> None:
+        """The session's work in flight is done with (or abandoned): leave it consistent."""
+        session = live.session
+        del lives[session.pk]
+        for exposure_id in [e for e, of in live_of.items() if of is live]:  # waiting when it was dropped
+            del specs[exposure_id], live_of[exposure_id]
+        if left := store.reset_in_flight(session):
+            log.info("%s: %d exposures in flight were left to be processed next time", session, left)
+        export.write_exports(session, Path(session.out_dir) / "exports")
+        if follow is None:
+            store.set_session_state(session, "stopped" if watch or left else "complete")
+        counts[session.pk] = queries.counts_by_state(session)
 
     def perform(actions: list[Action]) -> None:
+        """The actions of one turn, batched: one statement per kind, one Dask call per session."""
+        results = [(a.exposure_id, a.result) for a in actions if isinstance(a, Store)]
+        if results:
+            for exposure in store.store_exposure_results(results, skip_missing=follow is not None):
+                live_of[exposure.pk].exports_dirty = True
+            for exposure_id, _ in results:
+                live_of[exposure_id].changed = True
+                del specs[exposure_id], live_of[exposure_id]
         for action in actions:
-            match action:
-                case Submit(exposure_id, attempt):
-                    live = live_of[exposure_id]
-                    store.mark_submitted(exposure_id)
-                    futures[exposure_id] = client.submit(
-                        task,
-                        specs[exposure_id],
-                        live.params,
-                        key=f"exposure-{live.session.pk}-{exposure_id}-{attempt}",
-                        pure=False,
-                        resources=live.resources,
-                    )
-                case Store(exposure_id, result):
-                    store.store_exposure_result(exposure_id, result)
-                    live_of[exposure_id].exports_dirty = True
-                    notify(live_of[exposure_id])
-                case MarkFailed(exposure_id, reason):
-                    log.warning("%s failed: %s", specs[exposure_id].movie_path, reason)
-                    store.mark_failed(exposure_id, reason)
-                    notify(live_of[exposure_id])
-                case ScaleTo(n_workers):
-                    log.info("asking for %d workers", n_workers)
-                    cluster.scale(n_workers)
+            if isinstance(action, MarkFailed):
+                log.warning("%s failed: %s", specs[action.exposure_id].movie_path, action.reason)
+                try:
+                    store.mark_failed(action.exposure_id, action.reason)
+                except Exposure.DoesNotExist:
+                    if follow is None:
+                        raise
+                    log.warning("exposure %d no longer exists (session deleted?)", action.exposure_id)
+                live_of[action.exposure_id].changed = True
+                del specs[action.exposure_id], live_of[action.exposure_id]
+        submits = [a for a in actions if isinstance(a, Submit)]
+        if submits:
+            store.mark_submitted_many([s.exposure_id for s in submits], skip_missing=follow is not None)
+            by_session: dict[int, list[Submit]] = {}
+            for submit in submits:
+                by_session.setdefault(live_of[submit.exposure_id].session.pk, []).append(submit)
+            for session_id, batch in by_session.items():
+                live = lives[session_id]
+                futures = client.map(
+                    task,
+                    [specs[s.exposure_id] for s in batch],
+                    [live.params] * len(batch),
+                    key=[f"exposure-{session_id}-{s.exposure_id}-{s.attempt}" for s in batch],
+                    pure=False,
+                    resources=live.resources,
+                )
+                for submit, future in zip(batch, futures, strict=True):
+                    tasks.add(submit.exposure_id, future)
+        if scales := [a for a in actions if isinstance(a, ScaleTo)]:
+            log.info("asking for %d workers", scales[-1].n_workers)  # the turn's last word counts
+            cluster.scale(scales[-1].n_workers)
 
-    def handle(events: list[Event]) -> None:
-        nonlocal state
-        for event in events:
-            state, actions = decide(state, event)
-            perform(actions)
-
+    for session, params in sessions:
+        take_up(session, params)
     while True:
         close_old_connections()  # a long-running controller must survive database restarts
         now_s = time.time()
         if signals.abandon.is_set():
             break
+        if follow is not None and not state.stopping and now_s >= next_follow_s:
+            next_follow_s = now_s + follow_interval_s
+            wanted = {session.pk: (session, params) for session, params in follow()}
+            refused.intersection_update(wanted)  # one asked for again after it was dropped is tried again
+            for session_id, (session, params) in wanted.items():
+                if session_id not in lives and session_id not in refused:  # (one being let go: once it is)
+                    log.info("%s: taken up", session)
+                    take_up(session, params)
+            dropped = [live for pk, live in lives.items() if pk not in wanted and not live.dropped]
+        else:
+            dropped = []
+        events: list[Event] = [Tick(time.monotonic())]
+        for live in dropped:
+            log.info("%s: no longer followed; finishing its exposures in flight", live.session)
+            live.dropped = True
+            events.append(SessionDropped(live.session.pk))
+        if signals.stop.is_set() and not state.stopping:
+            log.info("stopping: finishing %d exposures in flight", len(state.in_flight))
+            events.append(StopRequested())
         with transaction.atomic():  # one commit per turn, however many exposures it moves on
-            handle([Tick(time.monotonic())])
-            if signals.stop.is_set() and not state.stopping:
-                log.info("stopping: finishing %d exposures in flight", len(state.in_flight))
-                handle([StopRequested()])
-            if not state.stopping and now_s >= next_poll_s:
+            if not state.stopping and not signals.stop.is_set() and now_s >= next_poll_s:
                 next_poll_s = now_s + settings.watch.poll_interval_s
-                for live in lives:
-                    found = live.watcher.poll(now_s=now_s, final=not watch)
-                    handle(_admit(live, found, specs, live_of))
-                    if found:
-                        notify(live)
-            handle(_collect(futures))
+                for live in lives.values():
+                    if not live.dropped and (found := live.watcher.poll(now_s=now_s, final=not watch)):
+                        events += _admit(live, found, specs, live_of)
+                        live.changed = True
+            events += tasks.ended()
+            actions: list[Action] = []
+            for event in events:
+                state, new = decide(state, event)
+                actions += new
+            perform(actions)
+        for live in list(lives.values()):
+            if live.changed:
+                live.changed = False
+                if on_change is not None:
+                    on_change(live.session, queries.counts_by_state(live.session))
+            if live.dropped and not state.busy(live.session.pk):
+                let_go(live)
         if cluster.replace_lost is not None and now_s >= next_worker_check_s:
             next_worker_check_s = now_s + _WORKER_CHECK_S
             if lost := cluster.replace_lost():
                 log.warning("workers %s were lost (job ended); asked for replacements", ", ".join(lost))
         if prometheus is not None and now_s >= next_metrics_s:
             next_metrics_s = now_s + _METRICS_S
-            for live in lives:
+            for live in lives.values():
                 arrivals, results, backlog, failed = queries.metric_inputs(live.session)
                 metrics = session_metrics(
                     arrivals, results, backlog=backlog, failed=failed, now_s=now_s, window_s=settings.metrics.window_s
                 )
                 prometheus.update(live.session.name, metrics)
-        for live in lives:
+        for live in lives.values():
             if live.exports_dirty and now_s - live.last_export_s >= settings.scheduler.export_interval_s:
                 export.write_exports(live.session, Path(live.session.out_dir) / "exports")
                 live.exports_dirty, live.last_export_s = False, now_s
-        if state.idle and (state.stopping or (not watch and all(live.watcher.unsettled == 0 for live in lives))):
+        if state.idle and (
+            state.stopping or (not watch and all(live.watcher.unsettled == 0 for live in lives.values()))
+        ):
             break
-        _wait_any(futures, _WAKE_S)
+        tasks.wait(_WAKE_S)
 
     if prometheus is not None:
         prometheus.close()
-    for future in futures.values():
-        future.cancel()
-    counts: dict[int, dict[str, int]] = {}
-    for live in lives:
-        if left := store.reset_in_flight(live.session):
-            log.info("%s: %d exposures in flight were left to be processed next time", live.session, left)
-        export.write_exports(live.session, Path(live.session.out_dir) / "exports")
-        store.set_session_state(live.session, "stopped" if watch or left else "complete")
-        counts[live.session.pk] = queries.counts_by_state(live.session)
+    tasks.cancel()
+    for live in list(lives.values()):
+        let_go(live)
     return counts
 
 
@@ -269,9 +349,10 @@ def _admit(live: _Live, found: list[Found], specs: dict[int, ExposureSpec], live
     from emlive.db import store
 
     session = live.session
+    recorded = store.record_exposures(session, [(f.rel_path, f.stat.size_bytes, f.stat.mtime_ns) for f in found])
     events: list[Event] = []
-    for item in found:
-        exposure, _ = store.record_exposure(session, item.rel_path, item.stat.size_bytes, item.stat.mtime_ns)
+    cached: list[tuple[int, ExposureResult]] = []
+    for item, (exposure, _) in zip(found, recorded, strict=True):
         if exposure.state not in ("found", "submitted"):
             continue  # processed or failed before, and the file has not changed since
         if item.reason is not None:
@@ -282,46 +363,88 @@ def _admit(live: _Live, found: list[Found], specs: dict[int, ExposureSpec], live
             name=str(Path(item.rel_path).with_suffix("")),
             out_dir=Path(session.out_dir),
         )
-        specs[exposure.pk], live_of[exposure.pk] = spec, live
-        cached = completed_result(spec, live.params)
-        if cached is not None:
+        result = completed_result(spec, live.params)
+        if result is not None:
             log.info("%s: results found on disk, stored without recomputing", item.rel_path)
-            store.store_exposure_result(exposure.pk, cached)
-            live.exports_dirty = True
+            cached.append((exposure.pk, result))
         else:
+            specs[exposure.pk], live_of[exposure.pk] = spec, live
             events.append(ExposureReady(exposure.pk, session.pk))
+    if cached:
+        store.store_exposure_results(cached)
+        live.exports_dirty = True
     return events
 
 
-def _wait_any(futures: dict[int, Future], timeout_s: float) -> None:
-    """Sleep until a task ends or ``timeout_s`` passes."""
-    if not futures:
-        time.sleep(timeout_s)
-        return
-    try:
-        wait(list(futures.values()), timeout=timeout_s, return_when="FIRST_COMPLETED")
-    except TimeoutError:
-        pass
+class _Tasks:
+    """The tasks in flight, and which have ended: Dask tells (a callback per task), so the loop
+    waits on one event rather than asking the scheduler about each task each turn, and fetches
+    the results of a turn in one call."""
 
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._futures: dict[int, Future] = {}
+        self._ended: list[tuple[int, Future]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
 
-def _collect(futures: dict[int, Future]) -> list[Event]:
-    """Events for tasks that have ended; permanent failures are bad input (ValueError)."""
-    events: list[Event] = []
-    for exposure_id, future in list(futures.items()):
-        if not future.done():
-            continue
-        del futures[exposure_id]
-        if future.status == "finished":
-            events.append(TaskFinished(exposure_id, future.result()))
-        elif future.status == "error":
-            error = future.exception()
-            if isinstance(error, ValueError):  # bad input or parameters: the message says what
-                events.append(TaskFailed(exposure_id, str(error), permanent=True))
+    def add(self, exposure_id: int, future: Future) -> None:
+        self._futures[exposure_id] = future
+        future.add_done_callback(lambda f: self._end(exposure_id, f))
+
+    def _end(self, exposure_id: int, future: Future) -> None:  # in Dask's callback thread
+        with self._lock:
+            self._ended.append((exposure_id, future))
+        self._wake.set()
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep until a task ends or ``timeout_s`` passes."""
+        self._wake.wait(timeout_s)
+
+    def ended(self) -> list[Event]:
+        """Events for the tasks that ended since last asked; permanent failures are bad input
+        (ValueError)."""
+        with self._lock:
+            ended, self._ended = self._ended, []
+            self._wake.clear()
+        ended = [(e, f) for e, f in ended if self._futures.get(e) is f]
+        if again := [(e, f) for e, f in ended if not f.done()]:
+            with self._lock:  # ended, then its result was lost with a worker: looked at next turn
+                self._ended += again
+        ended = [(e, f) for e, f in ended if f.done()]
+        for exposure_id, _ in ended:
+            del self._futures[exposure_id]
+        finished = [(e, f) for e, f in ended if f.status == "finished"]
+        events: list[Event] = []
+        if finished:
+            try:
+                results = self._client.gather([f for _, f in finished])
+            except Exception:  # one of them lost meanwhile: ask each on its own
+                events += [_ended_event(e, f) for e, f in finished]
             else:
-                events.append(TaskFailed(exposure_id, f"{type(error).__name__}: {error}", permanent=False))
-        else:  # cancelled or lost with its worker: worth another try
-            events.append(TaskFailed(exposure_id, f"task {future.status}", permanent=False))
-    return events
+                events += [TaskFinished(e, r) for (e, _), r in zip(finished, results, strict=True)]
+        events += [_ended_event(e, f) for e, f in ended if f.status != "finished"]
+        return events
+
+    def cancel(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+
+
+def _ended_event(exposure_id: int, future: Future) -> Event:
+    """The event for one task that has ended."""
+    if future.status == "finished":
+        try:
+            return TaskFinished(exposure_id, future.result())
+        except Exception as error:  # its result was lost: worth another try
+            return TaskFailed(exposure_id, f"{type(error).__name__}: {error}", permanent=False)
+    if future.status == "error":
+        error = future.exception()
+        if isinstance(error, ValueError):  # bad input or parameters: the message says what
+            return TaskFailed(exposure_id, str(error), permanent=True)
+        return TaskFailed(exposure_id, f"{type(error).__name__}: {error}", permanent=False)
+    return TaskFailed(exposure_id, f"task {future.status}", permanent=False)  # cancelled: another try
 
 
 def _gpu_resources(params: PipelineParams, settings: Settings, client: Client) -> dict[str, float] | None:
