@@ -252,8 +252,12 @@ def test_a_live_session_in_the_browser(server: str, tmp_path: Path, artifacts: P
             assert kept == [f"movie_{i:03d}" for i in range(FIRST + LATER) if i not in rejected]
             assert (mics["rlnCtfMaxResolution"] <= RESOLUTION_LIMIT_A).all()
 
-            # A rejected exposure's own page: verdict, drift plot, pictures.
-            page.click(f"#exposures a:text('movie_{rejected[0]:03d}.tif')")
+            # A rejected exposure's own page, reached by clicking its point in a plot (the
+            # handler Plotly calls): verdict, drift plot, pictures.
+            rejected_id = page.evaluate("document.getElementById('plot-resolution').data[1].customdata[0]")
+            page.evaluate(f"document.getElementById('plot-resolution').emit('plotly_click', {{points: [{{customdata: {rejected_id}}}]}})")
+            expect(page).to_have_url(f"{server}/dashboard/exposures/{rejected_id}/")
+            expect(page.locator("h1")).to_have_text(f"movie_{rejected[0]:03d}.tif")
             expect(page.locator("#verdict")).to_have_text("rejected")
             expect(page.locator("#plot-drift .main-svg").first).to_be_visible()
             assert page.evaluate("Array.from(document.querySelectorAll('img.big')).every(i => i.complete && i.naturalWidth > 0)")
