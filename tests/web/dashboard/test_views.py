@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -160,8 +161,6 @@ def test_exports_are_written_on_download_when_missing_or_older_than_the_results(
     first = alice.get(f"/dashboard/sessions/{session.pk}/exports/corrected_micrographs.star")
     assert first.status_code == 200 and len(starfile.read(path, always_dict=True)["micrographs"]) == 4
     add_processed(session, 9)
-    import os
-
     os.utime(path, (0, 0))  # written long before the new result
     alice.get(f"/dashboard/sessions/{session.pk}/exports/corrected_micrographs.star")
     assert len(starfile.read(path, always_dict=True)["micrographs"]) == 5
@@ -228,7 +227,7 @@ def test_scripts_come_from_the_package_not_a_cdn(web):
     assert client.get("/static/emlive/%2e%2e%2fviews.py").status_code in (400, 404)
 
 
-def test_the_session_page_reads_a_bounded_number_of_times(web, alice, session, add_processed, assert_num_queries):
+def test_the_session_page_reads_a_bounded_number_of_times(web, alice, session, add_processed):
     """The page's queries do not grow with the number of exposures (no query per row)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
