@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import sqlite3
+import subprocess
+
 import numpy as np
 import pytest
 import starfile
@@ -9,7 +15,7 @@ import starfile
 from emlive.io.mrc import read_mrc
 from emlive.synth.session import write_session
 
-from ..conftest import run_emlive
+from ..conftest import emlive_command, run_emlive
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +101,48 @@ def test_process_takes_the_motion_options_of_motioncorr(tmp_path):
     assert image.shape == (256, 256) and pixel_size_a == pytest.approx(2.0)
     star = starfile.read(next((out / "motion").glob("*.star")), always_dict=True)
     assert star["general"]["rlnMotionModelVersion"] == 0  # --patches 1 1: global alignment only
+
+
+def _service_cli(*args: object, data_root, stdin: str = "") -> subprocess.CompletedProcess:
+    """A user/token/serve command on the service's default database under ``data_root``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMLIVE_")} | {
+        "EMLIVE_DATA_ROOT": str(data_root), "EMLIVE_CONFIG": "", "COLUMNS": "200",
+    }
+    return subprocess.run(emlive_command(*args), input=stdin, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_users_and_tokens_are_kept_in_the_services_database_and_tokens_only_hashed(tmp_path):
+    added = _service_cli(
+        "user", "add", "ann", "--project", "p1", "--project", "p2", "--password-stdin", data_root=tmp_path,
+        stdin="correct horse\n",
+    )
+    assert added.returncode == 0, added.stderr
+    assert "user ann added: projects: p1, p2; dashboard login" in added.stdout
+    created = _service_cli("token", "create", "ann", data_root=tmp_path)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"emlive_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}", token)
+
+    database = tmp_path / ".emlive" / "emlive.sqlite3"
+    _, key_id, secret = token.split("_", 2)
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as con:
+        stored = con.execute("SELECT key_id, secret_sha256 FROM emlive_apitoken").fetchall()
+        password, staff = con.execute("SELECT password, is_staff FROM auth_user WHERE username = 'ann'").fetchone()
+    assert stored == [(key_id, hashlib.sha256(secret.encode()).hexdigest())]
+    assert secret not in database.read_bytes().decode("latin-1")  # only its hash is stored
+    assert password.startswith("pbkdf2_sha256$") and not staff
+
+    again = _service_cli("user", "add", "ann", "--staff", data_root=tmp_path)  # an update keeps the password
+    assert again.returncode == 0 and "user ann updated: staff (every project); dashboard login" in again.stdout
+
+
+def test_user_and_token_mistakes_are_clear_errors(tmp_path):
+    unknown = _service_cli("token", "create", "bob", data_root=tmp_path)
+    assert unknown.returncode == 2 and "no user 'bob'" in unknown.stderr and "emlive user add bob" in unknown.stderr
+    assert unknown.stdout == ""
+    bad = _service_cli("user", "add", "../root", data_root=tmp_path)
+    assert bad.returncode == 2 and "user name '../root'" in bad.stderr
+    empty = _service_cli("user", "add", "ann", "--password-stdin", data_root=tmp_path, stdin="")
+    assert empty.returncode == 2 and "--password-stdin" in empty.stderr
+    nowhere = _service_cli("serve", "--port", 0, data_root=tmp_path / "nowhere")
+    assert nowhere.returncode == 2 and "nowhere is not a folder" in nowhere.stderr and "EMLIVE_DATA_ROOT" in nowhere.stderr
