@@ -139,8 +139,11 @@ def sessions_table(request: HttpRequest) -> HttpResponse:
     return render(request, "emlive/_sessions_table.html", {"sessions": _session_rows(request)})
 
 
-def _status_context(session: Session) -> dict[str, Any]:
-    arrivals, results, backlog, failed = queries.metric_inputs(session)
+MetricInputs = tuple[list[float], list[tuple[float, float]], int, int]
+
+
+def _status_context(session: Session, inputs: MetricInputs | None = None) -> dict[str, Any]:
+    arrivals, results, backlog, failed = inputs or queries.metric_inputs(session)
     metrics = session_metrics(arrivals, results, backlog=backlog, failed=failed, now_s=time.time(), window_s=METRICS_WINDOW_S)
     counts = queries.counts_by_state(session)
     verdicts = queries.curation_counts(session)
@@ -158,11 +161,12 @@ def _status_context(session: Session) -> dict[str, Any]:
     }
 
 
-def _plots_context(session: Session) -> dict[str, Any]:
+def _plots_context(session: Session, inputs: MetricInputs | None = None) -> dict[str, Any]:
+    marker = queries.change_marker(session)  # before the reads: a change meanwhile is sent next time
     curation = queries.session_curation(session)
-    arrivals, results, _, _ = queries.metric_inputs(session)
+    arrivals, results, _, _ = inputs or queries.metric_inputs(session)
     figures = plots.session_figures(queries.result_series(session, curation), arrivals, [done for _, done in results])
-    return {"session": session, "figures": figures, "marker": queries.change_marker(session)}
+    return {"session": session, "figures": figures, "plots_marker": marker}
 
 
 def _show(request: HttpRequest) -> str:
@@ -178,6 +182,7 @@ def _page_number(request: HttpRequest) -> int:
 
 
 def _exposures_context(request: HttpRequest, session: Session) -> dict[str, Any]:
+    marker = queries.change_marker(session)  # before the reads: a change meanwhile is sent next time
     curation = queries.session_curation(session)
     show = _show(request)
     rows = queries.with_verdict(
@@ -202,7 +207,7 @@ def _exposures_context(request: HttpRequest, session: Session) -> dict[str, Any]
         "page": page,
         "show": show,
         "show_choices": SHOW_CHOICES,
-        "marker": queries.change_marker(session),
+        "marker": marker,
     }
 
 
@@ -215,9 +220,10 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
 
 
 def _render_session(request: HttpRequest, session: Session, form: CurationForm, *, status: int = 200) -> HttpResponse:
+    inputs = queries.metric_inputs(session)
     context = {
-        **_status_context(session),
-        **_plots_context(session),
+        **_status_context(session, inputs),
+        **_plots_context(session, inputs),
         **_exposures_context(request, session),
         "form": form,
         "curation": queries.session_curation(session),
