@@ -99,7 +99,9 @@ def make_movie(kind: str, raw_dir: Path, seed: int, divisor: int = 1) -> None:
             write_mrc_atomic(path, counts.astype(np.int8), pixel_size_a=PIXEL_SIZE_A)
         else:
             with atomic_path(path) as tmp:
-                tifffile.imwrite(tmp, counts.astype(np.uint8), compression="lzw", photometric="minisblack")
+                # rows bottom-up: RELION, MotionCor2 and emlive read TIFF movies upside down, so
+                # the file is written so that what they read is the simulated frames
+                tifffile.imwrite(tmp, counts[:, ::-1].astype(np.uint8), compression="lzw", photometric="minisblack")
     np.save(raw_dir / f"{spec['name']}.image.npy", image[MARGIN_PX : MARGIN_PX + ny, MARGIN_PX : MARGIN_PX + nx])
     truth = {
         "drift_px": drift.tolist(),
@@ -255,11 +257,11 @@ def run_relion(raw_dir: Path, out_dir: Path, kind: str, *, threads: int, patches
 
 
 def score_relion(raw_dir: Path, out_dir: Path, kind: str) -> dict:
-    """RELION's trajectory error and sum quality. RELION reads TIFF movies upside down (rows
-    bottom-up; its shifts and sums are in that frame), so they are turned back for TIFF."""
+    """RELION's trajectory error and sum quality. RELION reads TIFF movies rows bottom-up, as
+    emlive does; the TIFF movie is written that way (:func:`make_movie`), so no flip here."""
     stem = (raw_dir / MOVIES[kind]["name"]).stem
     result_dir = out_dir / "MotionCorr" / "Movies"
-    flip = kind == "tiff"
+    flip = False
     return {
         "error_px": trajectory_error_px(raw_dir, kind, result_dir / f"{stem}.star", flip_y=flip),
         "frc": sum_quality(raw_dir, kind, result_dir / f"{stem}_noDW.mrc", flip_y=flip),

@@ -80,14 +80,15 @@ def test_lzw_tiff_round_trip_is_exact(tmp_path, rng, dtype):
     assert header.format == "tiff"
     assert (header.n_frames, header.shape, header.dtype) == (7, (40, 56), np.dtype(dtype))
     assert header.pixel_size_a is None
-    np.testing.assert_array_equal(read_movie(path), frames.astype(np.float32))
+    # rows bottom-up, as RELION and MotionCor2 read TIFF movies
+    np.testing.assert_array_equal(read_movie(path), frames[:, ::-1].astype(np.float32))
 
 
 def test_uncompressed_and_deflate_tiff(tmp_path, counts_movie):
     for compression in (None, "zlib"):
         path = tmp_path / f"m_{compression}.tiff"
         tifffile.imwrite(path, counts_movie, compression=compression, photometric="minisblack")
-        np.testing.assert_array_equal(read_movie(path), counts_movie.astype(np.float32))
+        np.testing.assert_array_equal(read_movie(path), counts_movie[:, ::-1].astype(np.float32))
 
 
 @pytest.mark.parametrize("suffix", [".mrc", ".tif"])
@@ -96,7 +97,7 @@ def test_frame_slices_and_iteration(tmp_path, counts_movie, mrc_writer, suffix):
     if suffix == ".mrc":
         mrc_writer(path, counts_movie.view(np.int8))
     else:
-        tifffile.imwrite(path, counts_movie, compression="lzw", photometric="minisblack")
+        tifffile.imwrite(path, counts_movie[:, ::-1], compression="lzw", photometric="minisblack")  # bottom-up
     expected = counts_movie.astype(np.float32)
     with open_movie(path) as movie:
         assert len(movie) == 6
@@ -185,13 +186,13 @@ def test_header_of_a_4k_movie_is_instant(tmp_path):
 
 def test_gain_multiplies_frames(tmp_path, rng, counts_movie, mrc_writer):
     path = tmp_path / "m.tif"
-    tifffile.imwrite(path, counts_movie, compression="lzw", photometric="minisblack")
+    tifffile.imwrite(path, counts_movie[:, ::-1], compression="lzw", photometric="minisblack")  # bottom-up
     gain = rng.uniform(0.8, 1.25, size=(48, 64)).astype(np.float32)
     expected = counts_movie.astype(np.float32) * gain
     np.testing.assert_array_equal(read_movie(path, gain=gain), expected)
     mrc_gain = mrc_writer(tmp_path / "gain.mrc", gain)
     tif_gain = tmp_path / "gain.tiff"
-    tifffile.imwrite(tif_gain, gain)
+    tifffile.imwrite(tif_gain, gain[::-1])  # TIFF gains are read bottom-up too, like RELION
     for source in (mrc_gain, tif_gain, str(tif_gain)):
         np.testing.assert_array_equal(read_movie(path, gain=source), expected)
     with open_movie(path, gain=gain) as movie:

@@ -25,6 +25,10 @@ _TIFF_SUFFIXES = {".tif", ".tiff", ".gain"}
 def read_gain(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a gain reference as float32 [y, x] from an MRC or TIFF file (first image).
 
+    ``.tif``/``.tiff`` images are read rows bottom-up, like TIFF movies and as RELION reads
+    them, so a TIFF gain matches a TIFF movie taken with it; EER ``.gain`` files are read
+    top-down, as EER frames are (RELION does the same).
+
     Raises :class:`GainError` naming the file when it cannot be read, is not one 2D image, or
     holds non-finite values.
     """
@@ -43,6 +47,10 @@ def read_gain(path: str | os.PathLike[str]) -> np.ndarray:
             tif, _ = open_tiff_checked(p, os.stat(p).st_size)  # chain and strips inside the file
             with tif:
                 data = tif.pages.first.asarray()
+            if suffix != ".gain" and data.ndim == 2:
+                # TIFF rows bottom-up, as the movies (emlive.io.movie) and as RELION reads any
+                # TIFF image; EER .gain files are not flipped (RELION reverts its flip for them)
+                data = data[::-1]
     except FileNotFoundError as err:
         raise GainError(f"{p}: gain reference not found; check the --gain path") from err
     except MovieFormatError as err:

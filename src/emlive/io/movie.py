@@ -37,6 +37,7 @@ import io
 import logging
 import math
 import os
+import queue
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -120,8 +121,11 @@ class MovieHeader:
 class _Reader(Protocol):
     header: MovieHeader
 
+    stored_dtype: np.dtype
+
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
-        """Fill float32 ``out`` (stop - start, ny, nx) with frames start..stop-1."""
+        """Fill ``out`` (stop - start, ny, nx) with frames start..stop-1 (any real dtype that
+        holds the stored values; float32 for :meth:`Movie.frames`)."""
 
     def close(self) -> None: ...
 
@@ -161,13 +165,19 @@ class _MrcReader:
         self._fh = fh
         self._offset = data_offset
         self._dtype = dtype
+        self.stored_dtype = dtype.newbyteorder("=")
         self._buffer: np.ndarray | None = None  # one stored frame, reused
+
+    def memmap(self) -> np.ndarray:
+        """The frames as a read-only memory map of the file (stored dtype, no copy)."""
+        n, (ny, nx) = self.header.n_frames, self.header.shape
+        return np.memmap(self.header.path, dtype=self._dtype, mode="r", offset=self._offset, shape=(n, ny, nx))
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         ny, nx = self.header.shape
         frame_bytes = ny * nx * self._dtype.itemsize
         self._fh.seek(self._offset + start * frame_bytes)
-        if self._dtype == out.dtype:  # native float32: straight into the output, no copy
+        if self._dtype == out.dtype:  # the stored type, native order: straight into the output
             _read_full(self._fh, memoryview(out).cast("B"), self.header.path)
             return
         if self._buffer is None:
@@ -246,38 +256,46 @@ def _open_mrc(path: Path, file_size: int) -> _MrcReader:
 
 
 class _TiffReader:
+    """TIFF movie frames, rows bottom-up: emlive's row 0 is the TIFF's last row.
+
+    RELION ("TIFF images are flipped along the slow axis when being read into memory"),
+    MotionCor2 and IMOD all read TIFF movies this way, so the shifts, the local model and the
+    sums emlive writes for a TIFF movie are in the frame those programs use (RELION's
+    polishing reads emlive's motion STAR file together with the TIFF movie).
+    """
+
     def __init__(self, header: MovieHeader, tif: tifffile.TiffFile) -> None:
         self.header = header
         self._tif = tif
-        self._page_dtype = np.dtype(tif.pages.first.dtype)
-        self._buffer: np.ndarray | None = None  # one decoded frame, reused
+        self.stored_dtype = np.dtype(tif.pages.first.dtype).newbyteorder("=")
+        self._buffer: np.ndarray | None = None  # decoded pages (k, ny, nx), reused
 
-    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+    def _decode(self, start: int, stop: int, buffer: np.ndarray) -> None:
         if stop - start > 1 and _DECODE_THREADS > 1:
             # pages decoded in parallel threads (LZW/deflate decoders release the GIL)
             try:
-                data = self._tif.asarray(key=range(start, stop), maxworkers=_DECODE_THREADS)
+                self._tif.asarray(key=range(start, stop), out=buffer, maxworkers=_DECODE_THREADS)
             except DECODE_ERRORS:
                 pass  # decode one by one below, to name the damaged frame
             else:
-                out[...] = data.reshape(out.shape)
                 return
         pages = self._tif.pages
-        direct = self._page_dtype == out.dtype  # native float32: decode into the output
-        if not direct and self._buffer is None:
-            self._buffer = np.empty(self.header.shape, self._page_dtype)
         for j, i in enumerate(range(start, stop)):
             try:
-                if direct:
-                    pages[i].asarray(out=out[j])
-                else:
-                    pages[i].asarray(out=self._buffer)
-                    out[j] = self._buffer
+                pages[i].asarray(out=buffer[j])
             except DECODE_ERRORS as err:
                 raise MovieFormatError(
                     f"{self.header.path}: cannot decode TIFF frame {i} ({type(err).__name__}: "
                     f"{err}); the file is damaged; copy it again from its source or remove it"
                 ) from err
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        k = stop - start
+        if self._buffer is None or self._buffer.shape[0] < k:
+            self._buffer = np.empty((k, *self.header.shape), self.stored_dtype)
+        buffer = self._buffer[:k]
+        self._decode(start, stop, buffer)
+        np.copyto(out, buffer[:, ::-1])  # rows bottom-up, as RELION and MotionCor2 read them
 
     def close(self) -> None:
         self._tif.close()
@@ -381,6 +399,9 @@ class _EerReader:
         self._rows_per_strip = rows_per_strip
         self._bounds = bounds
         self._strip_table: list[tuple[tuple[int, ...], tuple[int, ...]]] | None = None
+        self._accumulators: list[np.ndarray] = []
+        # a fraction holds at most one event per pixel and raw frame
+        self.stored_dtype = np.dtype(np.uint8 if max(header.fraction_sizes) <= 255 else np.uint16)
 
     def _strips(self, raw_index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(offsets, byte counts) of a raw frame's strips; the pages are parsed once, up front,
@@ -429,17 +450,28 @@ class _EerReader:
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         accumulates = _eer_decode_accumulates()
         self._strips(0)  # parse the pages before any thread starts
+        n = stop - start
+        n_threads = min(_DECODE_THREADS, n) if n > 1 else 1
+        # one uint16 accumulator per thread, reused (fresh 4K/8K arrays cost page faults)
+        while len(self._accumulators) < n_threads:
+            self._accumulators.append(np.empty(self.header.shape, np.uint16))
+        free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        for acc in self._accumulators[:n_threads]:
+            free.put(acc)
 
         def fraction_into(j: int) -> None:
-            acc = np.zeros(self.header.shape, np.uint16)
-            raw_start, raw_stop = self._bounds[start + j]
-            for raw in range(raw_start, raw_stop):
-                self._add_raw_frame(raw, acc, accumulates)
-            out[j] = acc
+            acc = free.get()
+            try:
+                acc.fill(0)
+                raw_start, raw_stop = self._bounds[start + j]
+                for raw in range(raw_start, raw_stop):
+                    self._add_raw_frame(raw, acc, accumulates)
+                np.copyto(out[j], acc, casting="unsafe")  # counts fit the stored dtype
+            finally:
+                free.put(acc)
 
-        n = stop - start
-        if n > 1 and _DECODE_THREADS > 1:  # fractions decoded in parallel (eer_decode releases the GIL)
-            with ThreadPoolExecutor(max_workers=min(_DECODE_THREADS, n)) as pool:
+        if n_threads > 1:  # fractions decoded in parallel (eer_decode releases the GIL)
+            with ThreadPoolExecutor(max_workers=n_threads) as pool:
                 list(pool.map(fraction_into, range(n)))  # the first error is raised here
         else:
             for j in range(n):
@@ -629,6 +661,37 @@ class Movie:
             if self.gain is not None:
                 out *= self.gain
         return out
+
+    @property
+    def stored_dtype(self) -> np.dtype:
+        """The dtype that holds the frames exactly as stored, before the gain: the file's for
+        MRC and TIFF; uint8 (or uint16 beyond 255 raw frames per fraction) for EER fractions."""
+        return self._open_reader().stored_dtype
+
+    def read_stored(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` (stop - start, ny, nx), C-contiguous, of :attr:`stored_dtype`, with
+        frames ``start..stop-1`` as stored: no gain, no cast (for keeping a movie compactly)."""
+        reader = self._open_reader()
+        shape = (stop - start, *self.header.shape)
+        if out.shape != shape or out.dtype != reader.stored_dtype or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be a C-contiguous {reader.stored_dtype} array of shape {shape}, got "
+                f"{out.dtype} {out.shape}"
+            )
+        if stop > start:
+            reader.read(start, stop, out)
+        return out
+
+    def memmap(self) -> np.ndarray | None:
+        """An MRC movie's frames (n, ny, nx) mapped read-only from the file, as stored (no
+        gain); None for other formats. Reading them costs no copy."""
+        reader = self._open_reader()
+        return reader.memmap() if isinstance(reader, _MrcReader) else None
+
+    def _open_reader(self) -> _Reader:
+        if self._reader is None:
+            raise ValueError(f"{self.header.path}: the movie is closed")
+        return self._reader
 
     def iter_frames(self, chunk: int = 1) -> Iterator[np.ndarray]:
         """Yield blocks of at most ``chunk`` frames (float32, gain applied), in order."""

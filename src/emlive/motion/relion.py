@@ -13,10 +13,9 @@ the exposure's stem, so its outputs carry emlive's names; they are then renamed 
 - RELION's ``<stem>.star`` → ``OUT/<stem>.star`` with ``rlnMicrographMovieName`` set to the
   real movie path (RELION 3.1 motion STAR; shifts in unbinned movie pixels).
 
-RELION reads TIFF movies bottom-up (its first image row is emlive's last): for TIFF input its
-micrographs are emlive's flipped upside down and its y shifts have the opposite sign. They are
-kept as RELION wrote them, so that its STAR file stays consistent with its own reading of the
-movie (for Bayesian polishing).
+RELION reads TIFF movies rows bottom-up, as MotionCor2 and emlive (:mod:`emlive.io.movie`) do:
+its micrographs, shifts and local model for TIFF input are in the same frame as the native
+engine's.
 
 EER movies are rendered by RELION with ``--eer_grouping`` raw frames per fraction: the
 grouping is ``n_raw // eer_fractions`` and the dose per fraction is scaled to the grouping, so

@@ -248,7 +248,8 @@ def write_movie(
     else:
         dtype = np.uint8 if counts.max() <= np.iinfo(np.uint8).max else np.uint16
         with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, counts.astype(dtype), compression="lzw", photometric="minisblack")
+            # rows bottom-up: RELION, MotionCor2 and emlive read TIFF movies upside down
+            tifffile.imwrite(tmp, counts[:, ::-1].astype(dtype), compression="lzw", photometric="minisblack")
     return path
 
 
