@@ -321,10 +321,8 @@ def _newton_moments_matrix(kx: np.ndarray, nx: int) -> np.ndarray:
 
 def _second_moments(power: np.ndarray, ky: np.ndarray, moments_matrix: np.ndarray) -> np.ndarray:
     """(b, 3) moments Σ c kx² P, Σ c ky² P, Σ c kx ky P of real half-spectra P (b, ny', nfx')."""
-    b, ny_c, nfx_c = power.shape
-    interleaved = np.zeros((b, ny_c, nfx_c, 2), dtype=np.float32)
-    interleaved[..., 0] = power
-    rows = (interleaved.reshape(b, ny_c, 2 * nfx_c) @ moments_matrix[:, 2:]).astype(np.float64)
+    # the real parts' rows of the matrix (even rows) act on the real power directly
+    rows = (power @ moments_matrix[0::2, 2:]).astype(np.float64)
     return np.stack(
         [
             rows[:, :, 0].sum(axis=1),
