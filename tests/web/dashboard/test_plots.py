@@ -104,3 +104,15 @@ def test_reasons_name_the_value_and_the_limit():
         "fit resolution 7.25 Å is worse than 5 Å",
         "astigmatism 1000 Å is more than 500 Å",
     ]
+
+
+def test_every_figure_is_valid_plotly():
+    """Plotly's own schema accepts every trace and layout property the dashboard sends."""
+    import plotly.graph_objects as go
+
+    figures = plots.session_figures(series(5, rejected={2}), [T0, T0 + 60], [T0 + 30])
+    figures["drift"] = plots.drift_figure([[0.0, 0.0], [1.0, 1.0]], pixel_size_a=1.0)
+    figures["webgl"] = plots.session_figures(series(plots.WEBGL_ABOVE_POINTS + 1), [], [])["defocus"]
+    for name, figure in figures.items():
+        go.Figure(figure)  # raises ValueError naming any property Plotly does not know
+        assert figure["layout"]["title"]["text"], name
