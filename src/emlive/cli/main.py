@@ -365,13 +365,11 @@ DatabaseUrl = Annotated[
 
 def _service_database(config: Path | None, database_url: str | None) -> None:
     """Open the database ``emlive serve`` uses (or the one given) for a user/token command."""
-    from emlive.db.setup import setup_database
-    from emlive.web.service import ServiceError
-    from emlive.web.service import database_url as service_database_url
+    from emlive.web.service import ServiceError, open_database
 
     settings = _settings(config, **({"database_url": database_url} if database_url else {}))
     try:
-        setup_database(service_database_url(settings))
+        open_database(settings, sign_logins=False)
     except (ServiceError, ValueError) as err:
         raise _fail(str(err)) from None
 

@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import stat
 import threading
 import time
@@ -110,14 +111,25 @@ def secret_key(settings: Settings) -> str:
     return key
 
 
-def open_database(settings: Settings, *, migrate: bool = True) -> str:
-    """Configure Django for the service's database with its secret key (and migrate it).
-    Returns the database URL."""
+def open_database(settings: Settings, *, migrate: bool = True, sign_logins: bool = True) -> str:
+    """Configure Django for the service's database (and migrate it); with ``sign_logins``, with
+    the service's secret key (else a random one: for commands that serve no logins). Returns the
+    database URL; a database that cannot be reached is a :class:`ServiceError`."""
     url = database_url(settings)
-    if migrate:
-        setup_database(url, secret_key=secret_key(settings))
-    else:
-        configure_django(url, secret_key=secret_key(settings))
+    key = secret_key(settings) if sign_logins else None
+    try:
+        if migrate:
+            setup_database(url, secret_key=key)
+        else:
+            configure_django(url, secret_key=key)
+    except ValueError:
+        raise
+    except Exception as err:
+        from django.db import DatabaseError
+
+        if isinstance(err, DatabaseError):
+            raise ServiceError(f"cannot use the database {redact_url(url)}: {err}".strip()) from err
+        raise
     return url
 
 
@@ -200,14 +212,13 @@ class Service:
             threading.Thread(target=self._controller, name="emlive-controller", daemon=True),
             threading.Thread(target=self._notifications, name="emlive-notify", daemon=True),
         ]
-        with self._signal_handlers(server):
+        with _listen(web.host, web.port) as sock, self._signal_handlers(server):
+            host, port = sock.getsockname()[:2]
+            log.info("listening on http://%s:%d: the API (/api/v1/), the dashboard (/dashboard/) and the "
+                     "compatible routes (/{project}/{user}/sessions …)", _url_host(host), port)
             for thread in threads:
                 thread.start()
-            log.info(
-                "serving the API (/api/v1/), the dashboard (/dashboard/) and the compatible routes on http://%s:%d",
-                web.host, web.port,
-            )
-            server.run()
+            server.run(sockets=[sock])
             self.signals.stop.set()  # the server stopped for a reason of its own: stop the rest
             for thread in threads:
                 thread.join()
@@ -262,7 +273,7 @@ class Service:
 
         interval_s = notify_interval_s(self.settings)
         try:
-            while not self.controller_ready.wait(interval_s):  # time before is nobody's fault
+            while not self.controller_ready.wait(0.2):  # time before is nobody's fault
                 if self.signals.stop.is_set():
                     return
             notifier = notify.Notifier(rules(self.settings), watching_since_s=time.time())
@@ -276,6 +287,23 @@ class Service:
             self._fail("notifications", err)
         finally:
             connections.close_all()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free one); bound before anything else
+    starts, so a taken port is one clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as err:
+        raise ServiceError(
+            f"cannot listen on {host}:{port}: {err.strerror or err}; choose another [web] port/host "
+            "(--port, --host) or stop what uses it"
+        ) from None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _server(config: uvicorn.Config) -> uvicorn.Server:

@@ -42,7 +42,7 @@ class Hook:
 @pytest.fixture
 def hook() -> Iterator[Hook]:
     hook = Hook()
-    thread = threading.Thread(target=hook.server.serve_forever, daemon=True)
+    thread = threading.Thread(target=hook.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield hook
     hook.server.shutdown()

@@ -3,6 +3,9 @@ parameters, and a notification round against the database and a real webhook."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import stat
 import time
 
@@ -109,3 +112,42 @@ def test_a_session_resumed_meanwhile_is_not_marked_complete(db, tmp_path):
     session.refresh_from_db()
     assert session.state == "processing"
     assert notify.mark_complete(session.pk, cycle_started_s=session.cycle_started_at.timestamp())
+
+
+def _service_settings(db, tmp_path, **web) -> Settings:
+    return Settings(data_root=tmp_path, database_url=db.url, web={"host": "127.0.0.1", "port": 0, **web})
+
+
+def test_sigterm_lets_the_controller_finish_and_a_second_signal_abandons(db, tmp_path, caplog):
+    caplog.set_level("INFO", logger="emlive.web.service")
+    seen: list[str] = []
+
+    def controller(settings, signals, ready):
+        ready()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.stop.wait(10)
+        seen.append("stop")
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.abandon.wait(10)
+        seen.append("abandon")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    assert service.Service(_service_settings(db, tmp_path), run_controller=controller).run() == 0
+    assert seen == ["stop", "abandon"] and signal.getsignal(signal.SIGTERM) is previous
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert "listening on http://127.0.0.1:" in messages and "stopped cleanly" in messages
+
+
+def test_a_failing_controller_stops_the_service_with_exit_code_1(db, tmp_path, caplog):
+    def controller(settings, signals, ready):
+        raise RuntimeError("no workers could start")
+
+    assert service.Service(_service_settings(db, tmp_path), run_controller=controller).run() == 1
+    assert "the controller stopped: RuntimeError: no workers could start" in caplog.text
+
+
+def test_a_taken_port_is_a_clear_error(db, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(service.ServiceError, match=f"cannot listen on 127.0.0.1:{port}"):
+            service.Service(_service_settings(db, tmp_path, port=port), run_controller=lambda *a: None).run()
