@@ -135,9 +135,17 @@ def test_users_and_tokens_are_kept_in_the_services_database_and_tokens_only_hash
     again = _service_cli("user", "add", "ann", "--staff", data_root=tmp_path)  # an update keeps the password
     assert again.returncode == 0 and "user ann updated: staff (every project); dashboard login" in again.stdout
 
+    listed = _service_cli("token", "list", "ann", data_root=tmp_path)
+    assert listed.returncode == 0 and listed.stdout.startswith(f"{key_id}  made ") and "never used" in listed.stdout
+    revoked = _service_cli("token", "revoke", token, data_root=tmp_path)
+    assert revoked.returncode == 0 and f"token {key_id} of ann revoked" in revoked.stdout
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as con:
+        assert con.execute("SELECT count(*) FROM emlive_apitoken").fetchone() == (0,)
+
 
 def test_user_and_token_mistakes_are_clear_errors(tmp_path):
     unknown = _service_cli("token", "create", "bob", data_root=tmp_path)
+    assert _service_cli("token", "revoke", "0123456789abcdef", data_root=tmp_path).returncode == 2
     assert unknown.returncode == 2 and "no user 'bob'" in unknown.stderr and "emlive user add bob" in unknown.stderr
     assert unknown.stdout == ""
     bad = _service_cli("user", "add", "../root", data_root=tmp_path)

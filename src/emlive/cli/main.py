@@ -433,6 +433,45 @@ def token_create(
     typer.echo(token)
 
 
+@token_app.command("list")
+def token_list(
+    name: Annotated[str, typer.Argument(help="The user whose tokens to list")],
+    database_url: DatabaseUrl = None,
+    config: ConfigOption = None,
+) -> None:
+    """List a user's tokens: key id (the part after 'emlive_'), when made, when last used."""
+    _service_database(config, database_url)
+    from django.contrib.auth.models import User
+
+    from emlive.db.models import ApiToken
+
+    if not User.objects.filter(username=name).exists():
+        raise _fail(f"no user {name!r}; add it first: emlive user add {name} [--staff] [--project P]")
+    for token in ApiToken.objects.filter(user__username=name).order_by("created_at"):
+        used = f"last used {token.last_used_at:%Y-%m-%d %H:%M} UTC" if token.last_used_at else "never used"
+        out.print(f"{token.key_id}  made {token.created_at:%Y-%m-%d %H:%M} UTC  {used}", highlight=False)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    key_id: Annotated[str, typer.Argument(help="The token's key id (from 'emlive token list'), or the whole token")],
+    database_url: DatabaseUrl = None,
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a token: requests carrying it are refused from now on."""
+    _service_database(config, database_url)
+    from emlive.db.models import ApiToken
+    from emlive.web.access import TOKEN_PREFIX
+
+    if key_id.startswith(TOKEN_PREFIX):
+        key_id = key_id.removeprefix(TOKEN_PREFIX).split("_", 1)[0]
+    token = ApiToken.objects.select_related("user").filter(key_id=key_id).first()
+    if token is None:
+        raise _fail(f"no token with key id {key_id!r}; see the key ids with: emlive token list USER")
+    token.delete()
+    out.print(f"token {key_id} of {token.user.username} revoked", highlight=False)
+
+
 def _overrides(*, settle_s: float | None, workers: int | None, database_url: str | None) -> dict[str, object]:
     """CLI flags as settings overrides (unset flags leave the configured values alone)."""
     overrides: dict[str, object] = {}
