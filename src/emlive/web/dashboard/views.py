@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -30,6 +32,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import json_script
 from django.views.decorators.http import require_GET, require_POST
 
 from emlive.curation import Curation
@@ -161,12 +164,29 @@ def _status_context(session: Session, inputs: MetricInputs | None = None) -> dic
     }
 
 
+_FIGURES_CACHE: OrderedDict[tuple[int, str], str] = OrderedDict()
+_FIGURES_CACHE_SIZE = 8
+_figures_lock = threading.Lock()
+
+
 def _plots_context(session: Session, inputs: MetricInputs | None = None) -> dict[str, Any]:
+    """The figures as a JSON ``<script>``, built once per session and change marker in this
+    process (everyone watching a session shares them; a large session's figures take about a
+    second to build)."""
     marker = queries.change_marker(session)  # before the reads: a change meanwhile is sent next time
-    curation = queries.session_curation(session)
-    arrivals, results, _, _ = inputs or queries.metric_inputs(session)
-    figures = plots.session_figures(queries.result_series(session, curation), arrivals, [done for _, done in results])
-    return {"session": session, "figures": figures, "plots_marker": marker}
+    key = (session.pk, marker)
+    with _figures_lock:
+        script = _FIGURES_CACHE.get(key)
+    if script is None:
+        curation = queries.session_curation(session)
+        arrivals, results, _, _ = inputs or queries.metric_inputs(session)
+        series = queries.result_series(session, curation)
+        script = json_script(plots.session_figures(series, arrivals, [done for _, done in results]), "plot-figures")
+        with _figures_lock:
+            _FIGURES_CACHE[key] = script
+            while len(_FIGURES_CACHE) > _FIGURES_CACHE_SIZE:
+                _FIGURES_CACHE.popitem(last=False)
+    return {"session": session, "figures_script": script, "plots_marker": marker}
 
 
 def _show(request: HttpRequest) -> str:
