@@ -273,7 +273,8 @@ def test_a_loop_turn_costs_the_same_statements_for_any_number_of_exposures(
     with assert_num_queries(2 + 1):
         assert db.store.mark_submitted_many(ids) == n
     results = [(pk, _pipeline_result(make_results, f"m{i:03d}", total_drift_a=float(i))) for i, pk in enumerate(ids)]
-    with assert_num_queries(2 + 4):  # lock the exposures, upsert motion, upsert CTF, update the exposures
+    # lock the exposures, upsert motion, upsert CTF, mark them processed, their steps' times
+    with assert_num_queries(2 + 5):
         db.store.store_exposure_results(results)
     with assert_num_queries(2 + 1):  # a rescan of a recorded folder
         again = db.store.record_exposures(session, found)

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from emlive.acquisition import Acquisition
@@ -391,7 +391,7 @@ def _result_row(
 
 
 def _store_rows(rows: Sequence[_ResultRow], *, now: datetime, skip_missing: bool = False) -> list[Exposure]:
-    """Store results and mark their exposures processed: four statements however many rows
+    """Store results and mark their exposures processed: five statements however many rows
     (upserts keep one result row per step and exposure; the last of an id given twice wins)."""
     by_id = {row.exposure_id: row for row in rows}
     ids = sorted(by_id)
@@ -416,17 +416,31 @@ def _store_rows(rows: Sequence[_ResultRow], *, now: datetime, skip_missing: bool
                 unique_fields=["exposure"],
                 update_fields=[*columns, "updated_at"],
             )
+        newly: list[int] = []
         for row in stored:
             exposure = exposures[row.exposure_id]
             exposure.motion_done_at, exposure.ctf_done_at = row.motion_done_at, row.ctf_done_at
             if exposure.state != Exposure.State.PROCESSED:
                 exposure.state = Exposure.State.PROCESSED
                 exposure.processed_at = now
+                newly.append(exposure.pk)
             else:
                 logger.info("exposure %s (%s) stored again; results updated", exposure.pk, exposure.path)
-        updated = [exposures[row.exposure_id] for row in stored]
-        Exposure.objects.bulk_update(updated, ["state", "processed_at", "motion_done_at", "ctf_done_at"])
-        return updated
+        for chunk in _chunks(newly):
+            Exposure.objects.filter(pk__in=chunk).update(state=Exposure.State.PROCESSED, processed_at=now)
+        _set_step_times(stored)
+        return [exposures[row.exposure_id] for row in stored]
+
+
+def _set_step_times(rows: Sequence[_ResultRow]) -> None:
+    """Each exposure's own step finish times, in one executemany (Django's bulk_update builds a
+    CASE expression per row and field, which cost more than all the other writes together)."""
+    meta, quote = Exposure._meta, connection.ops.quote_name
+    motion_at, ctf_at = (quote(meta.get_field(name).column) for name in ("motion_done_at", "ctf_done_at"))
+    sql = f"UPDATE {quote(meta.db_table)} SET {motion_at} = %s, {ctf_at} = %s WHERE {quote(meta.pk.column)} = %s"
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, [(adapt(r.motion_done_at), adapt(r.ctf_done_at), r.exposure_id) for r in rows])
 
 
 def store_result(
@@ -491,7 +505,7 @@ def store_exposure_result(exposure_id: int, result: ExposureResultLike) -> Expos
 def store_exposure_results(
     results: Sequence[tuple[int, ExposureResultLike]], *, skip_missing: bool = False
 ) -> list[Exposure]:
-    """:func:`store_exposure_result` for many exposures, in one transaction of four statements
+    """:func:`store_exposure_result` for many exposures, in one transaction of five statements
     however many there are. Every result is checked before anything is written. Returns the
     exposures stored; ``skip_missing`` leaves out (with a warning) exposures that no longer
     exist instead of raising ``Exposure.DoesNotExist``."""
