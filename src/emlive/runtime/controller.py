@@ -211,47 +211,77 @@ def decide(state: ControllerState, event: Event) -> tuple[ControllerState, list[
 
 def _forget(state: ControllerState, exposure_id: int) -> ControllerState:
     """The exposure is done with (stored or failed for good)."""
+    session_of, attempts, not_before_s = dict(state.session_of), dict(state.attempts), dict(state.not_before_s)
+    for table in (session_of, attempts, not_before_s):  # copies, then one key out: no loop in Python
+        table.pop(exposure_id, None)
     return replace(
         state,
         in_flight=state.in_flight - {exposure_id},
-        session_of={k: v for k, v in state.session_of.items() if k != exposure_id},
-        attempts={k: v for k, v in state.attempts.items() if k != exposure_id},
-        not_before_s={k: v for k, v in state.not_before_s.items() if k != exposure_id},
+        session_of=session_of,
+        attempts=attempts,
+        not_before_s=not_before_s,
     )
 
 
 def _fill(state: ControllerState) -> tuple[ControllerState, list[Action]]:
     """Submit while there is room in flight: one at a time to the session with the fewest in
     flight (then the one served least), from the end of its queue its order says."""
-    if state.stopping:
+    room = state.max_in_flight - len(state.in_flight)
+    if state.stopping or room <= 0:
         return state, []
+    taken: dict[int, set[int]] = {}
+
+    def first_ready(session_id: int, *, newest: bool) -> int | None:
+        """From the given end of the session's queue (usually its first look: queues can be long)."""
+        queue = state.queues[session_id]
+        skip = taken.get(session_id, ())
+        for exposure_id in reversed(queue) if newest else queue:
+            if exposure_id not in skip and state.not_before_s.get(exposure_id, 0.0) <= state.now_s:
+                return exposure_id
+        return None
+
+    candidates = {session_id for session_id in state.queues if first_ready(session_id, newest=False) is not None}
+    if not candidates:
+        return state, []
+    busy = dict.fromkeys(candidates, 0)
+    for exposure_id in state.in_flight:
+        if (s := state.session_of.get(exposure_id)) in busy:
+            busy[s] += 1
+    served, newest_next, attempts = dict(state.served), dict(state.newest_next), dict(state.attempts)
     submits: list[Action] = []
-    while len(state.in_flight) < state.max_in_flight:
-        ready = {
-            session_id: [e for e in queue if state.not_before_s.get(e, 0.0) <= state.now_s]
-            for session_id, queue in state.queues.items()
-        }
-        candidates = [session_id for session_id, eligible in ready.items() if eligible]
-        if not candidates:
-            break
-        busy = {s: 0 for s in candidates}
-        for exposure_id in state.in_flight:
-            if (s := state.session_of.get(exposure_id)) in busy:
-                busy[s] += 1
-        session_id = min(candidates, key=lambda s: (busy[s], state.served.get(s, 0), s))
-        newest = state.order == "newest" or (state.order == "alternate" and state.newest_next.get(session_id, True))
-        exposure_id = ready[session_id][-1 if newest else 0]
-        attempt = state.attempts.get(exposure_id, 0) + 1
-        state = replace(
-            state,
-            queues=state.queues | {session_id: tuple(e for e in state.queues[session_id] if e != exposure_id)},
-            in_flight=state.in_flight | {exposure_id},
-            attempts=state.attempts | {exposure_id: attempt},
-            served=state.served | {session_id: state.served.get(session_id, 0) + 1},
-            newest_next=state.newest_next | {session_id: not newest},
-        )
-        submits.append(Submit(exposure_id, attempt))
+    while room > 0 and candidates:
+        session_id = min(candidates, key=lambda s: (busy[s], served.get(s, 0), s))
+        newest = state.order == "newest" or (state.order == "alternate" and newest_next.get(session_id, True))
+        exposure_id = first_ready(session_id, newest=newest)
+        assert exposure_id is not None  # a candidate has one
+        attempts[exposure_id] = attempts.get(exposure_id, 0) + 1
+        busy[session_id] += 1
+        served[session_id] = served.get(session_id, 0) + 1
+        newest_next[session_id] = not newest
+        taken.setdefault(session_id, set()).add(exposure_id)
+        submits.append(Submit(exposure_id, attempts[exposure_id]))
+        room -= 1
+        if first_ready(session_id, newest=False) is None:
+            candidates.discard(session_id)
+    state = replace(
+        state,
+        queues=state.queues | {s: _without(state.queues[s], out) for s, out in taken.items()},
+        in_flight=state.in_flight | {e for out in taken.values() for e in out},
+        attempts=attempts,
+        served=served,
+        newest_next=newest_next,
+    )
     return state, submits
+
+
+def _without(queue: tuple[int, ...], out: set[int]) -> tuple[int, ...]:
+    """``queue`` less ``out``; taken from one end (the usual case), a slice."""
+    k = len(out)
+    if set(queue[:k]) == out:
+        return queue[k:]
+    if set(queue[-k:]) == out:
+        return queue[:-k]
+    return tuple(e for e in queue if e not in out)
 
 
 def _scale(state: ControllerState) -> tuple[ControllerState, list[Action]]:

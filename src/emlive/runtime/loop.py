@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 _WAKE_S = 0.1  # longest wait for a task to end before the watcher and clock are looked at again
 _WORKER_CHECK_S = 2.0  # how often lost batch-system workers are looked for
 _METRICS_S = 5.0  # how often Prometheus metrics are recomputed
+_EXPORT_TIME_SHARE = 0.1  # the most of the loop's time a session's periodic exports may take
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class _Live:
     resources: dict[str, float] | None
     exports_dirty: bool = True
     last_export_s: float = 0.0
+    export_cost_s: float = 0.0  # how long the last export took
     changed: bool = False  # its counts changed this turn (on_change is told once, at the end)
     dropped: bool = False  # no longer followed: finishes what it has in flight, then is let go
 
@@ -318,8 +320,13 @@ def run_sessions(
                 )
                 prometheus.update(live.session.name, metrics)
         for live in lives.values():
-            if live.exports_dirty and now_s - live.last_export_s >= settings.scheduler.export_interval_s:
+            # at most every export_interval_s, and never more than a share of the loop's time:
+            # a large session's export takes long, and the loop does nothing else meanwhile
+            interval_s = max(settings.scheduler.export_interval_s, live.export_cost_s / _EXPORT_TIME_SHARE)
+            if live.exports_dirty and now_s - live.last_export_s >= interval_s:
+                started_s = time.perf_counter()
                 export.write_exports(live.session, Path(live.session.out_dir) / "exports")
+                live.export_cost_s = time.perf_counter() - started_s
                 live.exports_dirty, live.last_export_s = False, now_s
         if state.idle and (
             state.stopping or (not watch and all(live.watcher.unsettled == 0 for live in lives.values()))
