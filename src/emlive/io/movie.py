@@ -36,6 +36,7 @@ import functools
 import io
 import logging
 import math
+import mmap
 import os
 import queue
 import struct
@@ -169,9 +170,15 @@ class _MrcReader:
         self._buffer: np.ndarray | None = None  # one stored frame, reused
 
     def memmap(self) -> np.ndarray:
-        """The frames as a read-only memory map of the file (stored dtype, no copy)."""
+        """The frames as a read-only memory map of the file (stored dtype, no copy), its pages
+        mapped up front (MAP_POPULATE: one call instead of a page fault per 4 KiB)."""
         n, (ny, nx) = self.header.n_frames, self.header.shape
-        return np.memmap(self.header.path, dtype=self._dtype, mode="r", offset=self._offset, shape=(n, ny, nx))
+        count = n * ny * nx
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mapped = mmap.mmap(
+            self._fh.fileno(), self._offset + count * self._dtype.itemsize, flags=flags, prot=mmap.PROT_READ
+        )
+        return np.frombuffer(mapped, dtype=self._dtype, count=count, offset=self._offset).reshape(n, ny, nx)
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         ny, nx = self.header.shape

@@ -35,7 +35,10 @@ blended with its neighbours by linear ramps over a narrow overlap (weights that 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,10 +201,13 @@ def align_patches(
     centres = []
     shifts = np.zeros((len(windows), n, 2))
     scale2 = sx * sy
-    for p, (y0, y1, x0, x1) in enumerate(windows):
-        stack = np.ascontiguousarray(aligned_frames[:, y0:y1, x0:x1])
+    for y0, y1, x0, x1 in windows:
         centres.append(((x0 + (x1 - x0 - 1) / 2.0) * sx, (y0 + (y1 - y0 - 1) / 2.0) * sy))
-        spectra = scipy.fft.rfft2(stack, axes=(-2, -1), workers=workers)
+
+    def align_one(p: int) -> None:
+        y0, y1, x0, x1 = windows[p]
+        stack = np.ascontiguousarray(aligned_frames[:, y0:y1, x0:x1])
+        spectra = scipy.fft.rfft2(stack, axes=(-2, -1), workers=1)
         found = align_frames(
             spectra,
             bfactor_px2=bfactor_px2 / scale2,
@@ -209,11 +215,20 @@ def align_patches(
             tolerance_px=tolerance_px / max(sx, sy),
             max_iterations=max_iterations,
             nx=x1 - x0,
-            boundary=boundary_spectra(stack, workers=workers),
-            workers=workers,
+            boundary=boundary_spectra(stack, workers=1),
+            workers=1,
         )
         shifts[p, :, 0] = found[:, 0] * sx
         shifts[p, :, 1] = found[:, 1] * sy
+
+    # patches are independent: one per thread (numpy and the transforms release the GIL)
+    n_threads = max(1, min(_threads(workers), len(windows)))
+    if n_threads == 1:
+        for p in range(len(windows)):
+            align_one(p)
+    else:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            list(pool.map(align_one, range(len(windows))))
     return PatchShifts(np.asarray(centres, dtype=np.float64), shifts)
 
 
@@ -299,10 +314,14 @@ def local_sums(
     tile_px: int,
     dose_filters: Callable[[tuple[int, int]], np.ndarray] | None = None,
     workers: int | None = None,
+    scale: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
 ) -> np.ndarray:
     """The aligned sum (and, with ``dose_filters``, the dose-weighted sum) under the local model.
 
-    ``frames`` (n, ny, nx) float32 real frames; ``global_shifts_px`` (n, 2) global corrections;
+    ``frames`` (n, ny, nx) real frames of any real dtype (e.g. a movie's stored int8/uint8),
+    corrected as ``frames[t] * scale + offset`` when ``scale``/``offset`` (ny, nx) float32 are
+    given (the gain, bad pixels' replacements), a tile at a time; ``global_shifts_px`` (n, 2) global corrections;
     ``coefficients`` (36,) the local model (:func:`evaluate_model`) on ``(ny, nx)``;
     ``tile_px`` the tile core size (:func:`tile_size_for_model`). ``dose_filters(shape)``
     returns the per-frame weights (n, h, w // 2 + 1) on the half-spectrum grid of an (h, w)
@@ -317,43 +336,70 @@ def local_sums(
     if weights is not None and weights.shape != (n, win_y, win_x // 2 + 1):
         raise ValueError(f"dose filters must be ({n}, {win_y}, {win_x // 2 + 1}), got {weights.shape}")
     out = np.zeros((n_out, ny, nx), dtype=np.float32)
-    stack = np.empty((n, win_y, win_x), dtype=np.float32)
     global_shifts = np.asarray(global_shifts_px, dtype=np.float64)
     frame_index = np.arange(n)
-    for ty in range(len(bounds_y) - 1):
-        for tx in range(len(bounds_x) - 1):
-            y_lo, y_hi = bounds_y[ty], bounds_y[ty + 1]
-            x_lo, x_hi = bounds_x[tx], bounds_x[tx + 1]
-            total = global_shifts + evaluate_model(
-                coefficients, (x_lo + x_hi) / 2.0, (y_lo + y_hi) / 2.0, frame_index, shape=(ny, nx)
-            )
-            whole = np.rint(total).astype(np.int64)
-            out_y0, out_x0 = y_lo - pad_y, x_lo - pad_x  # output position of the window's first pixel
-            fractional = np.empty((n, 2))
-            for t in range(n):
-                wy = out_y0 - int(whole[t, 1])
-                wx = out_x0 - int(whole[t, 0])
-                cy = min(max(wy, 0), ny - win_y)
-                cx = min(max(wx, 0), nx - win_x)
-                stack[t] = frames[t, cy : cy + win_y, cx : cx + win_x]
-                # frame content wanted at window pixel u is at u - (total - whole) + (window offset)
-                fractional[t, 0] = total[t, 0] - whole[t, 0] + (cx - wx)
-                fractional[t, 1] = total[t, 1] - whole[t, 1] + (cy - wy)
-            spectra = scipy.fft.rfft2(stack, axes=(-2, -1), workers=workers)
-            apply_shifts(spectra, fractional, crop_shape=(win_y, win_x), out=spectra)
-            sums = np.empty((n_out,) + spectra.shape[1:], dtype=np.complex64)
-            sums[0] = spectra.sum(axis=0)
-            if weights is not None:
-                spectra *= weights
-                sums[1] = spectra.sum(axis=0)
-            del spectra
-            images = scipy.fft.irfft2(sums, s=(win_y, win_x), axes=(-2, -1), workers=workers)
-            # what this tile writes: its core plus the overlaps, inside the image
-            y0, y1 = max(y_lo - _TILE_OVERLAP_PX, 0), min(y_hi + _TILE_OVERLAP_PX, ny)
-            x0, x1 = max(x_lo - _TILE_OVERLAP_PX, 0), min(x_hi + _TILE_OVERLAP_PX, nx)
-            blend = (
-                _ramp(np.arange(y0, y1), y_lo, y_hi, ty == 0, ty == len(bounds_y) - 2)[:, None]
-                * _ramp(np.arange(x0, x1), x_lo, x_hi, tx == 0, tx == len(bounds_x) - 2)[None, :]
-            ).astype(np.float32)
-            out[:, y0:y1, x0:x1] += images[:, y0 - out_y0 : y1 - out_y0, x0 - out_x0 : x1 - out_x0] * blend
+    tiles = [(ty, tx) for ty in range(len(bounds_y) - 1) for tx in range(len(bounds_x) - 1)]
+    n_threads = max(1, min(_threads(workers), len(tiles)))
+    lock = threading.Lock()
+    local = threading.local()
+
+    def tile_sum(ty: int, tx: int) -> None:
+        stack = getattr(local, "stack", None)
+        if stack is None:
+            stack = local.stack = np.empty((n, win_y, win_x), dtype=np.float32)
+        y_lo, y_hi = bounds_y[ty], bounds_y[ty + 1]
+        x_lo, x_hi = bounds_x[tx], bounds_x[tx + 1]
+        total = global_shifts + evaluate_model(
+            coefficients, (x_lo + x_hi) / 2.0, (y_lo + y_hi) / 2.0, frame_index, shape=(ny, nx)
+        )
+        whole = np.rint(total).astype(np.int64)
+        out_y0, out_x0 = y_lo - pad_y, x_lo - pad_x  # output position of the window's first pixel
+        fractional = np.empty((n, 2))
+        for t in range(n):
+            wy = out_y0 - int(whole[t, 1])
+            wx = out_x0 - int(whole[t, 0])
+            cy = min(max(wy, 0), ny - win_y)
+            cx = min(max(wx, 0), nx - win_x)
+            np.copyto(stack[t], frames[t, cy : cy + win_y, cx : cx + win_x], casting="unsafe")
+            if scale is not None:
+                stack[t] *= scale[cy : cy + win_y, cx : cx + win_x]
+            if offset is not None:
+                stack[t] += offset[cy : cy + win_y, cx : cx + win_x]
+            # frame content wanted at window pixel u is at u - (total - whole) + (window offset)
+            fractional[t, 0] = total[t, 0] - whole[t, 0] + (cx - wx)
+            fractional[t, 1] = total[t, 1] - whole[t, 1] + (cy - wy)
+        # each thread transforms its own tiles (parallel over tiles, not inside one transform)
+        spectra = scipy.fft.rfft2(stack, axes=(-2, -1), workers=1)
+        apply_shifts(spectra, fractional, crop_shape=(win_y, win_x), out=spectra)
+        sums = np.empty((n_out,) + spectra.shape[1:], dtype=np.complex64)
+        sums[0] = spectra.sum(axis=0)
+        if weights is not None:
+            spectra *= weights
+            sums[1] = spectra.sum(axis=0)
+        del spectra
+        images = scipy.fft.irfft2(sums, s=(win_y, win_x), axes=(-2, -1), workers=1)
+        # what this tile writes: its core plus the overlaps, inside the image
+        y0, y1 = max(y_lo - _TILE_OVERLAP_PX, 0), min(y_hi + _TILE_OVERLAP_PX, ny)
+        x0, x1 = max(x_lo - _TILE_OVERLAP_PX, 0), min(x_hi + _TILE_OVERLAP_PX, nx)
+        blend = (
+            _ramp(np.arange(y0, y1), y_lo, y_hi, ty == 0, ty == len(bounds_y) - 2)[:, None]
+            * _ramp(np.arange(x0, x1), x_lo, x_hi, tx == 0, tx == len(bounds_x) - 2)[None, :]
+        ).astype(np.float32)
+        part = images[:, y0 - out_y0 : y1 - out_y0, x0 - out_x0 : x1 - out_x0] * blend
+        with lock:  # neighbouring tiles overlap
+            out[:, y0:y1, x0:x1] += part
+
+    if n_threads == 1:
+        for ty, tx in tiles:
+            tile_sum(ty, tx)
+    else:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            list(pool.map(lambda tile: tile_sum(*tile), tiles))
     return out
+
+
+def _threads(workers: int | None) -> int:
+    """The number of threads ``workers`` means (scipy.fft's convention: -1 or None = all CPUs)."""
+    if workers is None or workers < 0:
+        return os.cpu_count() or 1
+    return max(1, workers)

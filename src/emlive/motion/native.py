@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +27,7 @@ import scipy.fft
 
 from emlive.acquisition import Acquisition
 from emlive.io.defects import defect_fill_values, hot_pixel_mask, read_defects, upsample_mask
-from emlive.io.movie import MovieHeader, open_movie
+from emlive.io.movie import Movie, MovieHeader, open_movie
 from emlive.io.mrc import write_mrc_atomic
 from emlive.io.star import write_star_atomic
 from emlive.motion.align import align_frames, boundary_spectra, crop_shape_for_bfactor, fourier_crop
@@ -195,34 +196,16 @@ def motion_correct(
             align_bin, align_shape = 1, full_shape
         spectra_shape = crop_shape if local else full_shape
         frames_ft = np.empty((n_frames, spectra_shape[0], spectra_shape[1] // 2 + 1), dtype=np.complex64)
-        frames = np.empty((n_frames, ny, nx), dtype=np.float32) if local else None
         edge_rows = np.empty((n_frames, align_shape[1] // 2 + 1), dtype=np.complex64)
         edge_columns = np.empty((n_frames, align_shape[0]), dtype=np.complex64)
-
-        def transform(start: int, stop: int, batch: np.ndarray) -> None:
-            seen = _bin_frames(batch, align_bin, align_shape) if align_bin > 1 else batch
-            spectra = scipy.fft.rfft2(seen, workers=workers)
-            frames_ft[start:stop] = fourier_crop(spectra, crop_shape) if local else spectra
-            edge_rows[start:stop], edge_columns[start:stop] = boundary_spectra(seen)
-
-        # Reading (decoding, casting, defect repair) of the next batch overlaps the transforms of
-        # the previous one: one batch in flight in a helper thread.
-        pending = None
-        with ThreadPoolExecutor(max_workers=1) as helper:
-            for start in range(0, n_frames, _READ_BATCH):
-                stop = min(start + _READ_BATCH, n_frames)
-                batch = source.frames(start, stop, out=None if frames is None else frames[start:stop])
-                if start == 0:
-                    repair = _defect_repair(batch, static_bad, detect_hot=params.detect_hot_pixels, movie=movie)
-                if repair is not None:
-                    index, values = repair
-                    batch.reshape(len(batch), -1)[:, index] = values
-                if pending is not None:
-                    pending.result()
-                pending = helper.submit(transform, start, stop, batch)
-                del batch
-            if pending is not None:
-                pending.result()
+        stored = scale = offset = None
+        if local:
+            stored, scale, offset = _read_for_local(
+                source, static_bad, params, movie, align_bin, align_shape, crop_shape,
+                frames_ft, (edge_rows, edge_columns), workers,
+            )
+        else:
+            _read_for_global(source, static_bad, params, movie, frames_ft, (edge_rows, edge_columns), workers)
     read_s = time.perf_counter() - started
 
     shifts = align_bin * align_frames(
@@ -241,7 +224,7 @@ def motion_correct(
     coefficients = None
     patch_shifts = None
     if local:
-        assert frames is not None
+        assert stored is not None
         aligned = globally_aligned_frames(
             frames_ft, shifts / align_bin, crop_shape=crop_shape, full_shape=align_shape, workers=workers
         )
@@ -269,8 +252,11 @@ def motion_correct(
                 voltage_kv=acq.voltage_kv,
             )
 
-        images = local_sums(frames, shifts, coefficients, tile_px=tile_px, dose_filters=dose_filters, workers=workers)
-        del frames
+        images = local_sums(
+            stored, shifts, coefficients, tile_px=tile_px, dose_filters=dose_filters, workers=workers,
+            scale=scale, offset=offset,
+        )
+        del stored, scale, offset
         micrograph, dose_weighted, out_pixel_a = _binned(images, params.bin_factor, acq.pixel_size_a, workers)
         del images
     else:
@@ -352,6 +338,149 @@ def motion_correct(
     )
 
 
+def _read_for_global(
+    source: Movie,
+    static_bad: np.ndarray | None,
+    params: MotionParams,
+    movie: Path,
+    frames_ft: np.ndarray,
+    boundary: tuple[np.ndarray, np.ndarray],
+    workers: int,
+) -> None:
+    """Fill ``frames_ft`` and ``boundary`` with the full-size frames' half-spectra and edge
+    jumps (global alignment only: the sums are made from these spectra)."""
+    n_frames = len(source)
+    edge_rows, edge_columns = boundary
+
+    def transform(start: int, stop: int, batch: np.ndarray) -> None:
+        frames_ft[start:stop] = scipy.fft.rfft2(batch, workers=workers)
+        edge_rows[start:stop], edge_columns[start:stop] = boundary_spectra(batch)
+
+    # Reading (decoding, casting, defect repair) of the next batch overlaps the transforms of
+    # the previous one: one batch in flight in a helper thread.
+    pending = None
+    repair = None
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        for start in range(0, n_frames, _READ_BATCH):
+            stop = min(start + _READ_BATCH, n_frames)
+            batch = source.frames(start, stop)
+            if start == 0:
+                repair = _defect_repair(batch.sum(axis=0, dtype=np.float32), len(batch), static_bad, params, movie)
+            if repair is not None:
+                index, values = repair
+                batch.reshape(len(batch), -1)[:, index] = values
+            if pending is not None:
+                pending.result()
+            pending = helper.submit(transform, start, stop, batch)
+            del batch
+        if pending is not None:
+            pending.result()
+
+
+def _read_for_local(
+    source: Movie,
+    static_bad: np.ndarray | None,
+    params: MotionParams,
+    movie: Path,
+    align_bin: int,
+    align_shape: tuple[int, int],
+    crop_shape: tuple[int, int],
+    frames_ft: np.ndarray,
+    boundary: tuple[np.ndarray, np.ndarray],
+    workers: int,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Read a movie for local alignment: keep its frames as stored (int8/uint8/uint16 …: a
+    quarter of float32's memory and page faults; an MRC is mapped from the file, no copy) and
+    fill ``frames_ft``/``boundary`` with the spectra and edge jumps of the binned, gain-
+    corrected, repaired frames on the alignment band.
+
+    Returns ``(stored, scale, offset)``: the corrected frame ``t`` is
+    ``stored[t] * scale + offset`` (``scale`` the gain with zeros at bad pixels, ``offset``
+    the replacement values there; either None when not needed)."""
+    n_frames = len(source)
+    ny, nx = source.header.shape
+    edge_rows, edge_columns = boundary
+    stored = source.memmap()
+    mapped = stored is not None
+    if stored is None:
+        stored = _populated_empty((n_frames, ny, nx), source.stored_dtype)
+    gain = source.gain
+    scale: np.ndarray | None = gain
+    offset: np.ndarray | None = None
+    frame = np.empty((ny, nx), np.float32)  # one corrected frame, reused
+    rows = np.empty((align_shape[0], nx), np.float32)
+    binned = np.empty((_READ_BATCH, *align_shape), np.float32)
+
+    def corrected(t: int) -> np.ndarray:
+        np.copyto(frame, stored[t], casting="unsafe")
+        if scale is not None:
+            np.multiply(frame, scale, out=frame)
+        if offset is not None:
+            np.add(frame, offset, out=frame)
+        return frame
+
+    def transform(start: int, stop: int) -> None:
+        for j, t in enumerate(range(start, stop)):
+            _bin_into(corrected(t), align_bin, binned[j], rows)
+        seen = binned[: stop - start]
+        spectra = scipy.fft.rfft2(seen, workers=workers)
+        frames_ft[start:stop] = fourier_crop(spectra, crop_shape) if spectra.shape[-2:] != frames_ft.shape[-2:] else spectra
+        edge_rows[start:stop], edge_columns[start:stop] = boundary_spectra(seen)
+
+    # Decoding the next batch (TIFF, EER; in threads that release the GIL) overlaps the
+    # binning and transforms of the previous one.
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        for start in range(0, n_frames, _READ_BATCH):
+            stop = min(start + _READ_BATCH, n_frames)
+            if not mapped:
+                source.read_stored(start, stop, out=stored[start:stop])
+            if start == 0:
+                frame_sum = stored[start:stop].sum(axis=0, dtype=np.float32)
+                if gain is not None:
+                    frame_sum *= gain
+                repair = _defect_repair(frame_sum, stop - start, static_bad, params, movie)
+                del frame_sum
+                if repair is not None:
+                    index, values = repair
+                    scale = np.ones((ny, nx), np.float32) if gain is None else gain.copy()
+                    scale.reshape(-1)[index] = 0.0
+                    offset = np.zeros((ny, nx), np.float32)
+                    offset.reshape(-1)[index] = values
+            if pending is not None:
+                pending.result()
+            pending = helper.submit(transform, start, stop)
+        if pending is not None:
+            pending.result()
+    return stored, scale, offset
+
+
+def _populated_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose pages the kernel maps up front (MAP_POPULATE): touching
+    a fresh multi-GB array page by page costs seconds of page faults on a virtual machine."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if nbytes == 0 or not populate:
+        return np.empty(shape, dtype)
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def _bin_into(frame: np.ndarray, factor: int, out: np.ndarray, rows: np.ndarray) -> None:
+    """Sums of factor x factor blocks of one frame (ny, nx) into ``out`` (by, bx), using
+    ``rows`` (by, nx) float32 as scratch; blocks beyond (by, bx) are left out."""
+    by, bx = out.shape
+    if factor == 1:
+        out[...] = frame[:by, :bx]
+        return
+    np.add(frame[0 : by * factor : factor], frame[1 : by * factor : factor], out=rows)
+    for j in range(2, factor):
+        rows += frame[j : by * factor : factor]
+    np.add(rows[:, 0 : bx * factor : factor], rows[:, 1 : bx * factor : factor], out=out)
+    for i in range(2, factor):
+        out += rows[:, i : bx * factor : factor]
+
+
 def _alignment_binning(shape: tuple[int, int], bfactor_px2: float) -> int:
     """The real-space binning of the frames the (local) alignment sees (1: none).
 
@@ -425,16 +554,16 @@ def _static_defects(acq: Acquisition, gain: np.ndarray | None, header: MovieHead
 
 
 def _defect_repair(
-    first_frames: np.ndarray, static_bad: np.ndarray | None, *, detect_hot: bool, movie: Path
+    frame_sum: np.ndarray, n_summed: int, static_bad: np.ndarray | None, params: MotionParams, movie: Path
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(flat indices, per-frame values) of the pixels to replace in every frame, or None.
 
-    Hot pixels are found on the sum of the first frames read (a hot pixel is hot in each).
+    ``frame_sum`` is the (gain-corrected) sum of the first ``n_summed`` frames; hot pixels are
+    found on it (a hot pixel is hot in each frame).
     """
-    frame_sum = first_frames.sum(axis=0, dtype=np.float32)  # counts: exact in float32
     bad = static_bad
     n_hot = 0
-    if detect_hot:
+    if params.detect_hot_pixels:
         hot = hot_pixel_mask(frame_sum, exclude=static_bad)
         n_hot = int(np.count_nonzero(hot))
         if n_hot:
@@ -445,7 +574,7 @@ def _defect_repair(
         "%s: replacing %d bad pixels (%d hot, %d from the defects and the gain's zeros)",
         movie.name, int(np.count_nonzero(bad)), n_hot, int(np.count_nonzero(bad)) - n_hot,
     )
-    return np.flatnonzero(bad), defect_fill_values(frame_sum, bad, n_frames=len(first_frames))
+    return np.flatnonzero(bad), defect_fill_values(frame_sum, bad, n_frames=n_summed)
 
 
 def _binned(
