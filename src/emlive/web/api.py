@@ -15,7 +15,9 @@ too: authentication, error answers and the data root.
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,8 +25,7 @@ from django.contrib.auth.models import User
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished
 from django.db import connections
-from django.db.models import Count, F, Q, QuerySet
-from django.db.models.functions import Abs
+from django.db.models import Count, F, QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import NinjaAPI
@@ -204,6 +205,43 @@ def _close_connections_after_asgi_request(sender: type | None, **kwargs: object)
 
 request_finished.connect(_close_connections_after_asgi_request, dispatch_uid="emlive.web.api.close_connections")
 
+STATUS_TTL_S = 1.0
+"""How long a session's status is reused, seconds: scripts poll it often and, on a session of
+20,000 exposures, counting them takes tens of milliseconds. Starting, stopping or resuming
+(a change of the session's state or cycle) is seen at once."""
+
+
+@dataclass
+class _CachedStatus:
+    at_s: float
+    key: tuple[object, ...]
+    status: control.CompatStatus | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_statuses: dict[int, _CachedStatus] = {}
+
+
+def session_status(session: Session) -> control.CompatStatus:
+    """:func:`control.status_of`, counted at most once per :data:`STATUS_TTL_S` per session.
+
+    While one request counts, the others get the previous answer (or wait for the first one),
+    so a burst of polls never runs the count more than once at a time.
+    """
+    key = (session.state, session.cycle_started_at)
+    entry = _statuses.setdefault(session.pk, _CachedStatus(0.0, key, None))
+    fresh = entry.status is not None and entry.key == key
+    if fresh and time.monotonic() - entry.at_s < STATUS_TTL_S:
+        return entry.status  # type: ignore[return-value]
+    if not entry.lock.acquire(blocking=not fresh):
+        return entry.status  # type: ignore[return-value]  # another request is counting
+    try:
+        status = control.status_of(session)
+        entry.at_s, entry.key, entry.status = time.monotonic(), key, status
+        return status
+    finally:
+        entry.lock.release()
+
 NamePath = Annotated[str, PathParam(pattern=NAME_SHAPE, max_length=200, description=NAME_HINT), AfterValidator(check_name)]
 IdPath = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="A positive whole number")]
 
@@ -260,7 +298,7 @@ def _summary(session: Session, counts: ExposureCounts) -> dict[str, Any]:
 
 
 def _detail(session: Session) -> dict[str, Any]:
-    status = control.status_of(session)
+    status = session_status(session)
     return _summary(session, _counts([session.pk])[session.pk]) | {
         "raw_dir": session.raw_dir,
         "out_dir": session.out_dir,
@@ -392,40 +430,6 @@ def put_curation(request: HttpRequest, session_id: IdPath, body: Curation) -> Cu
     return body
 
 
-def curation_filter(curation: Curation, *, accepted: bool) -> Q:
-    """The exposures :func:`emlive.curation.accepts` keeps (``accepted``) or rejects, in SQL.
-
-    Needs the annotations ``_mean_defocus_a`` and ``_astigmatism_a`` (:func:`_with_curation_fields`).
-    Only processed exposures with both results are accepted or rejected.
-    """
-    checks = [
-        ("ctf__fit_resolution_a__lte", curation.max_fit_resolution_a),
-        ("motion__total_drift_a__lte", curation.max_total_drift_a),
-        ("_mean_defocus_a__gte", curation.min_defocus_a),
-        ("_mean_defocus_a__lte", curation.max_defocus_a),
-        ("_astigmatism_a__lte", curation.max_astigmatism_a),
-    ]
-    keep = Q()
-    for lookup, threshold in checks:
-        if threshold is not None:
-            keep &= Q(**{lookup: threshold})
-    if curation.max_ice_ring_ratio is not None:
-        keep &= Q(ctf__ice_ring_ratio__isnull=True) | Q(ctf__ice_ring_ratio__lte=curation.max_ice_ring_ratio)
-    if curation.reject_no_fit:
-        keep &= Q(ctf__fit_ok=True)
-    processed = Q(state=Exposure.State.PROCESSED, motion__isnull=False, ctf__isnull=False)
-    if accepted:
-        return processed & keep
-    return processed & ~keep if keep else Q(pk__in=[])
-
-
-def _with_curation_fields(qs: QuerySet[Exposure]) -> QuerySet[Exposure]:
-    return qs.annotate(
-        _mean_defocus_a=(F("ctf__defocus_u_a") + F("ctf__defocus_v_a")) / 2.0,
-        _astigmatism_a=Abs(F("ctf__defocus_u_a") - F("ctf__defocus_v_a")),
-    )
-
-
 def _accepted(exposure: Exposure, curation: Curation) -> bool | None:
     motion, ctf = getattr(exposure, "motion", None), getattr(exposure, "ctf", None)
     if exposure.state != Exposure.State.PROCESSED or motion is None or ctf is None:
@@ -456,6 +460,10 @@ _ORDER_FIELDS = {
 }
 
 
+def _mean_defocus(qs: QuerySet[Exposure]) -> QuerySet[Exposure]:
+    return qs.annotate(_mean_defocus_a=(F("ctf__defocus_u_a") + F("ctf__defocus_v_a")) / 2.0)
+
+
 def _order_by(order: str) -> tuple[Any, Any]:
     descending = order.startswith("-")
     field = F(_ORDER_FIELDS[order.lstrip("-")])
@@ -479,13 +487,13 @@ def list_exposures(
 ) -> dict[str, Any]:
     session = _visible_session(request, session_id)
     thresholds = session.curation
-    qs = _with_curation_fields(Exposure.objects.filter(session_id=session.pk))
+    qs = queries.with_verdict(Exposure.objects.filter(session_id=session.pk), thresholds)
     if state is not None:
         qs = qs.filter(state=state)
     if curation is not None:
-        qs = qs.filter(curation_filter(thresholds, accepted=curation == "accepted"))
+        qs = qs.filter(accepted=curation == "accepted")
     count = qs.count()
-    page = qs.select_related("motion", "ctf").defer("fail_reason", "motion__shifts_px").order_by(*_order_by(order))
+    page = _mean_defocus(qs).select_related("motion", "ctf").defer("fail_reason", "motion__shifts_px").order_by(*_order_by(order))
     items = []
     for e in page[offset : offset + limit]:
         motion, ctf = getattr(e, "motion", None), getattr(e, "ctf", None)
@@ -505,7 +513,7 @@ def list_exposures(
                 fit_resolution_a=ctf.fit_resolution_a if ctf else None,
                 fit_ok=ctf.fit_ok if ctf else None,
                 ice_ring_ratio=ctf.ice_ring_ratio if ctf else None,
-                accepted=_accepted(e, thresholds),
+                accepted=e.accepted,
             )
         )
     return {"count": count, "limit": limit, "offset": offset, "items": items}
@@ -610,14 +618,14 @@ def download_export(
 # The compatible status of one session, as /api/v1 sees it (scripts moving to /api/v1).
 @api.get("/sessions/{session_id}/status", response={200: CompatStatusOut, **ERRORS}, summary="Compatible status")
 def get_status(request: HttpRequest, session_id: IdPath) -> CompatStatusOut:
-    return CompatStatusOut(**vars(control.status_of(_visible_session(request, session_id))))
+    return CompatStatusOut(**vars(session_status(_visible_session(request, session_id))))
 
 
 __all__ = [
     "AUTH",
     "api",
-    "curation_filter",
     "data_root",
     "install_error_handlers",
+    "session_status",
     "set_data_root",
 ]

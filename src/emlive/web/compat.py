@@ -21,7 +21,7 @@ from emlive.acquisition import Acquisition
 from emlive.db.models import Session
 from emlive.web import control
 from emlive.web.access import can_access_project
-from emlive.web.api import AUTH, ERRORS, NamePath, data_root, install_error_handlers
+from emlive.web.api import AUTH, ERRORS, NamePath, data_root, install_error_handlers, session_status
 from emlive.web.schemas import CompatStatusOut, Error, validation_message
 
 compat = NinjaAPI(
@@ -71,7 +71,7 @@ def _recorded(request: HttpRequest, project_id: str, user: str, session_id: str)
 
 
 def _status(session: Session) -> CompatStatusOut:
-    return CompatStatusOut(**vars(control.status_of(session)))
+    return CompatStatusOut(**vars(session_status(session)))
 
 
 @compat.get("/{project_id}/{user}/sessions", response={200: SessionList, **ERRORS}, summary="A user's sessions")
@@ -81,7 +81,7 @@ def sessions(request: HttpRequest, project_id: NamePath, user: NamePath) -> dict
 
 
 @compat.get("/{project_id}/{user}/session/{session_id}", response={200: CompatStatusOut, **ERRORS}, summary="Status")
-def session_status(request: HttpRequest, project_id: NamePath, user: NamePath, session_id: NamePath) -> CompatStatusOut:
+def status(request: HttpRequest, project_id: NamePath, user: NamePath, session_id: NamePath) -> CompatStatusOut:
     """``state`` is ``no_such_session`` for a folder that does not exist, ``needs_processing`` or
     ``incomplete_or_empty`` for one never started (with or without movies in raw/)."""
     _require_project(request, project_id)

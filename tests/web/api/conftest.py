@@ -47,6 +47,9 @@ def _clean(db: DataPlane) -> None:
 
 
 def _facility(tmp_path: Path) -> Iterator[Facility]:
+    """The facility, with the status cache off (tests change exposures and read the status
+    at once; test_api.py checks the cache itself)."""
+    from emlive.web import api
     from emlive.web.access import add_user, create_token
     from emlive.web.api import set_data_root
 
@@ -59,10 +62,13 @@ def _facility(tmp_path: Path) -> Iterator[Facility]:
     }
     tokens = {name: create_token(user) for name, user in users.items()}
     set_data_root(root)
+    ttl_s, api.STATUS_TTL_S = api.STATUS_TTL_S, 0.0
+    api._statuses.clear()
     try:
         yield Facility(root, tokens, users)
     finally:
         set_data_root(None)
+        api.STATUS_TTL_S = ttl_s
 
 
 @pytest.fixture

@@ -138,6 +138,23 @@ def test_stop_and_resume(web, client, session):
     assert resumed["status"]["percent_current_cycle"] == 0.0
 
 
+def test_the_status_is_counted_once_a_second_but_a_start_or_stop_shows_at_once(web, client, session, store, monkeypatch):
+    from emlive.web import api
+
+    s, _ = session
+    monkeypatch.setattr(api, "STATUS_TTL_S", 3600.0)
+    url = f"/api/v1/sessions/{s.pk}/status"
+    before = get(client, web, url)
+    store.record_exposure(s, "late.tif", 1, 1)
+    assert get(client, web, url) == before == get(client, web, "/p1/ann/session/grid1")  # reused
+    stopped = send(client, web, "post", f"/api/v1/sessions/{s.pk}/stop")["status"]
+    assert stopped["raw_files"] == before["raw_files"] + 1
+    assert get(client, web, url) == stopped
+    monkeypatch.setattr(api, "STATUS_TTL_S", 0.0)
+    store.record_exposure(s, "later.tif", 1, 1)
+    assert get(client, web, url)["raw_files"] == before["raw_files"] + 2
+
+
 def test_parameters_and_curation(web, client, session):
     s, _ = session
     params = get(client, web, f"/api/v1/sessions/{s.pk}/parameters")
