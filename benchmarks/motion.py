@@ -190,8 +190,13 @@ def sum_quality(raw_dir: Path, kind: str, micrograph: Path, *, flip_y: bool = Fa
     return out[0], out[1]
 
 
+LOADS: list[tuple[str, float, float]] = []  # (what, 1-min load average before, after)
+
+
 def timed(argv: list[str], *, threads: int, log_path: Path, cwd: Path | None = None) -> tuple[float, float]:
-    """Run ``argv`` under /usr/bin/time; (wall s, peak RSS GiB). Raises on failure."""
+    """Run ``argv`` under /usr/bin/time; (wall s, peak RSS GiB). Raises on failure.
+    The 1-minute load average before and after is kept in ``LOADS`` (the machine is shared)."""
+    load_before = os.getloadavg()[0]
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
@@ -199,6 +204,7 @@ def timed(argv: list[str], *, threads: int, log_path: Path, cwd: Path | None = N
     started = time.perf_counter()
     done = subprocess.run(full, capture_output=True, text=True, env=env, cwd=cwd, check=False)
     wall = time.perf_counter() - started
+    LOADS.append((f"{Path(argv[0]).name} {log_path.parent.name}", load_before, os.getloadavg()[0]))
     log_path.write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed ({done.returncode}); see {log_path}")
@@ -330,6 +336,8 @@ def main() -> int:
     print()
     print(f"machine: {cpu}, {os.cpu_count()} CPUs; threads {args.threads}; patches {args.patches[0]}x{args.patches[1]}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    for what, before, after in LOADS:
+        print(f"load average (1 min) around {what}: {before:.1f} before, {after:.1f} after")
     print()
     header = (
         "| movie | program | wall s | peak GiB | trajectory error px | FRC 0.05–0.25 | FRC 0.25–0.45 |"
