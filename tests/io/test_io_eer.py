@@ -105,3 +105,17 @@ def test_synth_encoder_round_trip_if_present(tmp_path, rng):
     header = read_movie_header(path, eer_fractions=3)
     assert (header.n_raw_frames, header.pixel_size_a) == (6, 1.1)
     np.testing.assert_array_equal(read_movie(path, eer_fractions=3), expected_fractions(raw, 3))
+
+
+def test_fractions_as_stored_are_uint8_counts_without_the_gain(tmp_path, rng, eer_writer, raw_frame_maker):
+    raw = raw_frame_maker(rng, 9, (32, 48))
+    path = eer_writer(tmp_path / "m.eer", raw)
+    gain = rng.uniform(0.5, 2.0, size=(32, 48)).astype(np.float32)
+    with open_movie(path, gain=gain, eer_fractions=3) as movie:
+        assert movie.stored_dtype == np.uint8
+        assert movie.memmap() is None
+        out = np.empty((2, 32, 48), np.uint8)
+        assert movie.read_stored(1, 3, out) is out
+        np.testing.assert_array_equal(out, expected_fractions(raw, 3)[1:3])
+        with pytest.raises(ValueError, match="uint8"):
+            movie.read_stored(0, 2, np.empty((2, 32, 48), np.float32))

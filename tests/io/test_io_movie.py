@@ -254,3 +254,22 @@ def test_frames_into_a_reused_output(tmp_path, counts_movie, mrc_writer):
             movie.frames(0, 3, out=buffer)
         with pytest.raises(ValueError, match="out must be"):
             movie.frames(0, 2, out=buffer.astype(np.float64))
+
+
+def test_stored_frames_mrc_mapped_and_tiff_bottom_up(tmp_path, counts_movie, mrc_writer):
+    """Frames as stored (no gain, no cast): an MRC mapped from the file, a TIFF decoded rows
+    bottom-up like every other TIFF read."""
+    mrc = mrc_writer(tmp_path / "m.mrc", counts_movie.view(np.int8))
+    with open_movie(mrc, gain=np.full((48, 64), 2.0, np.float32)) as movie:
+        assert movie.stored_dtype == np.int8
+        mapped = movie.memmap()
+        np.testing.assert_array_equal(mapped, counts_movie.view(np.int8))
+        out = np.empty((2, 48, 64), np.int8)
+        np.testing.assert_array_equal(movie.read_stored(3, 5, out), counts_movie.view(np.int8)[3:5])
+    np.testing.assert_array_equal(mapped[2], counts_movie.view(np.int8)[2])  # outlives the file handle
+    tif = tmp_path / "m.tif"
+    tifffile.imwrite(tif, counts_movie, compression="lzw", photometric="minisblack")
+    with open_movie(tif) as movie:
+        assert movie.stored_dtype == counts_movie.dtype and movie.memmap() is None
+        out = np.empty((4, 48, 64), counts_movie.dtype)
+        np.testing.assert_array_equal(movie.read_stored(1, 5, out), counts_movie[1:5, ::-1])

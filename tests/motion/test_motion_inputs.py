@@ -29,7 +29,10 @@ def _rmsd(a, b) -> float:
     return float(np.sqrt(np.mean(np.sum((np.asarray(a) - np.asarray(b)) ** 2, axis=1))))
 
 
-def test_defects_and_hot_pixels_are_replaced(tmp_path, drifting_movie):
+@pytest.mark.parametrize("patches", [(1, 1), (5, 5)], ids=["global", "local"])
+def test_defects_and_hot_pixels_are_replaced(tmp_path, drifting_movie, patches):
+    """Both paths: global (float32 frames) and local (frames kept as stored, the repair
+    applied per tile and per alignment frame)."""
     movie = drifting_movie(8, shape=(512, 512), n_frames=10, path_length_px=6.0)
     frames = movie.frames.copy()
     frames[:, 40, 60] = 60.0  # a hot pixel: 60 counts in every frame
@@ -38,7 +41,9 @@ def test_defects_and_hot_pixels_are_replaced(tmp_path, drifting_movie):
     write_mrc_atomic(path, frames.astype(np.uint16), pixel_size_a=1.0)
     defects = tmp_path / "defects.txt"
     defects.write_text("100 0 1 512\n")
-    result = motion_correct(path, tmp_path / "out", _acq(defects_path=defects), GLOBAL, workers=1)
+    params = MotionParams(patches=patches)
+    result = motion_correct(path, tmp_path / "out", _acq(defects_path=defects), params, workers=1)
+    assert (result.local_model is not None) == (patches != (1, 1))
     assert _rmsd(-np.array(result.shifts_px), movie.truth_px) < 0.3
     with mrcfile.open(result.micrograph_path) as mrc:
         total = mrc.data.astype(np.float64)
@@ -46,7 +51,7 @@ def test_defects_and_hot_pixels_are_replaced(tmp_path, drifting_movie):
     assert abs(total[40, 60] - mean) < 0.5 * mean  # not 600 counts
     assert abs(total[:, 100].mean() - mean) < 0.2 * mean  # not a dark line
 
-    kept = motion_correct(path, tmp_path / "raw", _acq(), GLOBAL.model_copy(update={"detect_hot_pixels": False}), workers=1)
+    kept = motion_correct(path, tmp_path / "raw", _acq(), params.model_copy(update={"detect_hot_pixels": False}), workers=1)
     with mrcfile.open(kept.micrograph_path) as mrc:
         assert mrc.data[40, 60] > 5 * mean  # without detection the hot pixel stays
 

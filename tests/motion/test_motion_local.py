@@ -113,6 +113,24 @@ def test_local_sums_without_local_motion_equal_the_fourier_sum():
     assert np.abs(tiled[inner] - reference[inner]).max() < 0.03 * float(reference.std())
 
 
+def test_local_sums_of_stored_frames_apply_scale_and_offset_per_tile():
+    """Frames kept as stored (uint8) with the gain and bad-pixel replacements applied tile by
+    tile give the sums of the corrected float32 frames."""
+    rng = np.random.default_rng(5)
+    n, size = 4, 300
+    stored = rng.poisson(3.0, (n, size, size)).astype(np.uint8)
+    scale = rng.uniform(0.8, 1.2, (size, size)).astype(np.float32)
+    scale[7, 9] = 0.0
+    offset = np.zeros((size, size), np.float32)
+    offset[7, 9] = 2.5
+    shifts = np.array([[0.0, 0.0], [1.3, -2.2], [3.1, 0.4], [-0.6, 4.9]])
+    model = np.zeros(36)
+    model[0], model[18] = 0.05, -0.03
+    got = local_sums(stored, shifts, model, tile_px=128, workers=2, scale=scale, offset=offset)
+    want = local_sums(stored * scale + offset, shifts, model, tile_px=128, workers=1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
+
+
 @pytest.fixture(scope="module")
 def local_movie():
     """640² × 20 frames, 1.0 e/Å²/frame, 12 px global drift and a 4 px local field."""
