@@ -4,6 +4,11 @@ This process is the only database writer. Workers run ``process_exposure`` and r
 results; the loop feeds what happens to the pure ``decide`` function and performs the actions
 it returns. On start it puts back exposures an earlier run left in flight, and stores results
 whose checkpoints exist but never reached the database, instead of recomputing them.
+
+Each turn of the loop is one database transaction and batches its work: the movies a scan
+found are recorded together, the exposures submitted with one ``client.map`` per session, the
+results that came back gathered in one call and stored together. A service runs
+``run_sessions(follow=...)``: sessions are taken up and let go while the loop runs.
 """
 
 from __future__ import annotations
@@ -320,10 +325,9 @@ def run_sessions(
                 )
                 prometheus.update(live.session.name, metrics)
         for live in lives.values():
-            # at most every export_interval_s, and never more than a share of the loop's time:
-            # a large session's export takes long, and the loop does nothing else meanwhile
-            interval_s = max(settings.scheduler.export_interval_s, live.export_cost_s / _EXPORT_TIME_SHARE)
-            if live.exports_dirty and now_s - live.last_export_s >= interval_s:
+            if live.exports_dirty and export_due(
+                now_s - live.last_export_s, interval_s=settings.scheduler.export_interval_s, cost_s=live.export_cost_s
+            ):
                 started_s = time.perf_counter()
                 export.write_exports(live.session, Path(live.session.out_dir) / "exports")
                 live.export_cost_s = time.perf_counter() - started_s
@@ -340,6 +344,14 @@ def run_sessions(
     for live in list(lives.values()):
         let_go(live)
     return counts
+
+
+def export_due(since_last_s: float, *, interval_s: float, cost_s: float) -> bool:
+    """Whether a session's exports (which changed) are rewritten now: at most every
+    ``interval_s``, and at least ``1 / _EXPORT_TIME_SHARE`` times as long apart as the last
+    rewrite took (``cost_s``), since the loop does nothing else meanwhile and a large session's
+    export takes long."""
+    return since_last_s >= max(interval_s, cost_s / _EXPORT_TIME_SHARE)
 
 
 def _scaling_policy(settings: ClusterSettings, threads_per_worker: int) -> ScalingPolicy:
