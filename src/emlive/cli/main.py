@@ -14,6 +14,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from emlive.acquisition import Acquisition, Optics
 from emlive.config import ConfigError, Settings, load_settings
@@ -106,7 +107,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deb
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # brackets in it are text
     return typer.Exit(2)
 
 
@@ -332,8 +333,8 @@ def demo(
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default [web] host: 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Port to listen on (default [web] port: 8000)")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default: web.host, 127.0.0.1; 0.0.0.0 = every interface)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port to listen on (default: web.port, 8000)")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Run the service (API, dashboard, controller of every session started, notifications) until SIGTERM/SIGINT."""

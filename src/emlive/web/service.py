@@ -297,8 +297,8 @@ def _listen(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as err:
         raise ServiceError(
-            f"cannot listen on {host}:{port}: {err.strerror or err}; choose another [web] port/host "
-            "(--port, --host) or stop what uses it"
+            f"cannot listen on {host}:{port}: {err.strerror or err}; choose another port or host "
+            "(--port, --host; web.port, web.host) or stop what uses it"
         ) from None
 
 
