@@ -256,7 +256,9 @@ def _pipeline_result(make_results, stem: str, **options):
 
     motion, ctf = make_results(stem, **options)
     at = timezone.now()
-    steps = [SimpleNamespace(step=step, engine="native", engine_version="1", finished_at=at) for step in ("motion", "ctf")]
+    steps = [
+        SimpleNamespace(step=step, engine="native", engine_version="1", finished_at=at) for step in ("motion", "ctf")
+    ]
     return SimpleNamespace(motion=motion, ctf=ctf, steps=steps)
 
 
@@ -286,7 +288,9 @@ def test_a_loop_turn_costs_the_same_statements_for_any_number_of_exposures(
 
 def test_storing_many_again_keeps_one_result_each_and_the_first_processed_time(db, session, make_results):
     ids = [e.pk for e, _ in db.store.record_exposures(session, [("a.mrc", 1, 1), ("b.mrc", 1, 1)])]
-    first = db.store.store_exposure_results([(pk, _pipeline_result(make_results, "a", total_drift_a=1.0)) for pk in ids])
+    first = db.store.store_exposure_results(
+        [(pk, _pipeline_result(make_results, "a", total_drift_a=1.0)) for pk in ids]
+    )
     again = db.store.store_exposure_results(
         [(ids[0], _pipeline_result(make_results, "a", total_drift_a=2.0)),
          (ids[0], _pipeline_result(make_results, "a", total_drift_a=3.0))]  # the last of an id given twice wins
@@ -304,7 +308,9 @@ def test_bulk_writes_keep_the_single_exposure_rules(db, session, make_results, s
     rescanned = db.store.record_exposures(
         session, [("done.mrc", 20, 200), ("bad.mrc", 4096, 200), ("bad.mrc", 4096, 200)]
     )
-    assert [(e.state, created) for e, created in rescanned] == [("processed", False), ("found", False), ("found", False)]
+    assert [(e.state, created) for e, created in rescanned] == [
+        ("processed", False), ("found", False), ("found", False)
+    ]
     with pytest.raises(ValueError, match="relative to the session's raw_dir"):
         db.store.record_exposures(session, [("ok.mrc", 1, 1), ("../escape.mrc", 1, 1)])
     assert not db.models.Exposure.objects.filter(path="ok.mrc").exists()  # checked before writing
@@ -321,9 +327,12 @@ def test_bulk_writes_keep_the_single_exposure_rules(db, session, make_results, s
     with pytest.raises(ValueError, match="total_drift_a is nan"):
         db.store.store_exposure_results([(bad.pk, _pipeline_result(make_results, "bad")), (done.pk, broken)])
     with pytest.raises(db.models.Exposure.DoesNotExist, match="no exposure with id 987654"):
-        db.store.store_exposure_results([(bad.pk, _pipeline_result(make_results, "bad")), (987654, _pipeline_result(make_results, "x"))])
+        db.store.store_exposure_results(
+            [(bad.pk, _pipeline_result(make_results, "bad")), (987654, _pipeline_result(make_results, "x"))]
+        )
     assert db.models.Exposure.objects.get(pk=bad.pk).state == "submitted"  # nothing written
     stored = db.store.store_exposure_results(
-        [(bad.pk, _pipeline_result(make_results, "bad")), (987654, _pipeline_result(make_results, "x"))], skip_missing=True
+        [(bad.pk, _pipeline_result(make_results, "bad")), (987654, _pipeline_result(make_results, "x"))],
+        skip_missing=True,
     )
     assert [e.pk for e in stored] == [bad.pk] and db.models.Exposure.objects.get(pk=bad.pk).state == "processed"

@@ -230,23 +230,20 @@ def record_exposures(
     paths = list(items)
     now = timezone.now()
     with transaction.atomic():
+        of_session = Exposure.objects.filter(session_id=session_id).order_by()
         existing: dict[str, Exposure] = {}
         for chunk in _chunks(paths):
-            existing.update(
-                (e.path, e) for e in Exposure.objects.select_for_update().filter(session_id=session_id, path__in=chunk).order_by()
-            )
+            existing.update((e.path, e) for e in of_session.select_for_update().filter(path__in=chunk))
         new = [path for path in paths if path not in existing]
         # ignore_conflicts: a row inserted meanwhile by another process is kept, not duplicated
-        Exposure.objects.bulk_create(
-            [
-                Exposure(session_id=session_id, path=path, size_bytes=items[path][0], mtime_ns=items[path][1], found_at=now)
-                for path in new
-            ],
-            ignore_conflicts=True,
-        )
+        rows = [
+            Exposure(session_id=session_id, path=path, size_bytes=items[path][0], mtime_ns=items[path][1], found_at=now)
+            for path in new
+        ]
+        Exposure.objects.bulk_create(rows, ignore_conflicts=True)
         created: dict[str, Exposure] = {}
         for chunk in _chunks(new):
-            created.update((e.path, e) for e in Exposure.objects.filter(session_id=session_id, path__in=chunk).order_by())
+            created.update((e.path, e) for e in of_session.filter(path__in=chunk))
         for path, exposure in existing.items():
             _rewritten(exposure, *items[path], now=now)
         recorded = existing | created
