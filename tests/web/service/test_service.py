@@ -151,3 +151,18 @@ def test_a_taken_port_is_a_clear_error(db, tmp_path):
         port = taken.getsockname()[1]
         with pytest.raises(service.ServiceError, match=f"cannot listen on 127.0.0.1:{port}"):
             service.Service(_service_settings(db, tmp_path, port=port), run_controller=lambda *a: None).run()
+
+
+def test_the_controller_follows_processing_sessions_and_fails_those_with_bad_parameters(db, tmp_path, caplog):
+    from emlive.web import control
+
+    configured = settings(tmp_path)
+    good = start(tmp_path, "grid1", params={"motion": {"bin_factor": 2}})
+    bad = start(tmp_path, "grid2", params={"motion": {"bin_factor": -1}})
+    stopped = control.stop_processing(start(tmp_path, "grid3"))
+    followed = service.sessions_to_process(configured)
+    assert [(s.name, p.motion.bin_factor) for s, p in followed] == [("grid1", 2)]
+    bad.refresh_from_db()
+    assert (bad.state, stopped.state, control.status_of(bad).state) == ("failed", "stopped", "processing_failure")
+    assert "p1/grid2 cannot be processed, its parameters are not valid" in caplog.text and "bin_factor" in caplog.text
+    assert service.sessions_to_process(configured)[0][0].pk == good.pk
