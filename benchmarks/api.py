@@ -13,9 +13,14 @@ Half the clients poll the compatible status (``GET /p1/ann/session/grid1``), hal
 latency percentiles (client side, from writing the request to reading the whole answer), per
 route and together, and the target (p99 < 100 ms).
 
+``--interval S`` makes each client poll every S seconds (clients spread over the interval), as
+facility scripts do, instead of back to back. ``--interface wsgi`` serves Django's WSGI
+handler from uvicorn's thread pool instead of its ASGI handler, for comparison.
+
 SQLite by default (a file in a temporary folder); ``--database-url`` for PostgreSQL (the
 database must exist and be empty of emlive data: the run creates its own tables there and
-does not delete them).
+does not delete them). With PostgreSQL the run also prints how many connections the server
+still holds at the end (each request's connection is closed when it ends under ASGI).
 """
 
 from __future__ import annotations
@@ -110,20 +115,30 @@ def populate(url: str, root: Path, n_exposures: int) -> tuple[int, str]:
     return int(session.pk), token
 
 
-def serve(url: str, root: str, port: int) -> None:
-    """The server subprocess: Django's ASGI application on ``url`` serving ``root``, under
-    uvicorn (one process, as ``emlive serve`` runs it)."""
+def serve(url: str, root: str, port: int, interface: str) -> None:
+    """The server subprocess: Django on ``url`` serving ``root`` under uvicorn, one process.
+
+    ``asgi``: Django's ASGI handler, as ``emlive serve`` runs it. ``wsgi``: Django's WSGI
+    handler in uvicorn's thread pool (uvicorn's own WSGI adapter, deprecated there in favour of
+    a2wsgi; for comparison only).
+    """
     import uvicorn
 
     from emlive.db.setup import setup_database
 
     setup_database(url)
-    from django.core.asgi import get_asgi_application
-
     from emlive.web.api import set_data_root
 
     set_data_root(root)
-    uvicorn.run(get_asgi_application(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    options = {"host": "127.0.0.1", "port": port, "log_level": "warning", "access_log": False}
+    if interface == "wsgi":
+        from django.core.wsgi import get_wsgi_application
+
+        uvicorn.run(get_wsgi_application(), interface="wsgi", **options)
+    else:
+        from django.core.asgi import get_asgi_application
+
+        uvicorn.run(get_asgi_application(), **options)
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
@@ -229,11 +244,15 @@ def main() -> None:
         "--interval", type=float, default=0.0,
         help="each client polls every this many seconds (default 0: asks again as soon as answered)",
     )  # fmt: skip
+    parser.add_argument(
+        "--interface", choices=("asgi", "wsgi"), default="asgi",
+        help="asgi: as emlive serve runs Django (default); wsgi: Django's WSGI handler in uvicorn's thread pool",
+    )  # fmt: skip
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temporary folder")
-    parser.add_argument("--serve", nargs=3, metavar=("URL", "ROOT", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=4, metavar=("URL", "ROOT", "PORT", "INTERFACE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve[0], args.serve[1], int(args.serve[2]))
+        serve(args.serve[0], args.serve[1], int(args.serve[2]), args.serve[3])
         return
 
     from emlive.db.setup import sqlite_url
@@ -249,7 +268,7 @@ def main() -> None:
         connections.close_all()
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", url, str(root), str(port)], env=os.environ | {"EMLIVE_CONFIG": ""}
+            [sys.executable, __file__, "--serve", url, str(root), str(port), args.interface], env=os.environ | {"EMLIVE_CONFIG": ""}
         )
         try:
             wait_until_up(port, proc)
@@ -289,7 +308,7 @@ def report(
     pacing = f"each polling every {args.interval:g} s" if args.interval else "back to back"
     print(
         f"database: {url.split('://', 1)[0]}; {args.exposures} exposures; {args.clients} clients {pacing} "
-        f"for {args.seconds:.0f} s; Django ASGI under uvicorn\n"
+        f"for {args.seconds:.0f} s; Django {args.interface.upper()} under uvicorn\n"
     )
     print("| route | requests | per second | p50 ms | p95 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|---:|---:|---:|")
