@@ -27,10 +27,13 @@ class Hook:
                 hook.bodies.append(json.loads(body))
                 hook.content_types.append(self.headers["Content-Type"])
                 time.sleep(hook.delay_s)
-                self.send_response(hook.status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                try:
+                    self.send_response(hook.status)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except (BrokenPipeError, ConnectionResetError):  # the sender gave up waiting
+                    pass
 
             def log_message(self, *args: object) -> None:
                 pass
