@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-import pytest
-
 from emlive.web.notify import Memory, Notifier, Rules, Snapshot, decide, decide_all, send
 
 RULES = Rules(stall_after_s=600.0, failures_to_alert=3, complete_after_s=1800.0)
