@@ -366,6 +366,8 @@ def start_session(request: HttpRequest, body: StartSession) -> dict[str, Any]:
         }
     )
     existing = control.recorded_session(folder)
+    if existing is not None and existing.project.name != body.project:  # a link into another project
+        raise HttpError(404, f"no session {body.project}/{body.user}/{body.name} in project {body.project!r}")
     if existing is not None and existing.state == Session.State.PROCESSING:
         raise HttpError(
             409,
