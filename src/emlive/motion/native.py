@@ -148,8 +148,12 @@ def motion_correct(
     the movie's file stem); ``workers`` is the FFT thread count (``-1``: all CPUs).
 
     Global only (``patches == (1, 1)``): the frames' half-spectra are kept and summed in
-    Fourier space. With patches, the frames are kept (float32) with their spectra on the
-    alignment band only; the local model is fitted to patch tracks and applied by tiles
+    Fourier space. With patches, the frames are kept as stored (int8/uint8/uint16; an MRC
+    movie is mapped from the file), and the alignment sees them gain-corrected, repaired and
+    binned in real space to the band it uses (:func:`_alignment_binning`: 4× at B = 150 px²);
+    the patches are aligned on the same binned frames, globally aligned, in parallel threads;
+    the local model is fitted to the patch tracks and applied by tiles, in parallel threads,
+    each tile cast from the stored frames with the gain and repairs applied
     (:mod:`emlive.motion.deform`).
 
     Raises :class:`emlive.io.MovieFormatError` for an unreadable movie and ``ValueError`` for
