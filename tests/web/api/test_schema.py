@@ -12,6 +12,8 @@ from schemathesis.generation.modes import GenerationMode
 
 from emlive.acquisition import Acquisition
 
+pytestmark = pytest.mark.slow  # about 20 s per schema
+
 ACQ = Acquisition(pixel_size_a=0.83, dose_per_frame_e_a2=1.0, voltage_kv=300.0)
 MAX_EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 15}
 """Per operation and mode: both schemas run in about 40 s on 2 vCPUs."""
