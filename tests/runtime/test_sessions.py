@@ -177,3 +177,35 @@ def test_followed_sessions_are_taken_up_and_let_go_as_their_state_changes(tmp_pa
     assert sorted(COMPUTED) == sorted(set(COMPUTED)) and len(COMPUTED) == 15  # each computed once
     # the loop leaves the states to whoever follows them: both are taken up by the next start
     assert {s.name: s.state for s in Session.objects.all()} == {"first": "processing", "second": "processing"}
+
+
+def test_a_session_whose_folders_break_does_not_stop_the_others(tmp_path, caplog):
+    """An unreadable raw folder or an unwritable output folder is logged and retried; the
+    other sessions go on (a service runs many sessions in one loop)."""
+    activate(sqlite_url(tmp_path / "emlive.sqlite3"))
+    from emlive.db import store
+
+    acq = Acquisition(pixel_size_a=1.0, dose_per_frame_e_a2=1.0)
+    params = PipelineParams(acquisition=acq)
+    good = store.get_or_create_session(tmp_path / "good" / "raw", tmp_path / "good" / "out", acq)
+    no_out = store.get_or_create_session(tmp_path / "no_out" / "raw", tmp_path / "no_out" / "out", acq)
+    no_raw = store.get_or_create_session(tmp_path / "no_raw" / "raw", tmp_path / "no_raw" / "out", acq)
+    _movies(tmp_path / "good" / "raw", ["g0.mrc", "g1.mrc"])
+    _movies(tmp_path / "no_out" / "raw", ["n0.mrc"])
+    (tmp_path / "no_out" / "out").write_text("a file where the output folder should be")
+    (tmp_path / "no_raw").mkdir()
+    (tmp_path / "no_raw" / "raw").write_text("a file where the movies' folder should be")
+    settings = load_settings(watch={"settle_s": 0, "poll_interval_s": 0.1}, cluster={"n_workers": 1})
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local:
+        with Client(local) as client:
+            counts = run_sessions(
+                [(good, params), (no_out, params), (no_raw, params)], settings, watch=False,
+                cluster=Cluster(client, None, 1), task=timed_result,
+            )
+    assert counts[good.pk]["processed"] == 2 and counts[no_out.pk]["processed"] == 1
+    assert sum(counts[no_raw.pk].values()) == 0
+    assert (tmp_path / "good" / "out" / "exports" / "micrographs_ctf.star").is_file()
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("cannot write the exports" in m and "no_out" in m for m in messages), messages
+    assert any("cannot scan" in m and "no_raw" in m for m in messages), messages

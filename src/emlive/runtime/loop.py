@@ -160,7 +160,7 @@ def run_sessions(
             )
     from django.db import close_old_connections, transaction
 
-    from emlive.db import export, queries, store
+    from emlive.db import queries, store
     from emlive.db.models import Exposure
 
     signals = signals or never_stop()
@@ -219,7 +219,7 @@ def run_sessions(
             del specs[exposure_id], live_of[exposure_id]
         if left := store.reset_in_flight(session):
             log.info("%s: %d exposures in flight were left to be processed next time", session, left)
-        export.write_exports(session, Path(session.out_dir) / "exports")
+        _write_exports(session)
         if follow is None:
             store.set_session_state(session, "stopped" if watch or left else "complete")
         counts[session.pk] = queries.counts_by_state(session)
@@ -296,7 +296,7 @@ def run_sessions(
             if not state.stopping and not signals.stop.is_set() and now_s >= next_poll_s:
                 next_poll_s = now_s + settings.watch.poll_interval_s
                 for live in lives.values():
-                    if not live.dropped and (found := live.watcher.poll(now_s=now_s, final=not watch)):
+                    if not live.dropped and (found := _poll(live, now_s=now_s, final=not watch)):
                         events += _admit(live, found, specs, live_of)
                         live.changed = True
             events += tasks.ended()
@@ -329,9 +329,9 @@ def run_sessions(
                 now_s - live.last_export_s, interval_s=settings.scheduler.export_interval_s, cost_s=live.export_cost_s
             ):
                 started_s = time.perf_counter()
-                export.write_exports(live.session, Path(live.session.out_dir) / "exports")
+                written = _write_exports(live.session)
                 live.export_cost_s = time.perf_counter() - started_s
-                live.exports_dirty, live.last_export_s = False, now_s
+                live.exports_dirty, live.last_export_s = not written, now_s
         if state.idle and (
             state.stopping or (not watch and all(live.watcher.unsettled == 0 for live in lives.values()))
         ):
@@ -344,6 +344,32 @@ def run_sessions(
     for live in list(lives.values()):
         let_go(live)
     return counts
+
+
+def _poll(live: _Live, *, now_s: float, final: bool) -> list[Found]:
+    """The watcher's new movies; a folder that cannot be read is logged (with what to do) and
+    tried again next poll, so one session's problem never stops the others."""
+    try:
+        return live.watcher.poll(now_s=now_s, final=final)
+    except OSError as err:
+        log.error("%s: cannot scan %s (%s); fix the folder's permissions or mount — tried again next poll",
+                  live.session, live.session.raw_dir, err)
+        return []
+
+
+def _write_exports(session: Session) -> bool:
+    """Rewrite a session's STAR exports; False (logged, tried again later) when its output folder
+    cannot be written, so one session's full or read-only disk never stops the others."""
+    from emlive.db import export
+
+    out = Path(session.out_dir) / "exports"
+    try:
+        export.write_exports(session, out)
+    except OSError as err:
+        log.error("%s: cannot write the exports in %s (%s); free space or fix permissions — tried again later",
+                  session, out, err)
+        return False
+    return True
 
 
 def export_due(since_last_s: float, *, interval_s: float, cost_s: float) -> bool:
