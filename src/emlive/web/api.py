@@ -39,7 +39,7 @@ from pydantic import AfterValidator
 from emlive.curation import Curation, accepts
 from emlive.db import queries
 from emlive.db.export import write_exports
-from emlive.db.models import Exposure, Project, Session
+from emlive.db.models import OUTPUT_PATH_MAX_CHARS, Exposure, Project, Session
 from emlive.runtime.metrics import session_metrics
 from emlive.web import control
 from emlive.web.access import can_access_project, user_for_token, visible_sessions
@@ -340,10 +340,14 @@ def list_sessions(
 def _inside_data_root(value: Path | None, folder: Path, what: str) -> Path | None:
     if value is None:
         return None
-    root = data_root()
-    path = (folder / value).resolve()  # an absolute value stays as it is
-    if not path.is_relative_to(root):
-        raise HttpError(400, f"{what} {str(value)!r} lies outside the data root; put it in the session's folder")
+    try:
+        path = (folder / value).resolve()  # an absolute value stays as it is
+    except (OSError, ValueError) as exc:
+        raise HttpError(400, f"{what} {str(value)[:200]!r} is not a usable path: {exc}") from None
+    if not path.is_relative_to(data_root()):
+        raise HttpError(400, f"{what} {str(value)[:200]!r} lies outside the data root; put it in the session's folder")
+    if len(str(path)) > OUTPUT_PATH_MAX_CHARS:
+        raise HttpError(400, f"{what} is longer than {OUTPUT_PATH_MAX_CHARS} characters")
     return path
 
 

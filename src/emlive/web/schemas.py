@@ -51,12 +51,16 @@ ExportName = Literal["micrographs_ctf.star", "corrected_micrographs.star"]
 
 
 def finite(owner: str, value: object) -> None:
-    """Raise ValueError when ``value`` (or a number inside it) is not finite (inf, nan): JSON
-    and the database cannot store them."""
+    """Raise ValueError when ``value`` (or a number or text inside it) cannot be stored: a
+    number that is not finite (inf, nan) or text with a NUL character (neither JSON columns nor
+    PostgreSQL take them)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{owner} is {value}; use a finite number")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"{owner} contains a NUL character")
     if isinstance(value, dict):
         for key, item in value.items():
+            finite(f"{owner}.{key}", key)
             finite(f"{owner}.{key}", item)
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
@@ -176,7 +180,7 @@ class StartSession(Schema):
     @field_validator("acquisition")
     @classmethod
     def _acquisition(cls, value: Acquisition) -> Acquisition:
-        finite("acquisition", value.model_dump())
+        finite("acquisition", value.model_dump(mode="json"))
         return value
 
 

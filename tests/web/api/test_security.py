@@ -321,3 +321,21 @@ def test_the_login_cookie_works_and_unsafe_methods_need_the_csrf_token(started):
     assert accepted.json()["max_fit_resolution_a"] == 5.0
     # tokens are not ambient credentials: no CSRF token needed with one
     assert Client(enforce_csrf_checks=True).put(url, data=body, content_type="application/json", **web.auth("ann")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"acquisition": ACQ.model_dump(mode="json") | {"gain_path": "a\u0000b"}}, "NUL"),
+        ({"acquisition": ACQ.model_dump(mode="json") | {"defects_path": "d" * 5000}}, "defects_path"),
+        ({"params": {"motion": {"engine": "na\u0000tive"}}}, "NUL"),
+        ({"params": {"ctf": {"engine": "x", "\u0000": 1}}}, "NUL"),
+    ],
+)
+def test_text_the_database_cannot_store_is_a_400(started, client, change, says):
+    web, _, _ = started
+    web.session("p1", "ann", "grid2")
+    body = {"project": "p1", "user": "ann", "name": "grid2", "acquisition": ACQ.model_dump(mode="json")} | change
+    response = client.post("/api/v1/sessions", data=body, content_type="application/json", **web.auth("ann"))
+    assert response.status_code == 400, response.content
+    assert says in response.json()["detail"]
