@@ -90,3 +90,11 @@ def test_unsafe_names_are_refused(access, name):
 @pytest.mark.parametrize("name", ["p1", "Grid_3-2026.11", "a" * 200])
 def test_safe_names_pass(access, name):
     assert access.valid_name(name)
+
+
+def test_polling_with_a_token_does_not_write_on_every_request(access, assert_num_queries):
+    token = access.create_token(access.add_user("ivy"))
+    with assert_num_queries(2):  # found, and its last use recorded
+        assert access.user_for_token(token) is not None
+    with assert_num_queries(1):  # used again within LAST_USED_RESOLUTION: read only
+        assert access.user_for_token(token) is not None

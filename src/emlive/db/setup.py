@@ -67,6 +67,9 @@ _SQLITE_OPTIONS: dict[str, Any] = {
     "timeout": SQLITE_BUSY_TIMEOUT_S,
 }
 
+_POSTGRES_POOL: dict[str, Any] = {"min_size": 1, "max_size": 20, "timeout": 30.0}
+"""psycopg_pool options: connections kept open, most at once, seconds to wait for one."""
+
 _lock = threading.RLock()
 _active_url: str | None = None
 _active_db: dict[str, Any] | None = None
@@ -124,10 +127,16 @@ def database_settings(url: str) -> dict[str, Any]:
     else:
         if not db.get("NAME"):
             raise _bad_url(url, "no database name after the host")
+    # Connections are checked before reuse, so close_old_connections reconnects a long-running
+    # controller after a database restart. PostgreSQL: a pool (psycopg_pool), since the service
+    # answers each request in a thread of its own and a new server process per request costs
+    # more than the request; others keep one persistent connection per thread.
+    if db["ENGINE"] == _ENGINES["postgres"]:
+        options.setdefault("pool", dict(_POSTGRES_POOL))
+        db["CONN_MAX_AGE"] = 0 if options["pool"] else None
+    else:
+        db["CONN_MAX_AGE"] = None
     db["OPTIONS"] = options
-    # The controller is a long-running process: keep its connection, check it before reuse
-    # (close_old_connections then reconnects after a database restart).
-    db["CONN_MAX_AGE"] = None
     db["CONN_HEALTH_CHECKS"] = True
     return db
 
@@ -279,6 +288,8 @@ def switch_database(url: str) -> None:
         from django.db import connections
 
         connections.close_all()
+        if hasattr(connections["default"], "close_pool"):  # PostgreSQL pools are per alias
+            connections["default"].close_pool()
         _prepare_storage(db)
         settings.DATABASES = {"default": copy.deepcopy(db)}
         # ConnectionHandler caches the settings it read and the per-thread connections.
