@@ -11,7 +11,8 @@ Supported URLs (parsed by ``dj-database-url``):
 - ``sqlite:///ABSOLUTE/PATH.sqlite3`` (four slashes for an absolute path; :func:`sqlite_url`
   builds one from a path). Opened in WAL mode with ``synchronous=NORMAL``, ``BEGIN IMMEDIATE``
   transactions and a busy timeout, so the API can read while the controller writes.
-- ``postgres://USER:PASSWORD@HOST:PORT/NAME`` (also ``postgresql://``), via psycopg 3.
+- ``postgres://USER:PASSWORD@HOST:PORT/NAME`` (also ``postgresql://``), via psycopg 3 and a
+  connection pool (psycopg_pool, 1–20 connections; ``?pool=`` in the URL cannot turn it off).
 - ``mysql://USER:PASSWORD@HOST:PORT/NAME`` (needs ``mysqlclient``; not tested here).
 
 Query parameters of the URL become the backend's ``OPTIONS`` and win over the defaults here
