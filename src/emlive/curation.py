@@ -29,6 +29,39 @@ class Curation(BaseModel):
     reject_no_fit: bool = Field(False, description="Reject micrographs whose CTF fit found no Thon rings")
 
 
+def rejection_reasons(
+    curation: Curation,
+    *,
+    fit_resolution_a: float,
+    total_drift_a: float,
+    defocus_u_a: float,
+    defocus_v_a: float,
+    fit_ok: bool,
+    ice_ring_ratio: float | None,
+) -> list[str]:
+    """Each threshold of ``curation`` one processed exposure fails, as a sentence for people;
+    empty when it is kept."""
+    c = curation
+    mean_a = (defocus_u_a + defocus_v_a) / 2
+    astigmatism_a = abs(defocus_u_a - defocus_v_a)
+    reasons = []
+    if c.reject_no_fit and not fit_ok:
+        reasons.append("no Thon rings were found (the CTF fit failed)")
+    if c.max_fit_resolution_a is not None and not fit_resolution_a <= c.max_fit_resolution_a:
+        reasons.append(f"fit resolution {fit_resolution_a:.2f} Å is worse than {c.max_fit_resolution_a:g} Å")
+    if c.max_total_drift_a is not None and not total_drift_a <= c.max_total_drift_a:
+        reasons.append(f"total drift {total_drift_a:.2f} Å is more than {c.max_total_drift_a:g} Å")
+    if c.min_defocus_a is not None and not mean_a >= c.min_defocus_a:
+        reasons.append(f"mean defocus {mean_a:.0f} Å is less than {c.min_defocus_a:g} Å")
+    if c.max_defocus_a is not None and not mean_a <= c.max_defocus_a:
+        reasons.append(f"mean defocus {mean_a:.0f} Å is more than {c.max_defocus_a:g} Å")
+    if c.max_astigmatism_a is not None and not astigmatism_a <= c.max_astigmatism_a:
+        reasons.append(f"astigmatism {astigmatism_a:.0f} Å is more than {c.max_astigmatism_a:g} Å")
+    if c.max_ice_ring_ratio is not None and ice_ring_ratio is not None and not ice_ring_ratio <= c.max_ice_ring_ratio:
+        reasons.append(f"ice-ring ratio {ice_ring_ratio:.2f} is above {c.max_ice_ring_ratio:g}")
+    return reasons
+
+
 def accepts(
     curation: Curation,
     *,
@@ -39,16 +72,9 @@ def accepts(
     fit_ok: bool,
     ice_ring_ratio: float | None,
 ) -> bool:
-    """Whether one processed exposure meets every threshold of ``curation``."""
-    mean_defocus_a = (defocus_u_a + defocus_v_a) / 2
-    checks = [
-        (curation.max_fit_resolution_a, lambda t: fit_resolution_a <= t),
-        (curation.max_total_drift_a, lambda t: total_drift_a <= t),
-        (curation.min_defocus_a, lambda t: mean_defocus_a >= t),
-        (curation.max_defocus_a, lambda t: mean_defocus_a <= t),
-        (curation.max_astigmatism_a, lambda t: abs(defocus_u_a - defocus_v_a) <= t),
-        (curation.max_ice_ring_ratio, lambda t: ice_ring_ratio is None or ice_ring_ratio <= t),
-    ]
-    if curation.reject_no_fit and not fit_ok:
-        return False
-    return all(threshold is None or passes(threshold) for threshold, passes in checks)
+    """Whether one processed exposure meets every threshold of ``curation`` (the reference the
+    database's filter, ``emlive.db.queries.accepted_q``, is tested against)."""
+    return not rejection_reasons(
+        curation, fit_resolution_a=fit_resolution_a, total_drift_a=total_drift_a, defocus_u_a=defocus_u_a,
+        defocus_v_a=defocus_v_a, fit_ok=fit_ok, ice_ring_ratio=ice_ring_ratio,
+    )

@@ -1,15 +1,10 @@
-"""The dashboard's figures and rejection reasons (pure: no database, no browser)."""
+"""The dashboard's figures (pure: no database, no browser)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from emlive.curation import Curation, accepts
 from emlive.web.dashboard import plots
-from emlive.web.dashboard.reasons import rejection_reasons
 
 T0 = 1_700_000_000.0
 
@@ -71,39 +66,6 @@ def test_the_drift_plot_is_the_frame_trajectory():
     path = figure["data"][0]
     assert path["x"] == [0.0, -1.0, -1.5] and path["y"] == [0.0, 0.5, 2.0] and path["customdata"] == [1, 2, 3]
     assert figure["layout"]["yaxis"]["scaleanchor"] == "x" and "0.83 Å/px" in figure["layout"]["xaxis"]["title"]["text"]
-
-
-limits = st.one_of(st.none(), st.floats(0.5, 50_000.0))
-curations = st.builds(
-    Curation,
-    max_fit_resolution_a=limits, max_total_drift_a=limits, min_defocus_a=limits, max_defocus_a=limits,
-    max_astigmatism_a=limits, max_ice_ring_ratio=st.one_of(st.none(), st.floats(0.5, 3.0)), reject_no_fit=st.booleans(),
-)
-results = st.fixed_dictionaries({
-    "fit_resolution_a": st.floats(2.0, 30.0),
-    "total_drift_a": st.floats(0.0, 100.0),
-    "defocus_u_a": st.floats(0.0, 60_000.0),
-    "defocus_v_a": st.floats(0.0, 60_000.0),
-    "fit_ok": st.booleans(),
-    "ice_ring_ratio": st.one_of(st.none(), st.floats(0.5, 3.0)),
-})
-
-
-@given(curation=curations, result=results)
-def test_an_exposure_has_a_rejection_reason_exactly_when_accepts_rejects_it(curation, result):
-    assert (not rejection_reasons(curation, **result)) is accepts(curation, **result)
-
-
-def test_reasons_name_the_value_and_the_limit():
-    reasons = rejection_reasons(
-        Curation(max_fit_resolution_a=5.0, max_astigmatism_a=500.0, reject_no_fit=True),
-        fit_resolution_a=7.25, total_drift_a=3.0, defocus_u_a=15000.0, defocus_v_a=14000.0, fit_ok=False, ice_ring_ratio=None,
-    )
-    assert reasons == [
-        "no Thon rings were found (the CTF fit failed)",
-        "fit resolution 7.25 Å is worse than 5 Å",
-        "astigmatism 1000 Å is more than 500 Å",
-    ]
 
 
 def test_every_figure_is_valid_plotly():

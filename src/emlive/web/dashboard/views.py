@@ -35,7 +35,7 @@ from django.utils import timezone
 from django.utils.html import json_script
 from django.views.decorators.http import require_GET, require_POST
 
-from emlive.curation import Curation
+from emlive.curation import Curation, rejection_reasons
 from emlive.db import queries
 from emlive.db.export import CORRECTED_STAR, CTF_STAR, write_exports
 from emlive.db.models import Exposure, Session
@@ -44,7 +44,6 @@ from emlive.web import control
 from emlive.web.access import visible_sessions
 from emlive.web.dashboard import plots
 from emlive.web.dashboard.forms import CurationForm
-from emlive.web.dashboard.reasons import rejection_reasons
 
 log = logging.getLogger(__name__)
 
