@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from django.db import transaction
 from django.db.models import Count, Q
@@ -24,7 +25,7 @@ from emlive.db.models import Exposure, Project, Session, canonical_dir
 from emlive.db.store import acquisition_fields
 from emlive.web.access import valid_name
 
-COMPAT_STATES = (
+CompatState = Literal[
     "unknown",
     "needs_processing",
     "processing_start",
@@ -33,7 +34,8 @@ COMPAT_STATES = (
     "processing_failure",
     "incomplete_or_empty",
     "no_such_session",
-)
+]
+COMPAT_STATES: tuple[str, ...] = get_args(CompatState)
 
 MOVIE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff", ".eer")
 
@@ -46,7 +48,7 @@ class BadName(ValueError):
 class CompatStatus:
     """``GET /{project}/{user}/session/{session}``: exactly the fields facility scripts read."""
 
-    state: str
+    state: CompatState
     raw_files: int
     processed_files: int
     failed_jobs: int

@@ -18,6 +18,7 @@ from emlive.ctf.types import CtfParams
 from emlive.curation import Curation
 from emlive.motion.types import MotionParams
 from emlive.web.access import valid_name
+from emlive.web.control import CompatState
 
 NAME_HINT = "use letters, digits, '.', '_' or '-' (no '..', no '/', at most 200 characters)"
 
@@ -37,16 +38,6 @@ Name = Annotated[str, Field(pattern=NAME_SHAPE, max_length=200, description=NAME
 
 SessionState = Literal["idle", "processing", "stopped", "complete", "failed"]
 ExposureState = Literal["found", "submitted", "processed", "failed"]
-CompatState = Literal[
-    "unknown",
-    "needs_processing",
-    "processing_start",
-    "processing",
-    "processing_complete",
-    "processing_failure",
-    "incomplete_or_empty",
-    "no_such_session",
-]
 ExportName = Literal["micrographs_ctf.star", "corrected_micrographs.star"]
 
 
