@@ -22,9 +22,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from django.contrib.auth.models import User
-from django.core.handlers.asgi import ASGIHandler
-from django.core.signals import request_finished
-from django.db import connections
 from django.db.models import Count, F, QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.utils import timezone
@@ -70,7 +67,7 @@ from emlive.web.schemas import (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Shared plumbing: the data root, authentication, error answers, database connections.
+# Shared plumbing: the data root, authentication, error answers.
 
 _data_root: Path | None = None
 
@@ -194,16 +191,6 @@ def install_error_handlers(ninja_api: NinjaAPI) -> None:
     ninja_api.add_exception_handler(HttpError, http_error)
     ninja_api.add_exception_handler(control.BadName, bad_name)
 
-
-def _close_connections_after_asgi_request(sender: type | None, **kwargs: object) -> None:
-    """Under ASGI, Django runs each request's sync code in a thread of its own, so a persistent
-    connection (CONN_MAX_AGE=None, right for the controller) would be left open in a thread that
-    is gone. Close it when the request ends; WSGI and the test client keep theirs."""
-    if isinstance(sender, type) and issubclass(sender, ASGIHandler):
-        connections.close_all()
-
-
-request_finished.connect(_close_connections_after_asgi_request, dispatch_uid="emlive.web.api.close_connections")
 
 STATUS_TTL_S = 1.0
 """How long a session's status is reused, seconds: scripts poll it often and, on a session of
