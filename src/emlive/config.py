@@ -149,8 +149,8 @@ class WebSettings(BaseModel):
     failures_to_alert: int = Field(5, ge=1, description="Alert after this many exposures fail in a row")
     complete_after_s: float = Field(
         10800.0, gt=0,
-        description="A processing session with nothing left and no new movie for this long is complete and no "
-        "longer watched; longer than any pause in collection (grid exchanges, refills)",
+        description="A processing session with nothing left and no new movie for this long is complete (a movie "
+        "written later makes it processed again); best longer than the usual pauses in collection",
     )
 
 

@@ -20,7 +20,8 @@ The conditions, with the ``[web]`` settings that shape them:
 - **complete**: nothing is waiting, at least one exposure was found, and no new movie has been
   found for ``complete_after_s``. The session's state is then set to ``complete``
   (:func:`mark_complete`): the controller stops watching its folder, the compatible status says
-  ``processing_complete``, and ``resume-processing`` watches it again.
+  ``processing_complete``; ``resume-processing``, or a movie written later
+  (``emlive.web.service.reopen_written_sessions``), makes it processed again.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@
   already on disk are stored without recomputing (see :mod:`emlive.runtime.loop`).
 - **Notifications** (a thread): every few seconds, :mod:`emlive.web.notify` looks at the sessions
   being processed and posts to ``[web] webhook_url`` when one stalls, fails repeatedly or
-  completes (a complete session's state becomes ``complete``).
+  completes (a complete session's state becomes ``complete``; the controller looks at complete
+  sessions' folders every minute and processes one again when a movie is written to it).
 - **Shutdown**: the first SIGTERM/SIGINT stops accepting requests and lets the controller finish
   the exposures in flight, then the process exits 0; a second one leaves them for the next start.
 """
@@ -338,6 +339,50 @@ def sessions_to_process(settings: Settings) -> list[tuple[Session, PipelineParam
     return chosen
 
 
+REOPEN_CHECK_S = 60.0
+"""How often sessions marked complete are looked at for movies written since, seconds."""
+
+REOPEN_WITHIN_S = 2 * 24 * 3600.0
+"""Sessions marked complete longer ago than this are left alone (their folders are not scanned)."""
+
+
+def reopen_written_sessions(*, now_s: float | None = None) -> list[Session]:
+    """Sessions of the facility layout marked complete within :data:`REOPEN_WITHIN_S` whose
+    ``raw/`` tree was written since (a folder's mtime changes when a file is added to it): back
+    to ``processing``, so a pause in collection longer than ``complete_after_s`` never leaves
+    the movies after it unwatched. Returns the sessions reopened."""
+    from datetime import UTC, datetime
+
+    from django.utils import timezone
+
+    from emlive.db.models import Session
+
+    now_s = time.time() if now_s is None else now_s
+    since = datetime.fromtimestamp(now_s - REOPEN_WITHIN_S, UTC)
+    reopened = []
+    for session in Session.objects.select_related("project").filter(
+        state=Session.State.COMPLETE, updated_at__gte=since
+    ).exclude(owner=""):
+        if _tree_written_since(Path(session.raw_dir), session.updated_at.timestamp()):
+            marked = Session.objects.filter(pk=session.pk, state=Session.State.COMPLETE, updated_at=session.updated_at)
+            if marked.update(state=Session.State.PROCESSING, updated_at=timezone.now()):
+                log.info("%s: new movies after it was marked complete; processing it again", session)
+                reopened.append(session)
+    return reopened
+
+
+def _tree_written_since(folder: Path, since_s: float) -> bool:
+    """Whether ``folder`` or a folder below it was changed (a file added, renamed or removed)
+    after ``since_s`` (seconds since the epoch); False when it cannot be read."""
+    for dirpath, _dirs, _files in os.walk(folder):
+        try:
+            if os.stat(dirpath).st_mtime > since_s:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def follow_sessions(settings: Settings, signals: StopSignals, ready: Callable[[], None] = lambda: None) -> None:
     """The controller: process every session in state ``processing`` on one Dask cluster until
     ``signals`` stop it, taking up sessions started or resumed and letting go of those stopped
@@ -349,6 +394,13 @@ def follow_sessions(settings: Settings, signals: StopSignals, ready: Callable[[]
     with open_cluster(settings.cluster) as cluster:
         log.info("controller ready (%s Dask cluster); following the sessions in state processing", settings.cluster.kind)
         ready()
-        run_sessions(
-            [], settings, watch=True, signals=signals, cluster=cluster, follow=lambda: sessions_to_process(settings)
-        )
+        next_reopen_s = 0.0
+
+        def follow() -> list[tuple[Session, PipelineParams]]:
+            nonlocal next_reopen_s
+            if time.monotonic() >= next_reopen_s:
+                next_reopen_s = time.monotonic() + REOPEN_CHECK_S
+                reopen_written_sessions()
+            return sessions_to_process(settings)
+
+        run_sessions([], settings, watch=True, signals=signals, cluster=cluster, follow=follow)

@@ -166,3 +166,23 @@ def test_the_controller_follows_processing_sessions_and_fails_those_with_bad_par
     assert (bad.state, stopped.state, control.status_of(bad).state) == ("failed", "stopped", "processing_failure")
     assert "p1/grid2 cannot be processed, its parameters are not valid" in caplog.text and "bin_factor" in caplog.text
     assert service.sessions_to_process(configured)[0][0].pk == good.pk
+
+
+def test_a_complete_session_written_to_again_is_processed_again(db, tmp_path):
+    from django.utils import timezone
+
+    from emlive.db.models import Session
+
+    written, quiet, old = (start(tmp_path, session=name, movies=("m0.tif",)) for name in ("written", "quiet", "old"))
+    then = timezone.now() - timezone.timedelta(seconds=30)
+    Session.objects.filter(pk__in=[written.pk, quiet.pk]).update(state="complete", updated_at=then)
+    Session.objects.filter(pk=old.pk).update(state="complete", updated_at=then - timezone.timedelta(days=3))
+    for session in (written, quiet, old):
+        os.utime(session.raw_dir, (then.timestamp() - 60,) * 2)  # the folders as they were when completed
+    (tmp_path / "p1" / "sessions" / "ann" / "written" / "raw" / "GridSquare_2").mkdir()  # EPU writes below raw/
+    (tmp_path / "p1" / "sessions" / "ann" / "written" / "raw" / "GridSquare_2" / "m1.tif").write_bytes(b"x")
+    (tmp_path / "p1" / "sessions" / "ann" / "old" / "raw" / "m1.tif").write_bytes(b"x")
+
+    assert [s.name for s in service.reopen_written_sessions()] == ["written"]
+    assert {s.name: s.state for s in Session.objects.all()} == {"written": "processing", "quiet": "complete", "old": "complete"}
+    assert service.reopen_written_sessions() == []  # processing now: nothing more to do
