@@ -33,7 +33,7 @@ from ninja.security import APIKeyCookie, APIKeyQuery, HttpBearer
 from ninja.utils import check_csrf
 from pydantic import AfterValidator
 
-from emlive.curation import Curation, accepts
+from emlive.curation import Curation
 from emlive.db import queries
 from emlive.db.export import write_exports
 from emlive.db.models import OUTPUT_PATH_MAX_CHARS, Exposure, Project, Session
@@ -423,21 +423,6 @@ def put_curation(request: HttpRequest, session_id: IdPath, body: Curation) -> Cu
     return body
 
 
-def _accepted(exposure: Exposure, curation: Curation) -> bool | None:
-    motion, ctf = getattr(exposure, "motion", None), getattr(exposure, "ctf", None)
-    if exposure.state != Exposure.State.PROCESSED or motion is None or ctf is None:
-        return None
-    return accepts(
-        curation,
-        fit_resolution_a=ctf.fit_resolution_a,
-        total_drift_a=motion.total_drift_a,
-        defocus_u_a=ctf.defocus_u_a,
-        defocus_v_a=ctf.defocus_v_a,
-        fit_ok=ctf.fit_ok,
-        ice_ring_ratio=ctf.ice_ring_ratio,
-    )
-
-
 ExposureOrder = Literal[
     "found_at", "-found_at", "processed_at", "-processed_at", "path", "-path",
     "fit_resolution_a", "-fit_resolution_a", "total_drift_a", "-total_drift_a", "defocus_a", "-defocus_a",
@@ -519,7 +504,8 @@ def list_exposures(
 )
 def get_exposure(request: HttpRequest, session_id: IdPath, exposure_id: IdPath) -> ExposureDetail:
     session = _visible_session(request, session_id)
-    e = Exposure.objects.select_related("motion", "ctf").filter(session_id=session.pk, pk=exposure_id).first()
+    exposures = Exposure.objects.select_related("motion", "ctf").filter(session_id=session.pk, pk=exposure_id)
+    e = queries.with_verdict(exposures, session.curation).first()
     if e is None:
         raise HttpError(
             404, f"session {session_id} has no exposure {exposure_id}; GET /api/v1/sessions/{session_id}/exposures lists them"
@@ -539,7 +525,7 @@ def get_exposure(request: HttpRequest, session_id: IdPath, exposure_id: IdPath) 
         failed_at=e.failed_at,
         fail_count=e.fail_count,
         fail_reason=e.fail_reason,
-        accepted=_accepted(e, session.curation),
+        accepted=e.accepted,
         motion=None if motion is None else MotionOut(
             engine=motion.engine,
             engine_version=motion.engine_version,
