@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import tifffile
@@ -256,52 +256,21 @@ def write_movie(
 def write_session(
     session_dir: str | os.PathLike[str],
     *,
-    n_movies: int = 8,
-    shape: tuple[int, int] = (1024, 1024),
-    n_frames: int = 24,
-    formats: Sequence[MovieFormat] = ("mrc", "tiff", "eer"),
-    seed: int = 0,
-    pixel_size_a: float = 1.0,
-    dose_per_frame_e_a2: float = 1.0,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.07,
-    eer_fractions: int = 24,
-    eer_raw_frames_per_fraction: int = 20,
-    gain: bool = False,
-    defocus_range_a: tuple[float, float] = (8000.0, 25000.0),
-    max_astigmatism_a: float = 1000.0,
-    drift_range_px: tuple[float, float] = (4.0, 16.0),
     workers: int | None = None,
     on_movie: Callable[[MovieTruth, Path], None] | None = None,
+    **plan: Any,
 ) -> SessionTruth:
     """Write a synthetic session into ``session_dir`` and return its ground truth.
 
-    The truth is drawn by :func:`plan_session` (same keywords). ``truth.json`` and the gain
+    The truth is drawn by :func:`plan_session` from the other keywords (``n_movies``, ``shape``,
+    ``formats``, ``seed`` …; an unknown one is a TypeError there). ``truth.json`` and the gain
     reference are written first, then the movies in acquisition order, each atomically;
     ``on_movie(movie_truth, path)`` is called after each (for progress, or to pace a simulated
     live session). ``workers`` (default: the number of CPUs) movies are made at once. Files
     are renamed into ``raw/`` as each finishes, so with ``workers > 1`` a later movie may land
     shortly before an earlier one.
     """
-    truth = plan_session(
-        n_movies=n_movies,
-        shape=shape,
-        n_frames=n_frames,
-        formats=formats,
-        seed=seed,
-        pixel_size_a=pixel_size_a,
-        dose_per_frame_e_a2=dose_per_frame_e_a2,
-        voltage_kv=voltage_kv,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        eer_fractions=eer_fractions,
-        eer_raw_frames_per_fraction=eer_raw_frames_per_fraction,
-        gain=gain,
-        defocus_range_a=defocus_range_a,
-        max_astigmatism_a=max_astigmatism_a,
-        drift_range_px=drift_range_px,
-    )
+    truth = plan_session(**plan)
     root = Path(session_dir)
     raw_dir = root / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
