@@ -15,9 +15,11 @@ from pathlib import Path
 
 from emlive.io.atomic import is_temporary_name
 from emlive.io.errors import MovieFormatError
+from emlive.io.movie import MOVIE_SUFFIXES as _FORMATS
 from emlive.io.movie import check_movie_complete
 
-MOVIE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff", ".eer")
+MOVIE_SUFFIXES = tuple(_FORMATS)
+"""The suffixes of the files that are movies (every format emlive reads)."""
 
 
 @dataclass(frozen=True)

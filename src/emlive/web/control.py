@@ -23,6 +23,7 @@ from django.utils import timezone
 from emlive.acquisition import Acquisition
 from emlive.db.models import Exposure, Project, Session, canonical_dir
 from emlive.db.store import acquisition_fields
+from emlive.runtime.watcher import scan_movies
 from emlive.web.access import valid_name
 
 CompatState = Literal[
@@ -36,8 +37,6 @@ CompatState = Literal[
     "no_such_session",
 ]
 COMPAT_STATES: tuple[str, ...] = get_args(CompatState)
-
-MOVIE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff", ".eer")
 
 
 class BadName(ValueError):
@@ -79,14 +78,6 @@ def list_sessions(data_root: Path, project_id: str, user: str) -> list[str]:
     )
 
 
-def count_movies(raw_dir: Path) -> int:
-    """Movie files directly in ``raw_dir`` and its subfolders (0 when it does not exist)."""
-    total = 0
-    for _dirpath, _dirs, files in os.walk(raw_dir):
-        total += sum(1 for name in files if name.lower().endswith(MOVIE_SUFFIXES) and not name.startswith("."))
-    return total
-
-
 def recorded_session(folder: Path) -> Session | None:
     """The database's session for the session folder ``folder``, or None if never started."""
     return Session.objects.select_related("project").filter(raw_dir=canonical_dir(folder / "raw")).first()
@@ -99,7 +90,7 @@ def session_status(data_root: Path, project_id: str, user: str, session_id: str)
         return CompatStatus("no_such_session", 0, 0, 0, 0.0, 0.0)
     session = recorded_session(folder)
     if session is None:
-        n_raw = count_movies(folder / "raw")
+        n_raw = len(scan_movies(folder / "raw"))
         return CompatStatus("needs_processing" if n_raw else "incomplete_or_empty", n_raw, 0, 0, 0.0, 0.0)
     return status_of(session)
 
