@@ -100,10 +100,21 @@ def _aware(name: str, value: datetime | None, default: datetime) -> datetime:
     return value
 
 
-def _finite(owner: str, values: dict[str, Any]) -> None:
-    for key, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{owner}.{key} is {value}; only finite numbers can be stored")
+def check_storable(owner: str, value: object) -> None:
+    """Raise ValueError when ``value`` (or a number or text inside it) cannot be stored: a
+    number that is not finite (inf, nan) or text with a NUL character (neither JSON columns nor
+    PostgreSQL take them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{owner} is {value}; use a finite number")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"{owner} contains a NUL character")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_storable(f"{owner}.{key}", key)
+            check_storable(f"{owner}.{key}", item)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_storable(f"{owner}[{i}]", item)
 
 
 def acquisition_fields(acquisition: Acquisition) -> dict[str, Any]:
@@ -138,7 +149,7 @@ def get_or_create_session(
     raw = canonical_dir(raw_dir)
     out = canonical_dir(out_dir)
     fields = acquisition_fields(acquisition)
-    _finite("acquisition", fields)
+    check_storable("acquisition", fields)
     with transaction.atomic():
         existing = Session.objects.select_for_update().select_related("project").filter(raw_dir=raw).first()
         if existing is None:
@@ -375,9 +386,8 @@ def _result_row(
         "avrot_path": str(Path(ctf.avrot_path).absolute()),
         "diagnostic_png_path": str(Path(ctf.diagnostic_png_path).absolute()),
     }
-    _finite("motion", motion_fields)
-    _finite("motion", {f"shifts_px[{i}][{j}]": v for i, xy in enumerate(motion_fields["shifts_px"]) for j, v in enumerate(xy)})
-    _finite("ctf", ctf_fields)
+    check_storable("motion", motion_fields)
+    check_storable("ctf", ctf_fields)
     return _ResultRow(
         int(exposure_id),
         motion_fields,

@@ -34,7 +34,7 @@ from ninja.utils import check_csrf
 from pydantic import AfterValidator
 
 from emlive.curation import Curation
-from emlive.db import queries
+from emlive.db import queries, store
 from emlive.db.export import write_exports
 from emlive.db.models import OUTPUT_PATH_MAX_CHARS, Exposure, Project, Session
 from emlive.runtime.metrics import session_metrics
@@ -60,10 +60,8 @@ from emlive.web.schemas import (
     SessionDetail,
     SessionPage,
     SessionState,
-    SessionSummary,
     StartSession,
     check_name,
-    finite,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +414,7 @@ def put_curation(request: HttpRequest, session_id: IdPath, body: Curation) -> Cu
     the database and are left out of the exports."""
     session = _visible_session(request, session_id)
     try:
-        finite("curation", body.model_dump())
+        store.check_storable("curation", body.model_dump())
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
     Session.objects.filter(pk=session.pk).update(curation_json=body.model_dump(mode="json"), updated_at=timezone.now())

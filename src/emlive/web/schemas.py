@@ -6,7 +6,6 @@ here is what the OpenAPI document at ``/api/v1/openapi.json`` describes.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -17,6 +16,7 @@ from emlive.acquisition import Acquisition
 from emlive.ctf.types import CtfParams
 from emlive.curation import Curation
 from emlive.motion.types import MotionParams
+from emlive.db.store import check_storable
 from emlive.web.access import valid_name
 from emlive.web.control import CompatState
 
@@ -39,23 +39,6 @@ Name = Annotated[str, Field(pattern=NAME_SHAPE, max_length=200, description=NAME
 SessionState = Literal["idle", "processing", "stopped", "complete", "failed"]
 ExposureState = Literal["found", "submitted", "processed", "failed"]
 ExportName = Literal["micrographs_ctf.star", "corrected_micrographs.star"]
-
-
-def finite(owner: str, value: object) -> None:
-    """Raise ValueError when ``value`` (or a number or text inside it) cannot be stored: a
-    number that is not finite (inf, nan) or text with a NUL character (neither JSON columns nor
-    PostgreSQL take them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{owner} is {value}; use a finite number")
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError(f"{owner} contains a NUL character")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            finite(f"{owner}.{key}", key)
-            finite(f"{owner}.{key}", item)
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            finite(f"{owner}[{i}]", item)
 
 
 class Error(Schema):
@@ -130,14 +113,14 @@ class ProcessingParams(Schema):
     @field_validator("motion")
     @classmethod
     def _motion(cls, value: dict[str, Any]) -> dict[str, Any]:
-        finite("params.motion", value)
+        check_storable("params.motion", value)
         MotionParams.model_validate(value)
         return value
 
     @field_validator("ctf")
     @classmethod
     def _ctf(cls, value: dict[str, Any]) -> dict[str, Any]:
-        finite("params.ctf", value)
+        check_storable("params.ctf", value)
         CtfParams.model_validate(value)
         return value
 
@@ -171,7 +154,7 @@ class StartSession(Schema):
     @field_validator("acquisition")
     @classmethod
     def _acquisition(cls, value: Acquisition) -> Acquisition:
-        finite("acquisition", value.model_dump(mode="json"))
+        check_storable("acquisition", value.model_dump(mode="json"))
         return value
 
 
