@@ -8,6 +8,7 @@ test's tmp folder); their paths are printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -175,6 +176,7 @@ def _shot(page, artifacts: Path, name: str) -> Path:
 def test_a_live_session_in_the_browser(server: str, tmp_path: Path, artifacts: Path) -> None:
     if not CHROMIUM.is_file():
         skip_or_fail(f"{CHROMIUM} not found: install Debian's chromium package (apt-get install chromium)")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     from emlive.db import store
@@ -226,7 +228,10 @@ def test_a_live_session_in_the_browser(server: str, tmp_path: Path, artifacts: P
             expect(page.locator("#n-processed")).to_have_text(str(FIRST + LATER), timeout=10_000)
             producer.join(timeout=30)
             assert producer.error is None, producer.error
-            loaded = page.evaluate("Array.from(document.querySelectorAll('#exposures img.thumb')).filter(i => i.complete && i.naturalWidth > 0).length")
+            count_loaded = "Array.from(document.querySelectorAll('#exposures img.thumb')).filter(i => i.complete && i.naturalWidth > 0).length"
+            with contextlib.suppress(PlaywrightTimeout):  # the last swap's pictures may still be loading
+                page.wait_for_function(f"{count_loaded} === {FIRST + LATER}", timeout=10_000)
+            loaded = page.evaluate(count_loaded)
             assert loaded == FIRST + LATER, "every thumbnail is a loadable picture"
             _shot(page, artifacts, "03_session_live")
 
