@@ -3,7 +3,7 @@
 The four pieces: :class:`CtffindParams` (typed, from the optics and the step's params), the
 pure :func:`build_command` giving the argv and the answers ctffind reads on stdin (its
 interactive questions, in the order each release asks them), one run through
-:func:`emlive.tools.run_tool`, and the pure :func:`parse_output` of ctffind's results file:
+:class:`emlive.tools.ExternalTool`, and the pure :func:`parse_output` of ctffind's results file:
 comment lines, then one line per micrograph of 7 numbers (4.1: number, defocus 1 and 2 Å,
 azimuth °, additional phase shift rad, cross-correlation, fit resolution Å) or 10 (5.x adds
 sample tilt angle °, tilt axis angle ° and sample thickness Å).
@@ -20,9 +20,7 @@ import logging
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
@@ -30,24 +28,13 @@ from emlive.acquisition import Optics
 from emlive.ctf.types import CtfParams, CtfResult
 from emlive.io.mrc import read_mrc
 from emlive.io.png import write_png_atomic
-from emlive.tools import (
-    ToolOutputError,
-    ToolSpec,
-    Version,
-    check_version,
-    detect_version,
-    find_version,
-    run_tool,
-    tail,
-    tool_spec,
-)
+from emlive.tools import ExternalTool, ToolSpec, Version, find_version
 
 __all__ = [
     "ENGINE_VERSION",
     "RELEASES",
     "CtffindOutput",
     "CtffindParams",
-    "Release",
     "build_command",
     "ctffind_params",
     "estimate_ctf_ctffind4",
@@ -59,24 +46,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENGINE_VERSION = "ctffind-1"
-VERSION_ARGS = ("--version",)
-
-
-class Release(BaseModel):
-    """A ctffind generation: its tool name, usual executable and releases read."""
-
-    model_config = ConfigDict(frozen=True)
-
-    tool: Literal["ctffind4", "ctffind5"]
-    executable: str
-    supported: tuple[Version, Version]
-    n_columns: int
-
-
-RELEASES = {
-    "ctffind4": Release(tool="ctffind4", executable="ctffind", supported=(Version(4, 1, 0), Version(5, 0, 0)), n_columns=7),
-    "ctffind5": Release(tool="ctffind5", executable="ctffind5", supported=(Version(5, 0, 0), Version(6, 0, 0)), n_columns=10),
-}
 
 
 class CtffindParams(BaseModel):
@@ -167,6 +136,16 @@ def parse_version(text: str) -> Version | None:
     return find_version(text, r"(?:^|[\s:v])(\d+\.\d+\.\d+)\b")
 
 
+RELEASES = {  # the ctffind generations: [tools.<name>], usual executable, releases read
+    name: ExternalTool(name, executable, parse_version, supported, label="ctffind")
+    for name, executable, supported in (
+        ("ctffind4", "ctffind", (Version(4, 1, 0), Version(5, 0, 0))),
+        ("ctffind5", "ctffind5", (Version(5, 0, 0), Version(6, 0, 0))),
+    )
+}
+N_COLUMNS = {"ctffind4": 7, "ctffind5": 10}  # per micrograph in the results file
+
+
 class CtffindOutput(BaseModel):
     """The numbers of one micrograph in ctffind's results file."""
 
@@ -193,8 +172,8 @@ def parse_output(text: str, version: Version, *, release: str = "ctffind4") -> C
     same generation as ``version``. Raises ``ValueError`` otherwise, or for a file with no
     result line or a result line of the wrong width.
     """
-    generation = RELEASES[release]
-    check_version(version, tool="ctffind", supported=generation.supported)
+    RELEASES[release].check(version)
+    n_columns = N_COLUMNS[release]
     stated = _FILE_VERSION.search(text)
     if stated is not None and Version.parse(stated.group(1)).major != version.major:
         raise ValueError(f"the results file says ctffind {stated.group(1)}, but ctffind {version} ran")
@@ -202,16 +181,14 @@ def parse_output(text: str, version: Version, *, release: str = "ctffind4") -> C
     if not rows:
         raise ValueError("no result line in the ctffind results file")
     values = rows[0]
-    if len(values) != generation.n_columns:
-        raise ValueError(
-            f"ctffind {version} writes {generation.n_columns} columns per micrograph; the results file has {len(values)}"
-        )
+    if len(values) != n_columns:
+        raise ValueError(f"ctffind {version} writes {n_columns} columns per micrograph; the results file has {len(values)}")
     try:
         numbers = [float(value) for value in values]
     except ValueError as err:
         raise ValueError(f"not a number in the ctffind results line {' '.join(values)!r}") from err
     extra = {}
-    if generation.n_columns == 10:
+    if n_columns == 10:
         extra = {"tilt_angle_deg": numbers[7], "tilt_axis_deg": numbers[8], "thickness_a": numbers[9]}
     return CtffindOutput(
         defocus_1_a=numbers[1],
@@ -225,39 +202,22 @@ def parse_output(text: str, version: Version, *, release: str = "ctffind4") -> C
 
 
 def _estimate(
-    release: Release, micrograph: Path, out_dir: Path, optics: Optics, params: CtfParams, *, stem: str | None,
+    tool: ExternalTool, micrograph: Path, out_dir: Path, optics: Optics, params: CtfParams, *, stem: str | None,
     spec: ToolSpec | None,
 ) -> CtfResult:
-    micrograph, out_dir = Path(micrograph).resolve(), Path(out_dir)
-    stem = stem or micrograph.stem
-    spec = spec or tool_spec(release.tool)
-    version = detect_version(spec, default_executable=release.executable, args=VERSION_ARGS, parse=parse_version)
-    check_version(version, tool="ctffind", supported=release.supported)
-    p = ctffind_params(optics, params)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{stem}.tmp-{release.tool}-", dir=out_dir) as tmp:
-        work = Path(tmp).resolve()
-        diagnostic = work / f"{stem}.mrc"
+    out_dir = Path(out_dir)
+    with tool.run(micrograph, out_dir, stem=stem, spec=spec) as run:
+        micrograph, stem, version = run.source, run.stem, run.version
+        p = ctffind_params(optics, params)
         argv, answers = build_command(
-            p, version=version, executable=release.executable, micrograph=str(micrograph), diagnostic=str(diagnostic)
+            p, version=version, executable=tool.executable, micrograph=str(micrograph),
+            diagnostic=str(run.work / f"{stem}.mrc"),
         )
-        done = run_tool(spec, argv, default_executable=release.executable, stdin=answers, cwd=work, paths=[micrograph.parent])
-        txt, avrot = work / f"{stem}.txt", work / f"{stem}_avrot.txt"
-        missing = [path.name for path in (txt, avrot, diagnostic) if not path.is_file()]
-        if missing:
-            raise ToolOutputError(
-                f"{micrograph}: ctffind ended without writing {', '.join(missing)}",
-                argv=done.argv,
-                exit_code=done.returncode,
-                stderr_tail=tail(done.stderr + "\n" + done.stdout),
-            )
+        run.call(argv, stdin=answers)
+        txt, avrot, diagnostic = run.expect(f"{stem}.txt", f"{stem}_avrot.txt", f"{stem}.mrc")
         text = txt.read_text(errors="replace")
-        try:
-            fit = parse_output(text, version, release=release.tool)
-        except ValueError as err:
-            raise ToolOutputError(
-                f"{micrograph}: cannot read ctffind's results {txt.name}: {err}", argv=done.argv, stderr_tail=tail(text)
-            ) from err
+        with run.reading(f"results {txt.name}", text):
+            fit = parse_output(text, version, release=tool.name)
         image, _ = read_mrc(diagnostic)
         txt_path, avrot_path, png_path = out_dir / f"{stem}.txt", out_dir / f"{stem}_avrot.txt", out_dir / f"{stem}.png"
         os.replace(avrot, avrot_path)

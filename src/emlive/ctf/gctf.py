@@ -1,7 +1,7 @@
 """Gctf (1.06, 1.18) as an emlive CTF engine (GPU).
 
 The four pieces: :class:`GctfParams` (typed, from the optics and the step's params), the pure
-:func:`build_command`, one run through :func:`emlive.tools.run_tool` on a GPU worker, and the
+:func:`build_command`, one run through :class:`emlive.tools.ExternalTool` on a GPU worker, and the
 pure :func:`parse_output` of Gctf's log (``<stem>_gctf.log``): the line ending in
 ``Final Values`` under its column names (``Defocus_U Defocus_V Angle [Phase_shift] CCC``), and
 ``RES_LIMIT`` from the equiphase-averaging (EPA) line. :func:`parse_epa` reads
@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -37,21 +36,12 @@ from emlive.ctf.types import CtfParams, CtfResult
 from emlive.io.atomic import atomic_write_text
 from emlive.io.mrc import read_mrc
 from emlive.io.png import write_png_atomic
-from emlive.tools import (
-    ToolOutputError,
-    ToolSpec,
-    Version,
-    check_version,
-    detect_version,
-    find_version,
-    run_tool,
-    tail,
-    tool_spec,
-)
+from emlive.tools import ExternalTool, ToolSpec, Version, find_version
 
 __all__ = [
     "DEFAULT_EXECUTABLE",
     "ENGINE_VERSION",
+    "GCTF",
     "SUPPORTED_VERSIONS",
     "EpaCurves",
     "GctfOutput",
@@ -71,7 +61,6 @@ log = logging.getLogger(__name__)
 ENGINE_VERSION = "gctf-1"
 DEFAULT_EXECUTABLE = "Gctf"
 SUPPORTED_VERSIONS = (Version(1, 6, 0), Version(1, 19, 0))
-VERSION_ARGS = ("--version",)
 LOG_SUFFIX = "_gctf.log"
 
 
@@ -151,6 +140,9 @@ def parse_version(text: str) -> Version | None:
     return find_version(text, r"(?:Current version:?|Gctf\S*\s+(?:version\s*:?)?)\s*v?(\d+\.\d+(?:\.\d+)?)")
 
 
+GCTF = ExternalTool("gctf", DEFAULT_EXECUTABLE, parse_version, SUPPORTED_VERSIONS, label="Gctf", needs_gpu=True)
+
+
 class GctfOutput(BaseModel):
     """Gctf's final values for one micrograph."""
 
@@ -174,7 +166,7 @@ def parse_output(text: str, version: Version) -> GctfOutput:
 
     Raises ``ValueError`` for an unsupported version or a log without final values.
     """
-    check_version(version, tool="Gctf", supported=SUPPORTED_VERSIONS)
+    GCTF.check(version)
     lines = text.splitlines()
     final = [i for i, line in enumerate(lines) if line.rstrip().endswith("Final Values")]
     if not final:
@@ -301,38 +293,18 @@ def estimate_ctf(
     :class:`emlive.tools.ToolNotFoundError`/:class:`emlive.tools.ToolVersionError` when it is
     missing or an unsupported release.
     """
-    micrograph, out_dir = Path(micrograph).resolve(), Path(out_dir)
-    stem = stem or micrograph.stem
-    spec = spec or tool_spec("gctf")
-    version = detect_version(spec, default_executable=DEFAULT_EXECUTABLE, args=VERSION_ARGS, parse=parse_version)
-    check_version(version, tool="Gctf", supported=SUPPORTED_VERSIONS)
-    p = gctf_params(optics, params)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{stem}.tmp-gctf-", dir=out_dir) as tmp:
-        work = Path(tmp).resolve()
-        linked = work / f"{stem}.mrc"
+    out_dir = Path(out_dir)
+    with GCTF.run(micrograph, out_dir, stem=stem, spec=spec) as run:
+        micrograph, stem, version = run.source, run.stem, run.version
+        p = gctf_params(optics, params)
+        linked = run.work / f"{stem}.mrc"
         os.symlink(micrograph, linked)
-        argv = build_command(p, executable=DEFAULT_EXECUTABLE, micrograph=linked.name)
-        done = run_tool(
-            spec, argv, default_executable=DEFAULT_EXECUTABLE, cwd=work, paths=[micrograph.parent], needs_gpu=True
-        )
-        log_file, epa_file, diagnostic = work / f"{stem}{LOG_SUFFIX}", work / f"{stem}_EPA.log", work / f"{stem}.ctf"
-        missing = [path.name for path in (log_file, epa_file, diagnostic) if not path.is_file()]
-        if missing:
-            raise ToolOutputError(
-                f"{micrograph}: Gctf ended without writing {', '.join(missing)}",
-                argv=done.argv,
-                exit_code=done.returncode,
-                stderr_tail=tail(done.stderr + "\n" + done.stdout),
-            )
+        run.call(build_command(p, executable=DEFAULT_EXECUTABLE, micrograph=linked.name))
+        log_file, epa_file, diagnostic = run.expect(f"{stem}{LOG_SUFFIX}", f"{stem}_EPA.log", f"{stem}.ctf")
         log_text = log_file.read_text(errors="replace")
-        try:
+        with run.reading("output", log_text):
             fit = parse_output(log_text, version)
             curves = parse_epa(epa_file.read_text(errors="replace"))
-        except ValueError as err:
-            raise ToolOutputError(
-                f"{micrograph}: cannot read Gctf's output: {err}", argv=done.argv, stderr_tail=tail(log_text)
-            ) from err
         image, _ = read_mrc(diagnostic)
         run_at = datetime.now()
         txt_path, avrot_path, png_path = out_dir / f"{stem}.txt", out_dir / f"{stem}_avrot.txt", out_dir / f"{stem}.png"

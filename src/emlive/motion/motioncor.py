@@ -2,7 +2,7 @@
 
 The four pieces: :class:`MotionCorParams` (typed, from the session's acquisition and the step's
 params), the pure :func:`build_command` (and :func:`fmint_text` for EER), one run through
-:func:`emlive.tools.run_tool` on a GPU worker, and the pure :func:`parse_output` of what the
+:class:`emlive.tools.ExternalTool` on a GPU worker, and the pure :func:`parse_output` of what the
 program prints: the ``Full-frame alignment shift`` section, one ``Frame … shift: x y`` line per
 frame. The frame-number spelling differs between releases (``Frame   1 shift:`` and
 ``...... Frame (  1) shift:``); both are read, as RELION's own MotionCor2 reader does.
@@ -21,9 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -35,23 +33,12 @@ from emlive.motion.dose import drift_statistics
 from emlive.motion.native import motion_star_blocks
 from emlive.motion.relion import GAIN_FLIP, EerGrouping, absolute_paths, movie_header
 from emlive.motion.types import MotionParams, MotionResult
-from emlive.tools import (
-    ToolOutputError,
-    ToolSpec,
-    Version,
-    check_version,
-    detect_version,
-    find_version,
-    run_tool,
-    tail,
-    tool_spec,
-)
+from emlive.tools import ExternalTool, ToolSpec, Version, find_version
 
 __all__ = [
     "ENGINE_VERSION",
     "PROGRAMS",
     "MotionCorParams",
-    "Program",
     "build_command",
     "fmint_text",
     "motion_correct_motioncor2",
@@ -64,23 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENGINE_VERSION = "motioncor-1"
-VERSION_ARGS = ("--version",)
-
-
-class Program(BaseModel):
-    """One of the MotionCor programs: its tool name, executable and the releases read."""
-
-    model_config = ConfigDict(frozen=True)
-
-    tool: Literal["motioncor2", "motioncor3"]
-    executable: str
-    supported: tuple[Version, Version]
-
-
-PROGRAMS = {
-    "motioncor2": Program(tool="motioncor2", executable="MotionCor2", supported=(Version(1, 4, 0), Version(1, 7, 0))),
-    "motioncor3": Program(tool="motioncor3", executable="MotionCor3", supported=(Version(1, 0, 0), Version(2, 0, 0))),
-}
 
 _INPUT_FLAG: dict[MovieFormat, str] = {"mrc": "-InMrc", "tiff": "-InTiff", "eer": "-InEer"}
 
@@ -200,6 +170,15 @@ def parse_version(text: str) -> Version | None:
     return find_version(text, r"MotionCor[23]\S*\s+(?:version\s*)?v?(\d+\.\d+(?:\.\d+)?)")
 
 
+PROGRAMS = {  # [tools.<name>], usual executable, releases read
+    name: ExternalTool(name, executable, parse_version, supported, needs_gpu=True)
+    for name, executable, supported in (
+        ("motioncor2", "MotionCor2", (Version(1, 4, 0), Version(1, 7, 0))),
+        ("motioncor3", "MotionCor3", (Version(1, 0, 0), Version(2, 0, 0))),
+    )
+}
+
+
 _SECTION = re.compile(r"Full-frame alignment shift", re.IGNORECASE)
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 _FRAME = re.compile(rf"Frame\s*\(?\s*(\d+)\s*\)?\s*shift:\s*{_NUMBER}\s+{_NUMBER}")
@@ -211,7 +190,7 @@ def parse_output(text: str, version: Version, *, program: str = "motioncor2") ->
     Reads the last ``Full-frame alignment shift`` section: one line per frame, numbered from 1.
     Raises ``ValueError`` for an unsupported version, a missing section or frames out of order.
     """
-    check_version(version, tool=PROGRAMS[program].executable, supported=PROGRAMS[program].supported)
+    PROGRAMS[program].check(version)
     sections: list[list[tuple[int, float, float]]] = []
     current: list[tuple[int, float, float]] | None = None
     for line in text.splitlines():
@@ -238,7 +217,7 @@ def parse_output(text: str, version: Version, *, program: str = "motioncor2") ->
 
 
 def _motion_correct(
-    program: Program,
+    program: ExternalTool,
     movie: Path,
     out_dir: Path,
     acq: Acquisition,
@@ -247,18 +226,13 @@ def _motion_correct(
     stem: str | None,
     spec: ToolSpec | None,
 ) -> MotionResult:
-    movie, out_dir = Path(movie).resolve(), Path(out_dir)
-    stem = stem or movie.stem
-    spec = spec or tool_spec(program.tool)
-    version = detect_version(spec, default_executable=program.executable, args=VERSION_ARGS, parse=parse_version)
-    check_version(version, tool=program.executable, supported=program.supported)
-    fmt = movie_format(movie)
-    acq = absolute_paths(acq)
-    header, eer = movie_header(movie, acq)
-    p = motioncor_params(acq, params, fmt=fmt, eer=eer)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{stem}.tmp-{program.tool}-", dir=out_dir) as tmp:
-        work = Path(tmp).resolve()
+    out_dir = Path(out_dir)
+    with program.run(movie, out_dir, stem=stem, spec=spec) as run:
+        movie, stem, version, work = run.source, run.stem, run.version, run.work
+        fmt = movie_format(movie)
+        acq = absolute_paths(acq)
+        header, eer = movie_header(movie, acq)
+        p = motioncor_params(acq, params, fmt=fmt, eer=eer)
         fmint = None
         if fmt == "eer":
             fmint = work / "fmint.txt"
@@ -271,38 +245,14 @@ def _motion_correct(
             log_dir=str(work) + "/",
             fmint_file=str(fmint) if fmint else None,
         )
-        done = run_tool(
-            spec,
-            argv,
-            default_executable=program.executable,
-            cwd=work,
-            paths=[movie.parent, *(path.resolve().parent for path in (p.gain_path, p.defects_path) if path)],
-            needs_gpu=True,
-        )
-        try:
-            shifts = parse_output(done.stdout, version, program=program.tool)
-        except ValueError as err:
-            raise ToolOutputError(
-                f"{movie}: cannot read {program.executable}'s output: {err}",
-                argv=done.argv,
-                exit_code=done.returncode,
-                stderr_tail=tail(done.stderr + "\n" + done.stdout),
-            ) from err
+        done = run.call(argv, paths=[path.resolve().parent for path in (p.gain_path, p.defects_path) if path])
+        with run.reading("output"):
+            shifts = parse_output(done.stdout, version, program=program.name)
         if fmt != "eer" and len(shifts) != header.n_frames:
-            raise ToolOutputError(
-                f"{movie}: {program.executable} reports shifts of {len(shifts)} frames; the movie has {header.n_frames}",
-                argv=done.argv,
-                stderr_tail=tail(done.stdout),
+            raise run.output_error(
+                f"{program.executable} reports shifts of {len(shifts)} frames; the movie has {header.n_frames}"
             )
-        plain, weighted = work / f"{stem}.mrc", work / f"{stem}_DW.mrc"
-        missing = [path.name for path in (plain, weighted) if not path.is_file()]
-        if missing:
-            raise ToolOutputError(
-                f"{movie}: {program.executable} ended without writing {', '.join(missing)}",
-                argv=done.argv,
-                exit_code=done.returncode,
-                stderr_tail=tail(done.stderr + "\n" + done.stdout),
-            )
+        plain, weighted = run.expect(f"{stem}.mrc", f"{stem}_DW.mrc")
         micrograph_path = out_dir / f"{stem}.mrc"
         dose_weighted_path = out_dir / f"{stem}_DW.mrc"
         star_path = out_dir / f"{stem}.star"

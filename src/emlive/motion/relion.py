@@ -2,7 +2,7 @@
 
 The four pieces: :class:`RelionMotionParams` (typed, from the session's acquisition and the
 step's params), the pure :func:`build_command` and :func:`movies_star`, one run through
-:func:`emlive.tools.run_tool`, and the pure :func:`parse_output` of the per-movie STAR file
+:class:`emlive.tools.ExternalTool`, and the pure :func:`parse_output` of the per-movie STAR file
 RELION writes (``data_general`` + ``data_global_shift``, the same in RELION 3.1, 4 and 5).
 
 RELION runs in a temporary folder inside the output folder, on a link to the movie named after
@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,21 +37,12 @@ from emlive.io.atomic import atomic_write_text
 from emlive.io.movie import MovieHeader, movie_format, open_movie
 from emlive.motion.dose import drift_statistics
 from emlive.motion.types import MotionParams, MotionResult
-from emlive.tools import (
-    ToolOutputError,
-    ToolSpec,
-    Version,
-    check_version,
-    detect_version,
-    find_version,
-    run_tool,
-    tail,
-    tool_spec,
-)
+from emlive.tools import ExternalTool, ToolSpec, Version, find_version
 
 __all__ = [
     "DEFAULT_EXECUTABLE",
     "ENGINE_VERSION",
+    "RELION",
     "SUPPORTED_VERSIONS",
     "RelionMotionOutput",
     "RelionMotionParams",
@@ -70,7 +60,6 @@ log = logging.getLogger(__name__)
 ENGINE_VERSION = "relion-1"
 DEFAULT_EXECUTABLE = "relion_run_motioncorr"
 SUPPORTED_VERSIONS = (Version(3, 1, 0), Version(6, 0, 0))
-VERSION_ARGS = ("--version",)
 _OUTPUT_DIR = "MotionCorr"
 # emlive's gain flip (Acquisition.gain_flip) as RELION's --gain_flip and MotionCor2's -FlipGain
 GAIN_FLIP = {None: 0, "y": 1, "x": 2}
@@ -212,6 +201,9 @@ def parse_version(text: str) -> Version | None:
     return find_version(text, r"RELION version:\s*v?(\d+\.\d+(?:\.\d+)?)")
 
 
+RELION = ExternalTool("relion", DEFAULT_EXECUTABLE, parse_version, SUPPORTED_VERSIONS, label="RELION")
+
+
 StarBlock = dict[str, str] | list[dict[str, str]]
 
 
@@ -275,7 +267,7 @@ def parse_output(text: str, version: Version) -> RelionMotionOutput:
     and ``data_hot_pixels`` are kept in the copied file, not parsed).
     Raises ``ValueError`` for text that is not this format.
     """
-    check_version(version, tool="RELION", supported=SUPPORTED_VERSIONS)
+    RELION.check(version)
     blocks = parse_star_text(text)
     general, shifts = blocks.get("general"), blocks.get("global_shift")
     if not isinstance(general, dict) or not isinstance(shifts, list):
@@ -359,55 +351,27 @@ def motion_correct(
     :class:`emlive.tools.ToolNotFoundError`/:class:`emlive.tools.ToolVersionError` when it is
     missing or an unsupported release, and ``ValueError`` for unreadable input or output.
     """
-    movie, out_dir = Path(movie).resolve(), Path(out_dir)
-    stem = stem or movie.stem
-    spec = spec or tool_spec("relion")
-    version = detect_version(spec, default_executable=DEFAULT_EXECUTABLE, args=VERSION_ARGS, parse=parse_version)
-    check_version(version, tool="RELION", supported=SUPPORTED_VERSIONS)
-    acq = absolute_paths(acq)
-    header, eer = movie_header(movie, acq)
-    eer_raw = None if eer is None else eer.raw_frames
-    p = relion_params(acq, params, threads=spec.threads, eer=eer)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{stem}.tmp-relion-", dir=out_dir) as tmp:
-        work = Path(tmp).resolve()
+    out_dir = Path(out_dir)
+    with RELION.run(movie, out_dir, stem=stem, spec=spec) as run:
+        movie, stem, version, work = run.source, run.stem, run.version, run.work
+        acq = absolute_paths(acq)
+        header, eer = movie_header(movie, acq)
+        p = relion_params(acq, params, threads=run.spec.threads, eer=eer)
         (work / _MOVIES_DIR).mkdir()
         linked = f"{_MOVIES_DIR}/{stem}{movie.suffix}"
         os.symlink(movie, work / linked)
         (work / "movies.star").write_text(movies_star(linked, p))
         argv = build_command(p, movies_star_path="movies.star", out_dir=_OUTPUT_DIR)
-        done = run_tool(
-            spec,
-            argv,
-            default_executable=DEFAULT_EXECUTABLE,
-            cwd=work,
-            paths=[movie.parent, *(path.resolve().parent for path in (p.gain_path, p.defects_path) if path)],
+        run.call(argv, paths=[path.resolve().parent for path in (p.gain_path, p.defects_path) if path])
+        produced = f"{_OUTPUT_DIR}/{_MOVIES_DIR}/{stem}"
+        star_file, dw_file, plain_file = run.expect(
+            f"{produced}.star", f"{produced}.mrc", f"{produced}_noDW.mrc", log=work / f"{produced}.log"
         )
-        produced = work / _OUTPUT_DIR / _MOVIES_DIR
-        star_file, dw_file, plain_file = (produced / f"{stem}{suffix}" for suffix in (".star", ".mrc", "_noDW.mrc"))
-        missing = [path.name for path in (star_file, dw_file, plain_file) if not path.is_file()]
-        if missing:
-            log_file = produced / f"{stem}.log"
-            details = log_file.read_text(errors="replace") if log_file.is_file() else done.stdout + done.stderr
-            raise ToolOutputError(
-                f"{movie}: RELION ended without writing {', '.join(missing)}",
-                argv=done.argv,
-                exit_code=done.returncode,
-                stderr_tail=tail(done.stderr + "\n" + details),
-            )
         star_text = star_file.read_text()
-        try:
+        with run.reading(f"output {star_file.name}", star_text):
             parsed = parse_output(star_text, version)
-        except ValueError as err:
-            raise ToolOutputError(
-                f"{movie}: cannot read RELION's output {star_file.name}: {err}", argv=done.argv, stderr_tail=tail(star_text)
-            ) from err
-        if len(parsed.shifts_px) != header.n_frames and eer_raw is None:
-            raise ToolOutputError(
-                f"{movie}: RELION aligned {len(parsed.shifts_px)} frames of {header.n_frames}",
-                argv=done.argv,
-                stderr_tail=tail(done.stdout),
-            )
+        if len(parsed.shifts_px) != header.n_frames and eer is None:
+            raise run.output_error(f"RELION aligned {len(parsed.shifts_px)} frames of {header.n_frames}")
         micrograph_path = out_dir / f"{stem}.mrc"
         dose_weighted_path = out_dir / f"{stem}_DW.mrc"
         star_path = out_dir / f"{stem}.star"

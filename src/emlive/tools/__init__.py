@@ -4,7 +4,9 @@
   settings), versions, and the pure container wrapping (:func:`container_argv`);
 - :mod:`emlive.tools.call`: the one :func:`call` (argv lists only, a timeout that kills the
   process group, :class:`ToolError` with the exit code and stderr tail), :func:`run_tool`
-  (wrapping, environment, GPU) and :func:`detect_version`.
+  (wrapping, environment, GPU) and :func:`detect_version`;
+- :mod:`emlive.tools.engine`: a program as the engine of a step (:class:`ExternalTool`) and the
+  glue around one run (:class:`ToolRun`: version check, work folder, missing outputs, parse errors).
 """
 
 from emlive.tools.call import (
@@ -23,6 +25,7 @@ from emlive.tools.call import (
     tail,
     tool_spec,
 )
+from emlive.tools.engine import ExternalTool, ToolRun
 from emlive.tools.spec import (
     TOOL_NAMES,
     ToolSpec,
@@ -36,9 +39,11 @@ from emlive.tools.spec import (
 __all__ = [
     "TOOL_NAMES",
     "Completed",
+    "ExternalTool",
     "ToolError",
     "ToolNotFoundError",
     "ToolOutputError",
+    "ToolRun",
     "ToolSpec",
     "ToolTimeoutError",
     "ToolVersionError",
