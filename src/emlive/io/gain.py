@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import mrcfile
 import numpy as np
 
 from emlive.io._tiff import DECODE_ERRORS, open_tiff_checked
 from emlive.io.errors import GainError, MovieFormatError
+from emlive.io.mrc import read_mrc_data
 
 __all__ = ["check_gain_shape", "orient_gain", "read_gain"]
 
@@ -41,8 +41,7 @@ def read_gain(path: str | os.PathLike[str]) -> np.ndarray:
         )
     try:
         if suffix in _MRC_SUFFIXES:
-            with mrcfile.open(p, mode="r", permissive=False) as mrc:
-                data = np.asarray(mrc.data)
+            data, _ = read_mrc_data(p)  # sizes checked before anything is allocated
         else:
             tif, _ = open_tiff_checked(p, os.stat(p).st_size)  # chain and strips inside the file
             with tif:

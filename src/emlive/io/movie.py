@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import imagecodecs
-import mrcfile
 import mrcfile.utils
 import numpy as np
 import tifffile
@@ -61,6 +60,7 @@ from emlive.io._tiff import (
 )
 from emlive.io.errors import INCOMPLETE_ADVICE, MovieFormatError, human_bytes
 from emlive.io.gain import check_gain_shape, orient_gain, read_gain
+from emlive.io.mrc import read_mrc_header
 
 __all__ = [
     "MOVIE_SUFFIXES",
@@ -198,12 +198,9 @@ class _MrcReader:
 
 
 def _open_mrc(path: Path, file_size: int) -> _MrcReader:
-    try:
-        with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:
-            header = mrc.header.copy()
-    except ValueError as err:
-        advice = INCOMPLETE_ADVICE if file_size < 1024 else "the file is corrupt or not an MRC file"
-        raise MovieFormatError(f"{path}: not a valid MRC header ({err}); {advice}") from err
+    # not mrcfile.open(header_only=True): it reads the extended header the header declares (up
+    # to 2 GB) before checking that the file holds it
+    header, data_offset = read_mrc_header(path, file_size)
     mode = int(header.mode)
     try:
         dtype = mrcfile.utils.data_dtype_from_header(header)
@@ -229,7 +226,6 @@ def _open_mrc(path: Path, file_size: int) -> _MrcReader:
             f"{path}: MRC header declares an empty movie (nx, ny, nz = {nx}, {ny}, {nz}); "
             f"{INCOMPLETE_ADVICE}"
         )
-    data_offset = 1024 + int(header.nsymbt)
     expected = data_offset + nz * ny * nx * dtype.itemsize
     if file_size < expected:
         raise MovieFormatError(
