@@ -44,7 +44,7 @@ def noop_result(spec, params, *, compute_s: float = 0.0):
     now = datetime.now(UTC)
     out = spec.out_dir / spec.name
     record = {"engine": "noop", "engine_version": "0", "started_at": now, "finished_at": now, "reused": False}
-    return ExposureResult(
+    return ExposureResult(results=dict(
         motion=MotionResult(
             shifts_px=[(0.0, 0.0), (1.0, 0.5)], total_drift_a=1.1, early_drift_a=1.1, late_drift_a=0.0,
             micrograph_path=out.with_suffix(".mrc"), dose_weighted_path=out.with_suffix(".dw.mrc"),
@@ -57,7 +57,7 @@ def noop_result(spec, params, *, compute_s: float = 0.0):
             diagnostic_png_path=out.with_suffix(".png"),
         ),
         thumbnail=Thumbnail(png_path=out.with_suffix(".thumb.png")),
-        steps=[StepRecord(step=step, **record) for step in ("motion", "ctf", "thumbnail")],
+        ), steps=[StepRecord(step=step, **record) for step in ("motion", "ctf", "thumbnail")],
     )
 
 

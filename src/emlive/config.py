@@ -9,7 +9,8 @@ Sources, highest priority first:
 4. the defaults below.
 
 Parameters are split by kind, never mixed: the watcher, the scheduler and the cluster
-(infrastructure) and each processing step (``[motion]``, ``[ctf]``) and
+(infrastructure), the steps that run (``[pipeline] steps``) and each step's parameters
+(``[steps.NAME]``; ``[motion]`` and ``[ctf]`` are kept for the first two), and
 the external programs engines may run (``[tools]``). Instrument and acquisition
 values (pixel size, dose, kV …) belong to a session and come from the command line or the API.
 """
@@ -154,6 +155,18 @@ class WebSettings(BaseModel):
     )
 
 
+class PipelineSettings(BaseModel):
+    """Which steps run on each exposure (``emlive steps`` lists the installed ones)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[str] | None = Field(
+        None,
+        description="Steps to run, e.g. ['motion', 'ctf', 'pick']; default: motion, ctf, thumbnail, and pick "
+        "when [steps.pick] diameter_a (--particle-diameter) is set",
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable; see the module docstring for where values come from."""
 
@@ -175,8 +188,14 @@ class Settings(BaseSettings):
     cluster: ClusterSettings = ClusterSettings()
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
-    motion: MotionParams = MotionParams()
-    ctf: CtfParams = CtfParams()
+    pipeline: PipelineSettings = PipelineSettings()
+    steps: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Each step's parameters by step name ([steps.pick] diameter_a = 150); checked against the "
+        "step's params model when the pipeline is planned",
+    )
+    motion: MotionParams = Field(MotionParams(), description="The motion step's parameters (also [steps.motion])")
+    ctf: CtfParams = Field(CtfParams(), description="The CTF step's parameters (also [steps.ctf])")
     tools: ToolsSettings = ToolsSettings()
 
     @classmethod

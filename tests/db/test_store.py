@@ -228,8 +228,10 @@ def test_unknown_exposure_names_its_id(db):
         db.store.mark_submitted(987654)
 
 
-def test_a_pipeline_result_is_stored_with_its_step_provenance(db, session, make_results):
+def test_a_pipeline_result_is_stored_with_its_step_provenance(db, session, make_results, tmp_path):
     from types import SimpleNamespace
+
+    from emlive.pipeline.thumbnail import Thumbnail
 
     exposure, _ = db.store.record_exposure(session, "a.mrc", 10, 20)
     motion, ctf = make_results("a")
@@ -240,15 +242,27 @@ def test_a_pipeline_result_is_stored_with_its_step_provenance(db, session, make_
         SimpleNamespace(step="ctf", engine="ctffind", engine_version="4.1.14", finished_at=ctf_at),
         SimpleNamespace(step="thumbnail", engine="native", engine_version="1", finished_at=ctf_at),
     ]
-    db.store.store_exposure_result(exposure.pk, SimpleNamespace(motion=motion, ctf=ctf, steps=steps))
+    results = {"motion": motion, "ctf": ctf, "thumbnail": Thumbnail(png_path=tmp_path / "a.png")}
+    failures = {"pick": "all carbon: nothing to pick"}
+    db.store.store_exposure_result(exposure.pk, SimpleNamespace(results=results, steps=steps, failures=failures))
     stored = db.models.Exposure.objects.select_related("motion", "ctf").get(pk=exposure.pk)
     assert stored.state == "processed"
     assert (stored.motion.engine, stored.motion.engine_version) == ("native", "2026.11.21")
     assert (stored.ctf.engine, stored.ctf.engine_version) == ("ctffind", "4.1.14")
     assert (stored.motion_done_at, stored.ctf_done_at) == (motion_at, ctf_at)
+    # every step's result, with its declared metrics, in the generic table; a failed step with its reason
+    rows = {row.step: row for row in db.models.StepResult.objects.filter(exposure=exposure)}
+    assert set(rows) == {"motion", "ctf", "thumbnail", "pick"}
+    assert rows["motion"].metrics == {
+        "total_drift_a": motion.total_drift_a, "early_drift_a": motion.early_drift_a, "late_drift_a": motion.late_drift_a
+    }
+    assert rows["ctf"].metrics["fit_resolution_a"] == ctf.fit_resolution_a
+    assert rows["ctf"].result["defocus_u_a"] == ctf.defocus_u_a and rows["ctf"].finished_at == ctf_at
+    assert rows["thumbnail"].result == {"png_path": str(tmp_path / "a.png")} and rows["thumbnail"].metrics == {}
+    assert (rows["pick"].state, rows["pick"].error, rows["pick"].result) == ("failed", failures["pick"], {})
 
-    with pytest.raises(ValueError, match="no step record for ctf"):
-        db.store.store_exposure_result(exposure.pk, SimpleNamespace(motion=motion, ctf=ctf, steps=steps[:1]))
+    with pytest.raises(ValueError, match="the result has no ctf step"):
+        db.store.store_exposure_result(exposure.pk, SimpleNamespace(results=results, steps=steps[:1], failures={}))
 
 
 def _pipeline_result(make_results, stem: str, **options):
@@ -259,7 +273,7 @@ def _pipeline_result(make_results, stem: str, **options):
     steps = [
         SimpleNamespace(step=step, engine="native", engine_version="1", finished_at=at) for step in ("motion", "ctf")
     ]
-    return SimpleNamespace(motion=motion, ctf=ctf, steps=steps)
+    return SimpleNamespace(results={"motion": motion, "ctf": ctf}, steps=steps, failures={})
 
 
 @pytest.mark.parametrize("n", [3, 40])
@@ -275,8 +289,8 @@ def test_a_loop_turn_costs_the_same_statements_for_any_number_of_exposures(
     with assert_num_queries(2 + 1):
         assert db.store.mark_submitted_many(ids) == n
     results = [(pk, _pipeline_result(make_results, f"m{i:03d}", total_drift_a=float(i))) for i, pk in enumerate(ids)]
-    # lock the exposures, upsert motion, upsert CTF, mark them processed, their steps' times
-    with assert_num_queries(2 + 5):
+    # lock the exposures, upsert motion, CTF and every step's result, mark them processed, their steps' times
+    with assert_num_queries(2 + 6):
         db.store.store_exposure_results(results)
     with assert_num_queries(2 + 1):  # a rescan of a recorded folder
         again = db.store.record_exposures(session, found)
@@ -323,7 +337,7 @@ def test_bulk_writes_keep_the_single_exposure_rules(db, session, make_results, s
     assert db.store.mark_submitted_many([bad.pk, 987654], skip_missing=True) == 1
 
     broken = _pipeline_result(make_results, "bad")
-    broken.motion = broken.motion.model_copy(update={"total_drift_a": math.nan})
+    broken.results["motion"] = broken.results["motion"].model_copy(update={"total_drift_a": math.nan})
     with pytest.raises(ValueError, match="total_drift_a is nan"):
         db.store.store_exposure_results([(bad.pk, _pipeline_result(make_results, "bad")), (done.pk, broken)])
     with pytest.raises(db.models.Exposure.DoesNotExist, match="no exposure with id 987654"):

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from emlive.pipeline import steps
+from emlive.acquisition import Acquisition
+from emlive.pipeline.step import Engine, Inputs, Step
 from emlive.pipeline.steps import NeedsCompute, run_step
+
+
+class DoubleParams(BaseModel):
+    engine: str = "v1"
+    factor: int = 2
 
 
 class Doubled(BaseModel):
@@ -19,30 +25,26 @@ class Doubled(BaseModel):
 
 
 @pytest.fixture
-def doubling_step(monkeypatch, tmp_path):
-    """A real step (reads an input, writes an output) registered as engine 'v1' of 'double'."""
+def doubling_step(tmp_path):
+    """A real step (reads its input file, writes an output) with one engine, 'v1'."""
     calls = []
 
-    def double(input_path: Path, out_path: Path) -> Doubled:
-        calls.append(input_path)
-        value = 2 * int(input_path.read_text())
+    def double(inputs: Inputs, out_dir: Path, params: DoubleParams) -> Doubled:
+        calls.append(inputs.source_path)
+        value = params.factor * int(inputs.source_path.read_text())
+        out_path = out_dir / "out.txt"
         out_path.write_text(str(value))
         return Doubled(value=value, out_path=out_path)
 
-    monkeypatch.setitem(steps.ENGINES, "double", {"v1": steps.Engine(double, "1.0")})
+    step = Step(name="double", params=DoubleParams, result=Doubled, engines={"v1": Engine(double, "1.0")})
     source = tmp_path / "in.txt"
     source.write_text("21")
+    inputs = Inputs(source_path=source, stem="in", acquisition=Acquisition(pixel_size_a=1.0, dose_per_frame_e_a2=1.0))
 
     def run(params=None, compute=True):
-        out = tmp_path / "out.txt"
         return run_step(
-            "double",
-            engine_name="v1",
-            params=params or {"factor": 2},
-            input_path=source,
-            sidecar_path=tmp_path / "out.double.json",
-            result_type=Doubled,
-            compute=(lambda: double(source, out)) if compute else None,
+            step, params or DoubleParams(), inputs, out_dir=tmp_path / "double",
+            sidecar_path=tmp_path / "double" / "in.double.json", compute=compute,
         )
 
     return run, calls, source, tmp_path
@@ -52,9 +54,10 @@ def test_a_finished_step_is_reused_not_recomputed(doubling_step):
     run, calls, _, tmp = doubling_step
     first, record = run()
     assert first.value == 42 and not record.reused and len(calls) == 1
-    sidecar = json.loads((tmp / "out.double.json").read_text())
+    sidecar = json.loads((tmp / "double" / "in.double.json").read_text())
     assert sidecar["engine"] == "v1" and sidecar["engine_version"] == "1.0"
     assert sidecar["input"]["size_bytes"] == 2 and sidecar["result"]["value"] == 42
+    assert sidecar["params"]["double"] == {"engine": "v1", "factor": 2} and "acquisition" in sidecar["params"]
     again, record = run()
     assert again == first and record.reused and len(calls) == 1
     assert run(compute=False)[0] == first
@@ -63,13 +66,13 @@ def test_a_finished_step_is_reused_not_recomputed(doubling_step):
 def test_changed_params_input_or_missing_outputs_recompute(doubling_step):
     run, calls, source, tmp = doubling_step
     run()
-    run(params={"factor": 3})
+    assert run(params=DoubleParams(factor=3))[0].value == 63
     assert len(calls) == 2
     source.write_text("50")
     os.utime(source, ns=(1, 1))
-    assert run(params={"factor": 3})[0].value == 100 and len(calls) == 3
-    (tmp / "out.txt").unlink()
-    run(params={"factor": 3})
+    assert run(params=DoubleParams(factor=3))[0].value == 150 and len(calls) == 3
+    (tmp / "double" / "out.txt").unlink()
+    run(params=DoubleParams(factor=3))
     assert len(calls) == 4
 
 
@@ -77,12 +80,15 @@ def test_without_compute_a_missing_checkpoint_says_so(doubling_step):
     run, calls, _, tmp = doubling_step
     with pytest.raises(NeedsCompute):
         run(compute=False)
-    (tmp / "out.double.json").write_text("{not json")
+    (tmp / "double").mkdir()
+    (tmp / "double" / "in.double.json").write_text("{not json")
     with pytest.raises(NeedsCompute):
         run(compute=False)
     assert calls == []
 
 
 def test_unknown_engines_are_named_with_the_known_ones():
+    from emlive.pipeline.registry import registry
+
     with pytest.raises(ValueError, match="unknown motion engine 'motioncor9'; known engines: motioncor2, motioncor3, native, relion"):
-        steps.engine("motion", "motioncor9")
+        registry().step("motion").engine("motioncor9")

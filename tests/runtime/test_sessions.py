@@ -36,7 +36,7 @@ def timed_result(spec, params) -> ExposureResult:
     now = datetime.now(UTC)
     out = spec.out_dir / spec.name
     record = {"engine": "timed", "engine_version": "0", "started_at": now, "finished_at": now, "reused": False}
-    return ExposureResult(
+    return ExposureResult(results=dict(
         motion=MotionResult(
             shifts_px=[(0.0, 0.0), (0.5, 0.5)], total_drift_a=0.7, early_drift_a=0.7, late_drift_a=0.0,
             micrograph_path=out.with_suffix(".mrc"), dose_weighted_path=out.with_suffix(".dw.mrc"),
@@ -48,7 +48,7 @@ def timed_result(spec, params) -> ExposureResult:
             avrot_path=out.with_suffix(".avrot.txt"), diagnostic_png_path=out.with_suffix(".png"),
         ),
         thumbnail=Thumbnail(png_path=out.with_suffix(".thumb.png")),
-        steps=[StepRecord(step=step, **record) for step in ("motion", "ctf", "thumbnail")],
+        ), steps=[StepRecord(step=step, **record) for step in ("motion", "ctf", "thumbnail")],
     )
 
 

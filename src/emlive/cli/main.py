@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from emlive.acquisition import Acquisition, Optics
 from emlive.config import ConfigError, Settings, load_settings
+from emlive.pipeline.exposure import PipelineParams
 from emlive.ctf.types import CtfParams
 from emlive.motion.types import MotionParams
 from emlive.tools import ToolError, configure_tools
@@ -152,14 +153,15 @@ def _detector_fields(
     }
 
 
-def _run_engine(step: str, source: Path, out_dir: Path, *args: BaseModel) -> Any:
-    """Run the engine named in the step's params (the last of ``args``) on one file."""
-    from emlive.pipeline.steps import engine
+def _run_engine(step: str, source: Path, out_dir: Path, acquisition: Optics, params: BaseModel) -> Any:
+    """Run the engine named in ``params`` of ``step`` on one file (the step reads it itself)."""
+    from emlive.pipeline.registry import registry
+    from emlive.pipeline.step import Inputs
 
     try:
-        run = engine(step, args[-1].engine).run
+        run = registry().step(step).engine(str(getattr(params, "engine"))).run
         out_dir.mkdir(parents=True, exist_ok=True)
-        return run(source, out_dir, *args)
+        return run(Inputs(source_path=source, stem=source.stem, acquisition=acquisition), out_dir, params)
     except (ValueError, OSError, ToolError) as err:  # bad input or a failing tool: the message says which
         raise _fail(str(err)) from None
 
@@ -275,9 +277,17 @@ def process(
     ctf_engine: Annotated[str | None, typer.Option("--ctf-engine", help="native, ctffind4, ctffind5, gctf")] = None,
     gpu_ids: Annotated[str | None, typer.Option("--gpu-ids", help="GPUs for GPU engines, e.g. 0,1 (one worker each)")] = None,
     database_url: Annotated[str | None, typer.Option("--database-url", help="Default: sqlite in OUT")] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option("--steps", help="Steps to run, e.g. motion,ctf,pick (see: emlive steps); default: motion, ctf, "
+                     "thumbnail, and pick when --particle-diameter is given"),
+    ] = None,
+    particle_diameter: Annotated[
+        float | None, typer.Option("--particle-diameter", help="Particle diameter, Å: turns picking on")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run the whole pipeline on RAW: motion, CTF, thumbnails, database, STAR exports in OUT/exports."""
+    """Run the whole pipeline on RAW: motion, CTF, thumbnails (and picking), database, exports in OUT/exports."""
     from emlive.cli.report import print_exposures, run_with_progress
 
     acq = _valid(
@@ -295,13 +305,82 @@ def process(
     if motion:
         overrides["motion"] = dict(overrides.get("motion", {})) | motion  # type: ignore[call-overload]
     settings = _settings(config, **overrides)
+    if particle_diameter is not None:
+        picking = settings.steps.get("pick", {}) | {"diameter_a": particle_diameter}
+        settings = settings.model_copy(update={"steps": settings.steps | {"pick": picking}})
+    params = _pipeline(acq, settings, steps)
     if not raw_dir.is_dir():
         raise _fail(f"{raw_dir}: no such folder; give the folder the movies are written to")
     try:
-        session = run_with_progress(raw_dir, out_dir, acq, settings, watch=watch, signals=_install_signal_handlers())
+        session = run_with_progress(raw_dir, out_dir, params, settings, watch=watch, signals=_install_signal_handlers())
     except ValueError as err:  # a bad database URL, or a session recorded with other parameters
         raise _fail(str(err)) from None
     print_exposures(out, session)
+
+
+def _pipeline(acq: Acquisition, settings: Settings, steps: str | None) -> PipelineParams:
+    """The session's steps and their params, or a clear error naming what is wrong."""
+    from emlive.pipeline.params import pipeline_params
+
+    names = None if steps is None else [name.strip() for name in steps.split(",") if name.strip()]
+    try:
+        return pipeline_params(acq, settings, steps=names)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+
+
+@app.command()
+def pick(
+    micrograph: Annotated[Path, typer.Argument(help="Micrograph (MRC)")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder")],
+    apix: Apix,
+    diameter: Annotated[float, typer.Option("--diameter", help="Particle diameter, Å")],
+    min_distance: Annotated[
+        float | None, typer.Option("--min-distance", help="Closest two picks may be, Å (default: from the diameter)")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Score a pick must reach (default: chosen per micrograph)")
+    ] = None,
+    engine: Annotated[str, typer.Option("--engine", help="Picking engine: native, topaz")] = "native",
+    config: ConfigOption = None,
+) -> None:
+    """Pick particles on one micrograph: writes OUT/<stem>_autopick.star (RELION coordinates) and
+    OUT/<stem>_picks.png."""
+    from emlive.pick.types import PickParams
+
+    settings = _settings(config)
+    update = {"diameter_a": diameter, "min_distance_a": min_distance, "threshold": threshold, "engine": engine}
+    params = _valid(PickParams, **settings.steps.get("pick", {}) | {k: v for k, v in update.items() if v is not None})
+    optics = _valid(Optics, pixel_size_a=apix)
+    result = _run_engine("pick", micrograph, out_dir, optics, params)
+    out.print(
+        f"{micrograph.name}: {result.n_particles} particles ({result.masked_fraction:.0%} masked) → "
+        f"{result.coordinates_path}",
+        highlight=False,
+    )
+
+
+@app.command("steps")
+def list_steps() -> None:
+    """List every step and engine installed (emlive's own and plugins'), with versions."""
+    from rich.table import Table
+
+    from emlive.pipeline.registry import registry
+
+    found = registry()
+    table = Table(title=escape("steps (choose with --steps or [pipeline] steps)"), title_justify="left")
+    for column in ("step", "needs", "engine", "engine version", "GPU", "from", "what it does"):
+        table.add_column(column)
+    for name, step in sorted(found.steps.items()):
+        for i, (engine_name, engine) in enumerate(sorted(step.engines.items())):
+            table.add_row(
+                name if i == 0 else "", ", ".join(step.needs) if i == 0 else "", engine_name, engine.version,
+                "yes" if engine.gpu else "", found.origins.get(f"{name}.{engine_name}", ""),
+                step.description if i == 0 else "",
+            )
+    out.print(table)
+    for problem in found.problems:
+        out.print(f"[red]not loaded:[/red] {escape(problem)}", highlight=False)
 
 
 @app.command()
@@ -325,7 +404,7 @@ def demo(
     acq = truth.acquisition(directory.resolve())
     settings = _settings(None, **_overrides(settle_s=1.0, workers=workers, database_url=None))
     session = run_with_progress(
-        directory / "raw", directory / "processed", acq, settings, watch=False, signals=_install_signal_handlers()
+        directory / "raw", directory / "processed", _pipeline(acq, settings, None), settings, watch=False, signals=_install_signal_handlers()
     )
     if not compare_with_truth(out, session, truth):
         raise typer.Exit(1)
@@ -489,13 +568,15 @@ def _engine_overrides(
     *, motion_engine: str | None, ctf_engine: str | None, gpu_ids: str | None, overrides: dict[str, object]
 ) -> dict[str, object]:
     """``--motion-engine``/``--ctf-engine``/``--gpu-ids`` as settings overrides, names checked."""
-    from emlive.pipeline.steps import ENGINES
+    from emlive.pipeline.registry import registry
 
     extra: dict[str, object] = {}
     for step, name in (("motion", motion_engine), ("ctf", ctf_engine)):
         if name is not None:
-            if name not in ENGINES[step]:
-                raise _fail(f"unknown {step} engine {name!r}; known engines: {', '.join(sorted(ENGINES[step]))}")
+            try:
+                registry().step(step).engine(name)
+            except ValueError as err:
+                raise _fail(str(err)) from None
             extra[step] = {"engine": name}
     if gpu_ids is not None:
         try:

@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from emlive.acquisition import Acquisition
 from emlive.config import Settings
 from emlive.db.setup import setup_database, sqlite_url
 from emlive.pipeline.exposure import PipelineParams
@@ -26,15 +25,14 @@ MAX_DEFOCUS_ERROR = 0.02
 
 
 def run_with_progress(
-    raw_dir: Path, out_dir: Path, acq: Acquisition, settings: Settings, *, watch: bool, signals: StopSignals
+    raw_dir: Path, out_dir: Path, params: PipelineParams, settings: Settings, *, watch: bool, signals: StopSignals
 ) -> Session:
     """Open the session's database, run it with a progress bar, return the session."""
     out_dir.mkdir(parents=True, exist_ok=True)
     setup_database(settings.database_url or sqlite_url(out_dir / "emlive.sqlite3"))
     from emlive.db import store  # Django models need the database set up first
 
-    session = store.get_or_create_session(raw_dir.resolve(), out_dir.resolve(), acq)
-    params = PipelineParams(acquisition=acq, motion=settings.motion, ctf=settings.ctf)
+    session = store.get_or_create_session(raw_dir.resolve(), out_dir.resolve(), params.acquisition)
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),

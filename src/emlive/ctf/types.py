@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+
+from emlive.metric import Metric
 
 
 class CtfParams(BaseModel):
@@ -39,19 +42,25 @@ class CtfResult(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    defocus_u_a: float = Field(description="Defocus along the azimuth, Å, positive = underfocus")
-    defocus_v_a: float = Field(description="Defocus perpendicular to the azimuth, Å")
+    defocus_u_a: Annotated[float, Metric("Å", None, "defocus U")] = Field(
+        description="Defocus along the azimuth, Å, positive = underfocus"
+    )
+    defocus_v_a: Annotated[float, Metric("Å", None, "defocus V")] = Field(
+        description="Defocus perpendicular to the azimuth, Å"
+    )
     azimuth_deg: float = Field(description="Angle of the defocus-U axis from +x, degrees")
     phase_shift_rad: float = 0.0
-    cross_correlation: float = Field(description="Score of the fit over the fitting band")
-    fit_resolution_a: float = Field(
+    cross_correlation: Annotated[float, Metric("", "high", "CTF fit score")] = Field(
+        description="Score of the fit over the fitting band"
+    )
+    fit_resolution_a: Annotated[float, Metric("Å", "low", "fit resolution")] = Field(
         description="Resolution to which the Thon rings are fitted, Å (the lowest fitted resolution when not fit_ok)"
     )
     fit_ok: bool = Field(
         description="False when no Thon rings were found (the score is not significant above noise): "
         "the defocus is then a guess and the micrograph should be rejected"
     )
-    ice_ring_ratio: float | None = Field(
+    ice_ring_ratio: Annotated[float | None, Metric("", "low", "ice-ring ratio")] = Field(
         description="Power in the 3.9–3.6 Å ice band over the bands beside it (~1: vitreous; higher: "
         "crystalline ice); None when the band lies beyond Nyquist"
     )

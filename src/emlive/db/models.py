@@ -1,7 +1,8 @@
 """Tables of the data plane. Units are in the field names (Å, e/Å², kV, mm, px, rad, °).
 
-An exposure moves ``found → submitted → processed`` (or ``→ failed``); its results live in
-one :class:`MotionCorrection` and one :class:`CtfEstimate` row. Paths of outputs are stored
+An exposure moves ``found → submitted → processed`` (or ``→ failed``); every step's result
+lives in a :class:`StepResult` row, and the motion and CTF results also in one
+:class:`MotionCorrection` and one :class:`CtfEstimate` row. Paths of outputs are stored
 absolute; the exposure's own ``path`` is relative to its session's ``raw_dir``. Only the
 controller writes these tables, through :mod:`emlive.db.store`.
 """
@@ -213,6 +214,40 @@ class CtfEstimate(models.Model):
     def astigmatism_a(self) -> float:
         """|defocus U − defocus V|, Å (RELION's rlnCtfAstigmatism)."""
         return abs(self.defocus_u_a - self.defocus_v_a)
+
+
+class StepResult(models.Model):
+    """One step's result for one exposure, for every step, built-in or a plugin's (DESIGN §6).
+
+    ``result`` is the step's result model as JSON (its ``Path`` fields are its outputs);
+    ``metrics`` holds the fields the model declares as metrics (numbers, or null), which
+    curation thresholds and the dashboard query. A step that failed on bad input while the
+    exposure went on (``state = failed``) keeps the reason in ``error``. Motion and CTF results
+    are also in their typed tables (:class:`MotionCorrection`, :class:`CtfEstimate`), which the
+    exports and the built-in thresholds query.
+    """
+
+    class State(models.TextChoices):
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+
+    exposure = models.ForeignKey(Exposure, on_delete=models.CASCADE, related_name="step_results")
+    step = models.CharField(max_length=64)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.DONE)
+    engine = models.CharField(max_length=64, blank=True, default="")
+    engine_version = models.CharField(max_length=64, blank=True, default="")
+    result = models.JSONField(default=dict, help_text="The step's result model as JSON")
+    metrics = models.JSONField(default=dict, help_text="The result's declared metrics: {name: number or null}")
+    error = models.TextField(blank=True, default="", help_text="Why the step failed (state failed)")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["exposure", "step"], name="emlive_step_result_unique")]
+        indexes = [models.Index(fields=["step", "state"], name="emlive_step_result_step_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.step} of exposure {self.exposure_id} ({self.state})"
 
 
 class ProjectMember(models.Model):

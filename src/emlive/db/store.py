@@ -21,9 +21,8 @@ Timestamps are timezone-aware (UTC); a naive datetime given to a function is an 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -31,14 +30,17 @@ from typing import Any, Protocol
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from pydantic import BaseModel
 
 from emlive.acquisition import Acquisition
 from emlive.ctf.types import CtfResult
-from emlive.db.models import CtfEstimate, Exposure, MotionCorrection, Project, Session, canonical_dir
+from emlive.db.models import CtfEstimate, Exposure, MotionCorrection, Project, Session, StepResult, canonical_dir
 from emlive.motion.types import MotionResult
+from emlive.pipeline.step import check_storable, metrics_of
 
 __all__ = [
     "FAIL_REASON_MAX_CHARS",
+    "check_storable",
     "InvalidTransition",
     "SessionConflict",
     "get_or_create_session",
@@ -88,6 +90,14 @@ class SessionConflict(ValueError):
     """A session folder is already recorded with different parameters."""
 
 
+def _cut(reason: str) -> str:
+    """A failure reason for people: never empty, and longer ones keep their end."""
+    reason = str(reason).strip() or "unknown error"
+    if len(reason) > FAIL_REASON_MAX_CHARS:
+        reason = "…" + reason[-(FAIL_REASON_MAX_CHARS - 1):]
+    return reason
+
+
 def _pk(obj: Session | Exposure | int) -> int:
     return int(obj) if isinstance(obj, int) else int(obj.pk)
 
@@ -98,23 +108,6 @@ def _aware(name: str, value: datetime | None, default: datetime) -> datetime:
     if timezone.is_naive(value):
         raise ValueError(f"{name} must be timezone-aware (got the naive datetime {value.isoformat()})")
     return value
-
-
-def check_storable(owner: str, value: object) -> None:
-    """Raise ValueError when ``value`` (or a number or text inside it) cannot be stored: a
-    number that is not finite (inf, nan) or text with a NUL character (neither JSON columns nor
-    PostgreSQL take them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{owner} is {value}; use a finite number")
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError(f"{owner} contains a NUL character")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            check_storable(f"{owner}.{key}", key)
-            check_storable(f"{owner}.{key}", item)
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            check_storable(f"{owner}[{i}]", item)
 
 
 def acquisition_fields(acquisition: Acquisition) -> dict[str, Any]:
@@ -342,25 +335,11 @@ class _ResultRow:
     ctf: dict[str, Any]
     motion_done_at: datetime
     ctf_done_at: datetime
+    steps: list[dict[str, Any]]
 
 
-def _result_row(
-    exposure_id: int,
-    motion: MotionResult,
-    ctf: CtfResult,
-    *,
-    motion_engine: str,
-    motion_engine_version: str,
-    ctf_engine: str,
-    ctf_engine_version: str,
-    motion_done_at: datetime | None,
-    ctf_done_at: datetime | None,
-    now: datetime,
-) -> _ResultRow:
-    """The columns of a result; ValueError for non-finite numbers or naive times."""
-    motion_fields = {
-        "engine": motion_engine,
-        "engine_version": motion_engine_version,
+def _motion_fields(motion: MotionResult) -> dict[str, Any]:
+    return {
         "shifts_px": [[float(x), float(y)] for x, y in motion.shifts_px],
         "total_drift_a": float(motion.total_drift_a),
         "early_drift_a": float(motion.early_drift_a),
@@ -371,9 +350,10 @@ def _result_row(
         "dose_weighted_path": str(Path(motion.dose_weighted_path).absolute()),
         "star_path": str(Path(motion.star_path).absolute()),
     }
-    ctf_fields = {
-        "engine": ctf_engine,
-        "engine_version": ctf_engine_version,
+
+
+def _ctf_fields(ctf: CtfResult) -> dict[str, Any]:
+    return {
         "defocus_u_a": float(ctf.defocus_u_a),
         "defocus_v_a": float(ctf.defocus_v_a),
         "azimuth_deg": float(ctf.azimuth_deg),
@@ -386,19 +366,75 @@ def _result_row(
         "avrot_path": str(Path(ctf.avrot_path).absolute()),
         "diagnostic_png_path": str(Path(ctf.diagnostic_png_path).absolute()),
     }
+
+
+class StepRecordLike(Protocol):
+    """What the store reads of a step's provenance record (``pipeline.steps.StepRecord``)."""
+
+    step: str
+    engine: str
+    engine_version: str
+    finished_at: datetime
+
+
+def step_row(step: str, result: BaseModel, record: StepRecordLike, *, now: datetime) -> dict[str, Any]:
+    """The StepResult columns of one step's result: its JSON and its declared metrics."""
+    data = result.model_dump(mode="json")
+    metrics = {name: data.get(name) for name in metrics_of(type(result))}
+    row = {
+        "step": step, "state": StepResult.State.DONE, "engine": record.engine,
+        "engine_version": record.engine_version, "result": data, "metrics": metrics, "error": "",
+        "finished_at": _aware(f"{step} finished_at", record.finished_at, now),
+    }
+    check_storable(step, {"result": data, "metrics": metrics})
+    return row
+
+
+def failed_step_row(step: str, reason: str, *, now: datetime) -> dict[str, Any]:
+    """The StepResult columns of a step that failed while its exposure went on."""
+    reason = _cut(reason).replace("\x00", "")
+    return {"step": step, "state": StepResult.State.FAILED, "engine": "", "engine_version": "", "result": {},
+            "metrics": {}, "error": reason, "finished_at": now}
+
+
+def _result_row(
+    exposure_id: int,
+    results: Mapping[str, BaseModel],
+    records: Mapping[str, StepRecordLike],
+    failures: Mapping[str, str],
+    *,
+    now: datetime,
+) -> _ResultRow:
+    """The columns of an exposure's result; ValueError for a missing core step, a non-finite
+    number or a naive time."""
+    if missing := [step for step in ("motion", "ctf") if step not in results or step not in records]:
+        raise ValueError(f"exposure {exposure_id}: the result has no {' and no '.join(missing)} step")
+    motion, ctf = results["motion"], results["ctf"]
+    if not isinstance(motion, MotionResult) or not isinstance(ctf, CtfResult):
+        raise ValueError(f"exposure {exposure_id}: motion and ctf results must be a MotionResult and a CtfResult")
+    motion_record, ctf_record = records["motion"], records["ctf"]
+    motion_fields = {"engine": motion_record.engine, "engine_version": motion_record.engine_version,
+                     **_motion_fields(motion)}
+    ctf_fields = {"engine": ctf_record.engine, "engine_version": ctf_record.engine_version, **_ctf_fields(ctf)}
     check_storable("motion", motion_fields)
     check_storable("ctf", ctf_fields)
+    steps = [step_row(name, result, records[name], now=now) for name, result in results.items() if name in records]
+    steps += [failed_step_row(name, reason, now=now) for name, reason in failures.items()]
     return _ResultRow(
         int(exposure_id),
         motion_fields,
         ctf_fields,
-        _aware("motion_done_at", motion_done_at, now),
-        _aware("ctf_done_at", ctf_done_at, now),
+        _aware("motion_done_at", motion_record.finished_at, now),
+        _aware("ctf_done_at", ctf_record.finished_at, now),
+        steps,
     )
 
 
+_STEP_COLUMNS = ["state", "engine", "engine_version", "result", "metrics", "error", "finished_at", "updated_at"]
+
+
 def _store_rows(rows: Sequence[_ResultRow], *, now: datetime, skip_missing: bool = False) -> list[Exposure]:
-    """Store results and mark their exposures processed: five statements however many rows
+    """Store results and mark their exposures processed: six statements however many rows
     (upserts keep one result row per step and exposure; the last of an id given twice wins)."""
     by_id = {row.exposure_id: row for row in rows}
     ids = sorted(by_id)
@@ -423,6 +459,12 @@ def _store_rows(rows: Sequence[_ResultRow], *, now: datetime, skip_missing: bool
                 unique_fields=["exposure"],
                 update_fields=[*columns, "updated_at"],
             )
+        StepResult.objects.bulk_create(
+            [StepResult(exposure_id=row.exposure_id, **step) for row in stored for step in row.steps],
+            update_conflicts=True,
+            unique_fields=["exposure", "step"],
+            update_fields=_STEP_COLUMNS,
+        )
         newly: list[int] = []
         for row in stored:
             exposure = exposures[row.exposure_id]
@@ -450,6 +492,14 @@ def _set_step_times(rows: Sequence[_ResultRow]) -> None:
         cursor.executemany(sql, [(adapt(r.motion_done_at), adapt(r.ctf_done_at), r.exposure_id) for r in rows])
 
 
+@dataclass(frozen=True)
+class _Record:
+    step: str
+    engine: str
+    engine_version: str
+    finished_at: datetime
+
+
 def store_result(
     exposure_id: int,
     motion: MotionResult,
@@ -465,79 +515,54 @@ def store_result(
     """Store one exposure's motion and CTF results and mark it processed, in one transaction.
 
     Storing again (a task that ran twice, a sidecar ingested after a crash) updates the same
-    two result rows: never a duplicate, and ``processed_at`` keeps the first time the exposure
+    result rows: never a duplicate, and ``processed_at`` keeps the first time the exposure
     was processed. ``*_done_at`` are when each step finished (aware datetimes; default now).
     Output paths are stored absolute. Non-finite numbers raise ValueError before anything is
     written.
     """
     now = timezone.now()
-    row = _result_row(
-        exposure_id,
-        motion,
-        ctf,
-        motion_engine=motion_engine,
-        motion_engine_version=motion_engine_version,
-        ctf_engine=ctf_engine,
-        ctf_engine_version=ctf_engine_version,
-        motion_done_at=motion_done_at,
-        ctf_done_at=ctf_done_at,
-        now=now,
-    )
+    records = {
+        "motion": _Record("motion", motion_engine, motion_engine_version, motion_done_at or now),
+        "ctf": _Record("ctf", ctf_engine, ctf_engine_version, ctf_done_at or now),
+    }
+    row = _result_row(exposure_id, {"motion": motion, "ctf": ctf}, records, {}, now=now)
     return _store_rows([row], now=now)[0]
 
 
-class StepRecordLike(Protocol):
-    """What :func:`store_exposure_result` reads of a step's provenance record."""
-
-    step: str
-    engine: str
-    engine_version: str
-    finished_at: datetime
-
-
 class ExposureResultLike(Protocol):
-    """What :func:`store_exposure_result` reads of a worker's result (``pipeline.ExposureResult``)."""
+    """What the store reads of a worker's result (``pipeline.ExposureResult``)."""
 
-    motion: MotionResult
-    ctf: CtfResult
-    steps: Sequence[StepRecordLike]
+    @property
+    def results(self) -> Mapping[str, BaseModel]: ...
+
+    @property
+    def steps(self) -> Sequence[StepRecordLike]: ...
+
+    @property
+    def failures(self) -> Mapping[str, str]: ...
 
 
 def store_exposure_result(exposure_id: int, result: ExposureResultLike) -> Exposure:
-    """:func:`store_result` for a whole pipeline result: the engines, their versions and the
-    steps' finish times come from its step records (``motion`` and ``ctf`` must be there)."""
+    """:func:`store_result` for a whole pipeline result: every step's result (and the reason of
+    every step that failed alone), with the engines, their versions and the steps' finish times
+    from its step records (``motion`` and ``ctf`` must be there)."""
     return store_exposure_results([(exposure_id, result)])[0]
 
 
 def store_exposure_results(
     results: Sequence[tuple[int, ExposureResultLike]], *, skip_missing: bool = False
 ) -> list[Exposure]:
-    """:func:`store_exposure_result` for many exposures, in one transaction of five statements
+    """:func:`store_exposure_result` for many exposures, in one transaction of six statements
     however many there are. Every result is checked before anything is written. Returns the
     exposures stored; ``skip_missing`` leaves out (with a warning) exposures that no longer
     exist instead of raising ``Exposure.DoesNotExist``."""
     now = timezone.now()
-    rows = []
-    for exposure_id, result in results:
-        records = {record.step: record for record in result.steps}
-        missing = sorted({"motion", "ctf"} - records.keys())
-        if missing:
-            raise ValueError(f"exposure {exposure_id}: the result has no step record for {', '.join(missing)}")
-        motion, ctf = records["motion"], records["ctf"]
-        rows.append(
-            _result_row(
-                exposure_id,
-                result.motion,
-                result.ctf,
-                motion_engine=motion.engine,
-                motion_engine_version=motion.engine_version,
-                ctf_engine=ctf.engine,
-                ctf_engine_version=ctf.engine_version,
-                motion_done_at=motion.finished_at,
-                ctf_done_at=ctf.finished_at,
-                now=now,
-            )
+    rows = [
+        _result_row(
+            exposure_id, result.results, {record.step: record for record in result.steps}, result.failures, now=now
         )
+        for exposure_id, result in results
+    ]
     return _store_rows(rows, now=now, skip_missing=skip_missing)
 
 
@@ -547,9 +572,7 @@ def mark_failed(exposure_id: int, reason: str) -> Exposure:
     A processed exposure stays processed (a late failure of a duplicate task is logged and
     ignored). Reasons longer than :data:`FAIL_REASON_MAX_CHARS` keep their end.
     """
-    reason = str(reason).strip() or "unknown error"
-    if len(reason) > FAIL_REASON_MAX_CHARS:
-        reason = "…" + reason[-(FAIL_REASON_MAX_CHARS - 1):]
+    reason = _cut(reason)
     with transaction.atomic():
         exposure = _locked(exposure_id)
         if exposure.state == Exposure.State.PROCESSED:

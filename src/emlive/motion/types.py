@@ -7,6 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
+from emlive.metric import Metric
+
 
 class MotionParams(BaseModel):
     """Processing options of motion correction (acquisition values live in ``Acquisition``)."""
@@ -37,9 +39,15 @@ class MotionResult(BaseModel):
     shifts_px: list[tuple[float, float]] = Field(
         description="Per-frame (x, y) correction applied, RELION's rlnMicrographShiftX/Y convention"
     )
-    total_drift_a: float = Field(description="Accumulated motion over all frames, Å")
-    early_drift_a: float = Field(description="Accumulated motion in the first 4 e/Å², Å")
-    late_drift_a: float = Field(description="Accumulated motion after the first 4 e/Å², Å")
+    total_drift_a: Annotated[float, Metric("Å", "low", "total drift")] = Field(
+        description="Accumulated motion over all frames, Å"
+    )
+    early_drift_a: Annotated[float, Metric("Å", "low", "early drift")] = Field(
+        description="Accumulated motion in the first 4 e/Å², Å"
+    )
+    late_drift_a: Annotated[float, Metric("Å", "low", "late drift")] = Field(
+        description="Accumulated motion after the first 4 e/Å², Å"
+    )
     micrograph_path: Path
     dose_weighted_path: Path
     star_path: Path

@@ -1,31 +1,38 @@
-"""process_exposure(): one movie through motion correction, CTF estimation and a thumbnail.
+"""process_exposure(): one movie through the session's steps, in dependency order.
 
 This is what a Dask worker runs. It touches files only through the steps (each writes its
 outputs atomically and its sidecar last) and never the database: it returns plain data for the
 controller to store.
 
-Output layout under the session's output folder, for a movie ``raw/<name>.<ext>``::
+Output layout under the session's output folder, for a movie ``raw/<name>.<ext>``: each step
+writes into ``<step>/`` beside the others, e.g.::
 
     motion/<name>.mrc  <name>_DW.mrc  <name>.star  <name>.motion.json
     ctf/<name>.txt  <name>_avrot.txt  <name>.png  <name>.ctf.json
-    thumbnails/<name>.png  <name>.thumbnail.json
+    thumbnail/<name>.png  <name>.thumbnail.json
+    pick/<name>_autopick.star  <name>_picks.png  <name>.pick.json
+
+A step whose input is bad (``ValueError``) fails the whole exposure when it is declared
+``on_failure="exposure"`` (motion, CTF); otherwise only that step (and the steps needing it)
+fails, with the reason, and the exposure's other results stand.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
-from emlive.acquisition import Acquisition, Optics
-from emlive.ctf.types import CtfParams, CtfResult
-from emlive.motion.types import MotionParams, MotionResult
-from emlive.pipeline.steps import NeedsCompute, StepRecord, engine, run_step
-from emlive.pipeline.thumbnail import Thumbnail
+from emlive.acquisition import Acquisition
+from emlive.ctf.types import CtfResult
+from emlive.motion.types import MotionResult
+from emlive.pipeline.registry import registry
+from emlive.pipeline.step import Inputs, check_storable
+from emlive.pipeline.steps import NeedsCompute, StepRecord, run_step
 
-Result = TypeVar("Result", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class ExposureSpec(BaseModel):
@@ -48,21 +55,54 @@ class ExposureSpec(BaseModel):
         return self.step_dir(step) / f"{self.stem}.{step}.json"
 
 
+DEFAULT_STEPS = ("motion", "ctf", "thumbnail")
+"""Steps run when none are chosen (``pick`` joins them once a particle diameter is given)."""
+
+
+def default_steps() -> dict[str, BaseModel]:
+    """:data:`DEFAULT_STEPS` with their params' defaults."""
+    return {name: registry().step(name).params() for name in DEFAULT_STEPS}
+
+
 class PipelineParams(BaseModel):
-    """Everything that shapes an exposure's results: the session's acquisition and step params."""
+    """Everything that shapes an exposure's results: the session's acquisition, and the steps
+    to run with their params (by step name, in an order that runs each after its needs; see
+    :func:`emlive.pipeline.plan.pipeline_params`)."""
 
     model_config = ConfigDict(frozen=True)
 
     acquisition: Acquisition
-    motion: MotionParams = MotionParams()
-    ctf: CtfParams = CtfParams()
+    steps: dict[str, SerializeAsAny[BaseModel]] = Field(default_factory=lambda: default_steps())
+
+    @model_validator(mode="after")
+    def _params_of_each_step(self) -> PipelineParams:
+        installed = registry()
+        for name, params in self.steps.items():
+            expected = installed.step(name).params
+            if not isinstance(params, expected):
+                raise ValueError(f"params of step {name} must be a {expected.__name__}, not {type(params).__name__}")
+        return self
 
 
 class ExposureResult(BaseModel):
-    motion: MotionResult
-    ctf: CtfResult
-    thumbnail: Thumbnail
+    """What a worker returns: each finished step's result and provenance record, and why the
+    steps that did not finish failed (only steps that may fail alone, see the module doc)."""
+
+    results: dict[str, SerializeAsAny[BaseModel]]
     steps: list[StepRecord]
+    failures: dict[str, str] = {}
+
+    @property
+    def motion(self) -> MotionResult:
+        result = self.results["motion"]
+        assert isinstance(result, MotionResult)
+        return result
+
+    @property
+    def ctf(self) -> CtfResult:
+        result = self.results["ctf"]
+        assert isinstance(result, CtfResult)
+        return result
 
 
 def process_exposure(spec: ExposureSpec, params: PipelineParams) -> ExposureResult:
@@ -79,54 +119,33 @@ def completed_result(spec: ExposureSpec, params: PipelineParams) -> ExposureResu
 
 
 def _walk(spec: ExposureSpec, params: PipelineParams, *, compute: bool) -> ExposureResult:
-    acq, motion_params, ctf_params = params.acquisition, params.motion, params.ctf
-
-    def in_step_dir(step: str, run: Callable[[Path], Result]) -> Callable[[], Result] | None:
-        """The step's computation (``run`` given its output folder), or None to only reuse."""
-        if not compute:
-            return None
-        folder = spec.step_dir(step)
-
-        def call() -> Result:
-            folder.mkdir(parents=True, exist_ok=True)
-            return run(folder)
-
-        return call
-
-    run_motion = engine("motion", motion_params.engine).run
-    motion, motion_record = run_step(
-        "motion",
-        engine_name=motion_params.engine,
-        params={"acquisition": acq.model_dump(mode="json"), "motion": motion_params.model_dump(mode="json")},
-        input_path=spec.movie_path,
-        sidecar_path=spec.sidecar_path("motion"),
-        result_type=MotionResult,
-        compute=in_step_dir("motion", lambda out: run_motion(spec.movie_path, out, acq, motion_params, stem=spec.stem)),
-    )
-
-    # The CTF is fitted on the aligned (not dose-weighted) sum, at its pixel size after binning.
-    optics = Optics(**acq.model_dump(include=set(Optics.model_fields)) | {"pixel_size_a": motion.pixel_size_a})
-    run_ctf = engine("ctf", ctf_params.engine).run
-    ctf, ctf_record = run_step(
-        "ctf",
-        engine_name=ctf_params.engine,
-        params={"optics": optics.model_dump(mode="json"), "ctf": ctf_params.model_dump(mode="json")},
-        input_path=motion.micrograph_path,
-        sidecar_path=spec.sidecar_path("ctf"),
-        result_type=CtfResult,
-        compute=in_step_dir("ctf", lambda out: run_ctf(motion.micrograph_path, out, optics, ctf_params, stem=spec.stem)),
-    )
-
-    run_thumbnail = engine("thumbnail", "native").run
-    thumbnail, thumbnail_record = run_step(
-        "thumbnail",
-        engine_name="native",
-        params={},
-        input_path=motion.dose_weighted_path,
-        sidecar_path=spec.sidecar_path("thumbnail"),
-        result_type=Thumbnail,
-        compute=in_step_dir("thumbnail", lambda out: run_thumbnail(motion.dose_weighted_path, out / f"{spec.stem}.png")),
-    )
-    return ExposureResult(
-        motion=motion, ctf=ctf, thumbnail=thumbnail, steps=[motion_record, ctf_record, thumbnail_record]
-    )
+    installed = registry()
+    results: dict[str, Any] = {}
+    records: list[StepRecord] = []
+    failures: dict[str, str] = {}
+    for name, step_params in params.steps.items():
+        step = installed.step(name)
+        if failed := [need for need in step.needs if need not in results]:
+            failures[name] = f"not run: the {failed[0]} step it needs failed"
+            continue
+        inputs = Inputs(
+            source_path=spec.movie_path,
+            stem=spec.stem,
+            acquisition=params.acquisition,
+            results={need: results[need] for need in step.needs},
+        )
+        try:
+            result, record = run_step(
+                step, step_params, inputs, out_dir=spec.step_dir(name), sidecar_path=spec.sidecar_path(name),
+                compute=compute,
+            )
+            check_storable(f"the {name} result", result.model_dump(mode="json"))
+        except ValueError as err:  # bad input: the message says what
+            if step.on_failure == "exposure":
+                raise
+            log.warning("%s: step %s failed: %s", spec.movie_path, name, err)
+            failures[name] = str(err) or type(err).__name__
+            continue
+        results[name] = result
+        records.append(record)
+    return ExposureResult(results=results, steps=records, failures=failures)

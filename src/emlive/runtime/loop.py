@@ -32,7 +32,7 @@ from emlive.pipeline.exposure import (
     completed_result,
     process_exposure,
 )
-from emlive.pipeline.steps import engine
+from emlive.pipeline.registry import registry
 from emlive.runtime.cluster import Cluster, open_cluster, worker_count
 from emlive.runtime.controller import (
     Action,
@@ -496,10 +496,11 @@ def _gpu_resources(params: PipelineParams, settings: Settings, client: Client) -
     """``{"GPU": 1}`` when an engine of the pipeline needs a GPU (its tasks then run only on
     workers declaring GPU resources), else None. Raises ``ValueError`` when no worker can have
     one, rather than leaving the tasks waiting for ever."""
+    steps = registry().steps
     needing = [
-        f"{step} engine {name}"
-        for step, name in (("motion", params.motion.engine), ("ctf", params.ctf.engine))
-        if engine(step, name).gpu
+        f"{name} engine {engine}"
+        for name, step_params in params.steps.items()
+        if steps[name].engine(engine := str(getattr(step_params, "engine"))).gpu
     ]
     if not needing:
         return None

@@ -16,7 +16,7 @@ from emlive.acquisition import Acquisition
 from emlive.ctf.types import CtfParams
 from emlive.curation import Curation
 from emlive.motion.types import MotionParams
-from emlive.db.store import check_storable
+from emlive.pipeline.step import check_storable
 from emlive.web.access import valid_name
 from emlive.web.control import CompatState
 

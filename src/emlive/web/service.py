@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emlive.config import Settings
-from emlive.ctf.types import CtfParams
 from emlive.db.setup import configure_django, redact_url, setup_database, sqlite_url
-from emlive.motion.types import MotionParams
 from emlive.pipeline.exposure import PipelineParams
+from emlive.pipeline.params import pipeline_params as planned_params
 from emlive.runtime.loop import StopSignals
 from emlive.web import notify
 
@@ -135,18 +134,18 @@ def open_database(settings: Settings, *, migrate: bool = True, sign_logins: bool
 
 
 def pipeline_params(session: Session, settings: Settings) -> PipelineParams:
-    """What shapes a session's results: its acquisition, and each step's configured parameters
-    with the session's own overrides (``params_json``, e.g. ``{"motion": {"bin_factor": 2}}``).
+    """What shapes a session's results: its acquisition, the steps, and each step's configured
+    parameters with the session's own overrides (``params_json``, e.g. ``{"motion":
+    {"bin_factor": 2}, "pick": {"diameter_a": 150}}``; ``"steps"`` chooses the steps).
 
-    Raises ValueError (pydantic's ValidationError) naming a bad or unknown override.
+    Raises ValueError naming a bad or unknown override, an unknown step or a missing dependency.
     """
     overrides = dict(session.params_json or {})
-    unknown = sorted(set(overrides) - {"motion", "ctf"})
-    if unknown:
-        raise ValueError(f"session {session}: unknown parameter groups {unknown}; use 'motion' and 'ctf'")
-    motion = MotionParams.model_validate(settings.motion.model_dump() | dict(overrides.get("motion", {})))
-    ctf = CtfParams.model_validate(settings.ctf.model_dump() | dict(overrides.get("ctf", {})))
-    return PipelineParams(acquisition=session.acquisition, motion=motion, ctf=ctf)
+    steps = overrides.pop("steps", None)
+    try:
+        return planned_params(session.acquisition, settings, overrides, steps=steps)
+    except ValueError as err:
+        raise ValueError(f"session {session}: {err}") from None
 
 
 def notify_interval_s(settings: Settings) -> float:
