@@ -3,12 +3,33 @@
 A session's thresholds are set in the dashboard or the API and stored with the session; an
 exposure that fails any of them is *rejected*: it stays in the database (and on the dashboard,
 marked) but is left out of the STAR exports. A threshold left at ``None`` is not applied, so
-the defaults keep everything.
+the defaults keep everything. Besides the built-in limits, any metric a step declares (see
+:mod:`emlive.metric`) can be limited by its ``step.metric`` name.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+import re
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
+
+METRIC_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Bounds(BaseModel):
+    """Limits of one declared metric: kept when ``min <= value <= max`` (either may be left out)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min: float | None = Field(None, description="Reject when the value is smaller")
+    max: float | None = Field(None, description="Reject when the value is larger")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is larger than max ({self.max:g})")
+        return self
 
 
 class Curation(BaseModel):
@@ -27,6 +48,19 @@ class Curation(BaseModel):
         None, description="Reject when the ice-ring ratio is higher (crystalline ice), ~1 = vitreous"
     )
     reject_no_fit: bool = Field(False, description="Reject micrographs whose CTF fit found no Thon rings")
+    metrics: dict[str, Bounds] = Field(
+        default_factory=dict,
+        description="Limits of any step's declared metric, by 'step.metric' (e.g. {'pick.n_particles': "
+        "{'min': 50}}); an exposure without a value for the metric (the step failed or did not run) is rejected",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_keys(cls, value: dict[str, Bounds]) -> dict[str, Bounds]:
+        for key in value:
+            if not METRIC_KEY.match(key):
+                raise ValueError(f"metric {key!r} must be named 'step.metric', e.g. 'pick.n_particles'")
+        return value
 
 
 def rejection_reasons(
@@ -38,6 +72,7 @@ def rejection_reasons(
     defocus_v_a: float,
     fit_ok: bool,
     ice_ring_ratio: float | None,
+    metrics: Mapping[str, float | None] | None = None,
 ) -> list[str]:
     """Each threshold of ``curation`` one processed exposure fails, as a sentence for people;
     empty when it is kept."""
@@ -59,6 +94,14 @@ def rejection_reasons(
         reasons.append(f"astigmatism {astigmatism_a:.0f} Å is more than {c.max_astigmatism_a:g} Å")
     if c.max_ice_ring_ratio is not None and ice_ring_ratio is not None and not ice_ring_ratio <= c.max_ice_ring_ratio:
         reasons.append(f"ice-ring ratio {ice_ring_ratio:.2f} is above {c.max_ice_ring_ratio:g}")
+    for key, bounds in c.metrics.items():
+        value = (metrics or {}).get(key)
+        if value is None:
+            reasons.append(f"{key} has no value (the step failed or did not run)")
+        elif bounds.min is not None and not value >= bounds.min:
+            reasons.append(f"{key} {value:g} is less than {bounds.min:g}")
+        elif bounds.max is not None and not value <= bounds.max:
+            reasons.append(f"{key} {value:g} is more than {bounds.max:g}")
     return reasons
 
 
@@ -71,10 +114,11 @@ def accepts(
     defocus_v_a: float,
     fit_ok: bool,
     ice_ring_ratio: float | None,
+    metrics: Mapping[str, float | None] | None = None,
 ) -> bool:
     """Whether one processed exposure meets every threshold of ``curation`` (the reference the
     database's filter, ``emlive.db.queries.accepted_q``, is tested against)."""
     return not rejection_reasons(
         curation, fit_resolution_a=fit_resolution_a, total_drift_a=total_drift_a, defocus_u_a=defocus_u_a,
-        defocus_v_a=defocus_v_a, fit_ok=fit_ok, ice_ring_ratio=ice_ring_ratio,
+        defocus_v_a=defocus_v_a, fit_ok=fit_ok, ice_ring_ratio=ice_ring_ratio, metrics=metrics,
     )

@@ -30,6 +30,9 @@ Conventions chosen here:
 - Only *accepted* micrographs are written: those that meet the session's curation thresholds
   (``Session.curation_json``, read afresh at each write; see :mod:`emlive.curation`). The
   defaults reject nothing. Rejected micrographs stay in the database and on the dashboard.
+- Steps add their own tables (``Step.exports``): each step with results in the session writes
+  them after these two, from the same accepted micrographs (picking: ``autopick.star``,
+  ``particles.star`` and ``coordinates/``, see :mod:`emlive.pick.step`).
 - One optics group per distinct micrograph pixel size (normally one, ``opticsGroup1``);
   rlnMicrographOriginalPixelSize is the movie's pixel size, rlnMicrographPixelSize the
   written micrograph's (they differ when motion correction bins).
@@ -39,13 +42,17 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
+from pydantic import BaseModel, ValidationError
 
-from emlive.db.models import Exposure, Session
+from emlive.db.models import Exposure, Session, StepResult
 from emlive.db.queries import accepted_exposures
 from emlive.io.star import write_star_atomic
+from emlive.pipeline.registry import registry
+from emlive.pipeline.step import ExportRow
 
 __all__ = ["CORRECTED_STAR", "CTF_STAR", "export_tables", "write_exports"]
 
@@ -165,18 +172,43 @@ def _frame(columns: dict[str, list[object]]) -> pd.DataFrame:
     return frame
 
 
+def step_export_rows(session: Session | int, steps: Iterable[str]) -> list[ExportRow]:
+    """The accepted micrographs with the stored results of ``steps`` (and motion's), for the
+    steps' exporters; results that no longer validate against their model are left out."""
+    wanted = {*steps, "motion"}
+    accepted = accepted_exposures(session).values_list("id", "path", "motion__dose_weighted_path")
+    rows: dict[int, tuple[str, str]] = {pk: (path, dw) for pk, path, dw in accepted.iterator(chunk_size=5000)}
+    results: dict[int, dict[str, BaseModel]] = {pk: {} for pk in rows}
+    installed = registry().steps
+    stored = StepResult.objects.filter(
+        exposure__in=accepted_exposures(session).values("id"), step__in=wanted, state=StepResult.State.DONE
+    ).values_list("exposure_id", "step", "result")
+    for exposure_id, step, result in stored.iterator(chunk_size=5000):
+        if exposure_id in results and step in installed:
+            try:
+                results[exposure_id][step] = installed[step].result.model_validate(result)
+            except ValidationError:
+                continue
+    return [
+        ExportRow(name=str(PurePosixPath(path).with_suffix("")), micrograph_name=dw, results=results[pk])
+        for pk, (path, dw) in sorted(rows.items(), key=lambda item: item[1][0])
+    ]
+
+
 def write_exports(
     session: Session | int,
     exports_dir: str | os.PathLike[str],
     *,
     relative_to: str | os.PathLike[str] | None = None,
 ) -> list[Path]:
-    """Write ``micrographs_ctf.star`` and ``corrected_micrographs.star`` into ``exports_dir``.
+    """Write ``micrographs_ctf.star`` and ``corrected_micrographs.star`` into ``exports_dir``,
+    then the tables every step with results in the session contributes (its exporters, e.g.
+    picking's coordinate files).
 
     Only micrographs the session's curation thresholds accept are written (see the module
     doc). Each file is replaced atomically (a reader sees the old or the new file, never a part);
-    the folder is created if missing. A session with nothing processed yet gets both files
-    with the optics table and an empty micrographs table. Returns the two paths.
+    the folder is created if missing. A session with nothing processed yet gets both STAR files
+    with the optics table and an empty micrographs table. Returns the paths written.
     """
     folder = Path(exports_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,4 +217,15 @@ def write_exports(
         path = folder / name
         write_star_atomic(path, blocks)
         written.append(path)
+    if not isinstance(session, Session):
+        session = Session.objects.get(pk=session)
+    exporting = [
+        step for step in registry().steps.values()
+        if step.exports and StepResult.objects.filter(exposure__session=session, step=step.name).exists()
+    ]
+    if exporting:
+        rows = step_export_rows(session, [step.name for step in exporting])
+        for step in exporting:
+            for exporter in step.exports:
+                written += exporter(rows, folder)
     return written

@@ -6,12 +6,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from django.db.models import BooleanField, Case, Count, F, FloatField, Max, Q, QuerySet, Value, When
+from django.db.models import BooleanField, Case, Count, Exists, F, FloatField, Max, OuterRef, Q, QuerySet, Value, When
 from django.db.models.functions import Abs
 from django.db.models.lookups import GreaterThanOrEqual, LessThanOrEqual
 
 from emlive.curation import Curation
-from emlive.db.models import Exposure, Session, canonical_dir
+from emlive.db.models import Exposure, Session, StepResult, canonical_dir
 
 __all__ = [
     "ProcessedRow",
@@ -29,6 +29,7 @@ __all__ = [
     "result_series",
     "session_by_raw_dir",
     "session_curation",
+    "step_metrics",
     "sessions",
     "with_progress",
     "with_verdict",
@@ -141,6 +142,16 @@ def metric_inputs(session: Session | int) -> tuple[list[float], list[tuple[float
     return arrivals, results, backlog, failed
 
 
+def step_metrics(exposure_ids: list[int]) -> dict[int, dict[str, float | None]]:
+    """Every declared metric of these exposures' finished steps, ``{id: {"step.metric": value}}``
+    (one query)."""
+    found: dict[int, dict[str, float | None]] = {}
+    rows = StepResult.objects.filter(exposure_id__in=exposure_ids, state=StepResult.State.DONE)
+    for exposure_id, step, metrics in rows.values_list("exposure_id", "step", "metrics"):
+        found.setdefault(exposure_id, {}).update((f"{step}.{name}", value) for name, value in metrics.items())
+    return found
+
+
 # --- Curation ------------------------------------------------------------------------------
 #
 # ``emlive.curation.accepts`` is the reference (pure Python, one exposure); the functions below
@@ -175,6 +186,15 @@ def accepted_q(curation: Curation) -> Q:
         q &= Q(LessThanOrEqual(astigmatism, curation.max_astigmatism_a))
     if curation.max_ice_ring_ratio is not None:
         q &= Q(ctf__ice_ring_ratio__isnull=True) | Q(ctf__ice_ring_ratio__lte=curation.max_ice_ring_ratio)
+    for key, bounds in curation.metrics.items():
+        step, metric = key.split(".")
+        within = {f"metrics__{metric}__isnull": False}
+        if bounds.min is not None:
+            within[f"metrics__{metric}__gte"] = bounds.min
+        if bounds.max is not None:
+            within[f"metrics__{metric}__lte"] = bounds.max
+        done = StepResult.objects.filter(exposure=OuterRef("pk"), step=step, state=StepResult.State.DONE)
+        q &= Q(Exists(done.filter(**within)))
     return q
 
 

@@ -37,6 +37,7 @@ from emlive.curation import Curation
 from emlive.db import queries, store
 from emlive.db.export import write_exports
 from emlive.db.models import OUTPUT_PATH_MAX_CHARS, Exposure, Project, Session
+from emlive.pipeline.registry import registry
 from emlive.runtime.metrics import session_metrics
 from emlive.web import control
 from emlive.web.access import can_access_project, user_for_token, visible_sessions
@@ -53,6 +54,7 @@ from emlive.web.schemas import (
     ExposurePage,
     ExposureState,
     ExposureSummary,
+    MetricInfo,
     MetricsOut,
     MotionOut,
     Parameters,
@@ -61,6 +63,8 @@ from emlive.web.schemas import (
     SessionPage,
     SessionState,
     StartSession,
+    StepInfo,
+    StepOut,
     check_name,
 )
 
@@ -470,8 +474,10 @@ def list_exposures(
         qs = qs.filter(accepted=curation == "accepted")
     count = qs.count()
     page = _mean_defocus(qs).select_related("motion", "ctf").defer("fail_reason", "motion__shifts_px").order_by(*_order_by(order))
+    page = list(page[offset : offset + limit])
+    metrics = queries.step_metrics([e.pk for e in page])
     items = []
-    for e in page[offset : offset + limit]:
+    for e in page:
         motion, ctf = getattr(e, "motion", None), getattr(e, "ctf", None)
         items.append(
             ExposureSummary(
@@ -490,6 +496,7 @@ def list_exposures(
                 fit_ok=ctf.fit_ok if ctf else None,
                 ice_ring_ratio=ctf.ice_ring_ratio if ctf else None,
                 accepted=e.accepted,
+                metrics=metrics.get(e.pk, {}),
             )
         )
     return {"count": count, "limit": limit, "offset": offset, "items": items}
@@ -498,7 +505,7 @@ def list_exposures(
 @api.get(
     "/sessions/{session_id}/exposures/{exposure_id}",
     response={200: ExposureDetail, **ERRORS},
-    summary="One exposure with its motion and CTF results",
+    summary="One exposure with every step's results",
 )
 def get_exposure(request: HttpRequest, session_id: IdPath, exposure_id: IdPath) -> ExposureDetail:
     session = _visible_session(request, session_id)
@@ -547,7 +554,33 @@ def get_exposure(request: HttpRequest, session_id: IdPath, exposure_id: IdPath) 
             fit_ok=ctf.fit_ok,
             ice_ring_ratio=ctf.ice_ring_ratio,
         ),
+        steps=[
+            StepOut(
+                step=r.step, state=r.state, engine=r.engine, engine_version=r.engine_version,
+                finished_at=r.finished_at, error=r.error, result=r.result, metrics=r.metrics,
+            )
+            for r in e.step_results.order_by("finished_at", "id")
+        ],
     )
+
+
+@api.get("/steps", response={200: list[StepInfo], **ERRORS}, summary="Installed steps and their metrics")
+def list_steps(request: HttpRequest) -> list[StepInfo]:
+    found = registry()
+    return [
+        StepInfo(
+            name=name,
+            description=step.description,
+            needs=list(step.needs),
+            engines={engine_name: engine.version for engine_name, engine in sorted(step.engines.items())},
+            origin=found.origins.get(name, ""),
+            metrics=[
+                MetricInfo(key=f"{name}.{field}", label=metric.label or field, unit=metric.unit, better=metric.better)
+                for field, metric in step.metrics.items()
+            ],
+        )
+        for name, step in sorted(found.steps.items())
+    ]
 
 
 @api.get("/sessions/{session_id}/metrics", response={200: MetricsOut, **ERRORS}, summary="Is processing keeping up?")

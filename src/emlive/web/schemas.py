@@ -185,6 +185,10 @@ class ExposureSummary(Schema):
     fit_ok: bool | None = Field(description="False when the CTF fit found no Thon rings")
     ice_ring_ratio: float | None
     accepted: bool | None = Field(description="Whether it meets the session's curation thresholds (null until processed)")
+    metrics: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Every declared metric of the steps that ran, by 'step.metric' (GET /api/v1/steps names them)",
+    )
 
 
 class ExposurePage(Schema):
@@ -225,6 +229,21 @@ class CtfOut(Schema):
     ice_ring_ratio: float | None = Field(description="~1 vitreous, higher crystalline; null when not measured")
 
 
+class StepOut(Schema):
+    """One step's result for an exposure (DESIGN §6): its result model as JSON (``Path`` fields
+    are its output files) and its declared metrics; a step that failed while the exposure went
+    on has state ``failed`` and the reason."""
+
+    step: str
+    state: Literal["done", "failed"]
+    engine: str
+    engine_version: str
+    finished_at: datetime | None
+    error: str = Field(description="Why the step failed; empty when done")
+    result: dict[str, Any]
+    metrics: dict[str, float | None]
+
+
 class ExposureDetail(Schema):
     """One exposure with all its results."""
 
@@ -244,6 +263,27 @@ class ExposureDetail(Schema):
     accepted: bool | None
     motion: MotionOut | None
     ctf: CtfOut | None
+    steps: list[StepOut] = Field(default_factory=list, description="Every step's result, built-in or a plugin's")
+
+
+class MetricInfo(Schema):
+    """A metric a step declares: what the dashboard plots and curation may limit."""
+
+    key: str = Field(description="'step.metric', as in ExposureSummary.metrics and Curation.metrics")
+    label: str
+    unit: str
+    better: Literal["high", "low"] | None
+
+
+class StepInfo(Schema):
+    """An installed step and where it comes from."""
+
+    name: str
+    description: str
+    needs: list[str]
+    engines: dict[str, str] = Field(description="Engine name → version")
+    origin: str = Field(description="The package that provides it, with its version")
+    metrics: list[MetricInfo]
 
 
 class MetricsOut(Schema):
