@@ -87,6 +87,12 @@ def _tiff_seed(name: str, suffix: str, data: bytes) -> Seed:
     return Seed(name, suffix, data, _tiff_hot(data), "<" if data[:2] == b"II" else ">")
 
 
+def distinct_events(rng: np.random.Generator, n: int, shape: tuple[int, int]) -> np.ndarray:
+    """``n`` event positions (x, y) in distinct pixels of a ``shape`` frame (one per pixel)."""
+    pixels = rng.choice(shape[0] * shape[1], size=n, replace=False)
+    return np.stack([pixels % shape[1], pixels // shape[1]], axis=1) + rng.uniform(0, 1, size=(n, 2))
+
+
 @functools.cache
 def mrc_seeds() -> tuple[Seed, ...]:
     rng = np.random.default_rng(1)
@@ -120,7 +126,7 @@ def eer_seeds() -> tuple[Seed, ...]:
     seeds = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synth.eer"
-        events = [rng.uniform(0, 16, size=(12, 2)) for _ in range(3)]
+        events = [distinct_events(rng, 12, (16, 16)) for _ in range(3)]
         write_eer(path, events, shape=(16, 16), pixel_size_a=0.8, metadata={"totalDose": (9.0, "e/A^2")})
         seeds.append(_tiff_seed("eer_synth_7bit", ".eer", path.read_bytes()))
         for name, kwargs in [

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from emlive.io.errors import GainError, MovieFormatError
 from emlive.io.gain import read_gain
 from emlive.io.movie import check_movie_complete, read_movie
 from emlive.io.mrc import read_mrc
+from emlive.synth.eer import write_eer
 from tests.fuzz.guard import check_call
-from tests.fuzz.seeds import _mrc_bytes
+from tests.fuzz.seeds import _mrc_bytes, distinct_events
 
 
 def _patched(data: bytes, fields: dict[int, int], fmt: str = "<i") -> bytes:
@@ -102,3 +104,60 @@ def test_read_mrc_keeps_values_and_byte_order(tmp_path, order):
         assert data.dtype == mrc.data.dtype and data.shape == mrc.data.shape
     np.testing.assert_array_equal(data, frames)
     assert pixel_size_a == 1.5
+
+
+# --------------------------------------------------------------------------------- TIFF and EER
+
+
+def _patch_tags(path: Path, code: int, *, value: int | None = None, kind: int | None = None,
+                new_code: int | None = None, pages: slice = slice(None)) -> Path:
+    """Rewrite tag ``code``'s IFD entry on the chosen pages (value inline; little-endian)."""
+    with tifffile.TiffFile(path) as tif:
+        big = tif.is_bigtiff
+        entries = [(page.tags[code].offset, page.tags[code].dtype) for page in list(tif.pages)[pages]]
+    data = bytearray(path.read_bytes())
+    for at, old_kind in entries:
+        if new_code is not None:
+            data[at : at + 2] = struct.pack("<H", new_code)
+        if kind is not None:
+            data[at + 2 : at + 4] = struct.pack("<H", kind)
+        if value is not None:
+            width = 8 if big else {3: 2, 4: 4}[kind or old_kind]
+            start = at + (12 if big else 8)
+            data[start : start + width] = value.to_bytes(width, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _movie_error(path: Path, *fragments: str) -> None:
+    for call in (lambda: check_movie_complete(path), lambda: read_movie(path, eer_fractions=1)):
+        error = check_call(call, allowed=(MovieFormatError,), path=path)
+        assert isinstance(error, MovieFormatError), f"{path.name} was read"
+        for fragment in fragments:
+            assert fragment in str(error)
+
+
+@pytest.fixture
+def lzw_tif(tmp_path) -> Path:
+    path = tmp_path / "movie.tif"
+    frames = np.random.default_rng(5).poisson(1.5, size=(3, 16, 24)).astype(np.uint8)
+    tifffile.imwrite(path, frames, compression="zlib", rowsperstrip=4, photometric="minisblack")
+    return path
+
+
+def test_tiff_tag_of_the_wrong_type_is_refused(lzw_tif):
+    """RowsPerStrip as ASCII text: tifffile compared bytes with an int (TypeError)."""
+    _movie_error(_patch_tags(lzw_tif, 278, kind=2), "tag 278", "field type 2")
+
+
+def test_tiff_page_without_image_width_is_refused(lzw_tif):
+    """ImageWidth renamed on a later page: tifffile looked it up on the keyframe (KeyError)."""
+    _movie_error(_patch_tags(lzw_tif, 256, new_code=255, pages=slice(1, None)), "page 1", "tag 256")
+
+
+def test_tiff_float_pages_without_bits_per_sample_are_refused(tmp_path):
+    """No BitsPerSample (1 bit by default) in sample format 3: tifffile has no dtype for it and
+    asserted while decoding (AssertionError)."""
+    path = tmp_path / "nobits.tif"
+    tifffile.imwrite(path, np.ones((2, 16, 24), np.float32), bigtiff=True, photometric="minisblack")
+    _movie_error(_patch_tags(path, 258, new_code=0), "1-bit samples in sample format 3")

@@ -22,6 +22,7 @@ __all__ = [
     "DECODE_ERRORS",
     "EER_CODES",
     "EER_VARIABLE",
+    "TIFFFILE_ERRORS",
     "check_strips",
     "is_eer_compression",
     "open_tiff_checked",
@@ -39,6 +40,19 @@ EER_VARIABLE = 65002  # bit sizes in tags 65007, 65008, 65009
 _MAX_PAGES = 10_000_000
 _INCOMPLETE = INCOMPLETE_ADVICE
 
+
+# What tifffile raises besides TiffFileError when the structure it parses is corrupt: a tag of
+# the wrong type or count (TypeError: '<' between bytes and int), a page without a tag its
+# keyframe has (KeyError), indices past a short tag (IndexError).
+TIFFFILE_ERRORS = (*DECODE_ERRORS, TypeError, KeyError, IndexError)
+
+# Tags the reader needs as whole numbers: ImageWidth, ImageLength, BitsPerSample, Compression,
+# Photometric, StripOffsets, SamplesPerPixel, RowsPerStrip, StripByteCounts, PlanarConfig,
+# TileWidth, TileLength, TileOffsets, TileByteCounts, SampleFormat; → exactly one value or not.
+_INTEGER_TAGS = {256: True, 257: True, 258: False, 259: True, 262: True, 273: False, 277: True,
+                 278: True, 279: False, 284: True, 322: True, 323: True, 324: False, 325: False,
+                 339: False}
+_INTEGER_TYPES = {1, 3, 4, 6, 8, 9, 16, 17}  # (S)BYTE, (S)SHORT, (S)LONG, (S)LONG8
 
 # bytes per value of each TIFF field type (0: unknown type, not checked)
 _TYPE_SIZES = np.array([0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8], np.uint64)
@@ -59,6 +73,29 @@ def _check_tag_values(
         raise MovieFormatError(
             f"{path}: TIFF page {page} tag {int(entries['tag'][i])} has its value up to byte "
             f"{int(ends[i])} but the file has {file_size} bytes; {_INCOMPLETE}"
+        )
+
+
+def _check_structure_tags(entries: np.ndarray, *, path: Path, page: int) -> None:
+    """Raise unless the tags that shape the image are whole numbers of the right count, and
+    the image size is there (tifffile fails with TypeError or KeyError on such pages)."""
+    tags = entries["tag"].tolist()
+    for i, tag in enumerate(tags):
+        single = _INTEGER_TAGS.get(tag)
+        if single is None:
+            continue
+        kind, count = int(entries["type"][i]), int(entries["count"][i])
+        if kind not in _INTEGER_TYPES or count < 1 or (single and count != 1):
+            raise MovieFormatError(
+                f"{path}: TIFF page {page} tag {tag} holds {count} value(s) of field type {kind}, "
+                f"not {'one whole number' if single else 'whole numbers'}; the file is damaged; "
+                "copy it again from its source or remove it"
+            )
+    missing = [tag for tag in (256, 257) if tag not in tags]
+    if missing:
+        raise MovieFormatError(
+            f"{path}: TIFF page {page} has no image {'width' if 256 in missing else 'length'} "
+            f"(tag {missing[0]}); the file is damaged; copy it again from its source or remove it"
         )
 
 
@@ -130,6 +167,7 @@ def walk_ifd_chain(fh: BinaryIO, path: Path, file_size: int) -> list[int]:
         block = fh.read(n_entries * entry_size + offset_size)
         entries = np.frombuffer(block, entry_dtype, count=n_entries)
         _check_tag_values(entries, inline_size=offset_size, file_size=file_size, path=path, page=n)
+        _check_structure_tags(entries, path=path, page=n)
         (next_offset,) = struct.unpack(order + offset_fmt, block[-offset_size:])
         offsets.append(offset)
         seen.add(offset)
@@ -177,7 +215,7 @@ def open_tiff_checked(path: Path, file_size: int, *, eer: bool = False) -> tuple
         ifd_offsets = walk_ifd_chain(fh, path, file_size)
     try:
         tif = tifffile.TiffFile(path)
-    except DECODE_ERRORS as err:
+    except TIFFFILE_ERRORS as err:
         raise MovieFormatError(
             f"{path}: tifffile cannot read the TIFF structure ({type(err).__name__}: {err}); "
             "the file is damaged; copy it again from its source or remove it"
@@ -199,7 +237,7 @@ def open_tiff_checked(path: Path, file_size: int, *, eer: bool = False) -> tuple
         for i in range(1, n_pages):
             page = pages[i]
             check_strips(path, file_size, i, tuple(page.dataoffsets), tuple(page.databytecounts))
-    except DECODE_ERRORS as err:
+    except TIFFFILE_ERRORS as err:
         tif.close()
         if isinstance(err, MovieFormatError):
             raise

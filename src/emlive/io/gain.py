@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from emlive.io._tiff import DECODE_ERRORS, open_tiff_checked
+from emlive.io._tiff import TIFFFILE_ERRORS, open_tiff_checked
 from emlive.io.errors import GainError, MovieFormatError
 from emlive.io.mrc import read_mrc_data
 
@@ -54,7 +54,7 @@ def read_gain(path: str | os.PathLike[str]) -> np.ndarray:
         raise GainError(f"{p}: gain reference not found; check the --gain path") from err
     except MovieFormatError as err:
         raise GainError(f"gain reference {err}") from err
-    except DECODE_ERRORS as err:
+    except TIFFFILE_ERRORS as err:
         # mrcfile's header/size errors and tifffile.TiffFileError are ValueErrors,
         # imagecodecs' decoder errors (LzwError, ZlibError, ...) RuntimeErrors.
         raise GainError(

@@ -55,6 +55,7 @@ from emlive.io._tiff import (
     DECODE_ERRORS,
     EER_CODES,
     EER_VARIABLE,
+    TIFFFILE_ERRORS,
     is_eer_compression,
     open_tiff_checked,
 )
@@ -278,7 +279,7 @@ class _TiffReader:
             # pages decoded in parallel threads (LZW/deflate decoders release the GIL)
             try:
                 self._tif.asarray(key=range(start, stop), out=buffer, maxworkers=_DECODE_THREADS)
-            except DECODE_ERRORS:
+            except TIFFFILE_ERRORS:
                 pass  # decode one by one below, to name the damaged frame
             else:
                 return
@@ -286,7 +287,7 @@ class _TiffReader:
         for j, i in enumerate(range(start, stop)):
             try:
                 pages[i].asarray(out=buffer[j])
-            except DECODE_ERRORS as err:
+            except TIFFFILE_ERRORS as err:
                 raise MovieFormatError(
                     f"{self.header.path}: cannot decode TIFF frame {i} ({type(err).__name__}: "
                     f"{err}); the file is damaged; copy it again from its source or remove it"
@@ -317,6 +318,11 @@ def _open_tiff(path: Path, file_size: int) -> _TiffReader:
             raise MovieFormatError(
                 f"{path}: this TIFF holds EER frames (compression {page.compression}); "
                 "give it the .eer suffix"
+            )
+        if page.dtype is None:  # tifffile cannot decode this bits-per-sample/sample-format pair
+            raise MovieFormatError(
+                f"{path}: TIFF pages of {page.bitspersample}-bit samples in sample format "
+                f"{int(page.sampleformat)} are not a movie's; the file is damaged or not a movie"
             )
         dtype = np.dtype(page.dtype)
         if dtype.kind not in "uifb":
@@ -491,7 +497,7 @@ def _eer_pixel_size_a(tif: tifffile.TiffFile) -> float | None:
     """Pixel size in Å from EER metadata (``sensorPixelSize``, in m), if present and positive."""
     try:
         meta = tif.eer_metadata or {}
-    except DECODE_ERRORS:
+    except TIFFFILE_ERRORS:
         return None
     for key in ("sensorPixelSize.width", "sensorPixelSize"):
         value = meta.get(key)
@@ -516,7 +522,7 @@ def _eer_total_dose(tif: tifffile.TiffFile) -> float | None:
     """The ``totalDose`` item of the EER metadata (e/Å²), if present and positive."""
     try:
         meta = tif.eer_metadata or {}
-    except DECODE_ERRORS:
+    except TIFFFILE_ERRORS:
         return None
     value = meta.get("totalDose")
     return float(value) if isinstance(value, int | float) and value > 0 else None
