@@ -161,3 +161,33 @@ def test_tiff_float_pages_without_bits_per_sample_are_refused(tmp_path):
     path = tmp_path / "nobits.tif"
     tifffile.imwrite(path, np.ones((2, 16, 24), np.float32), bigtiff=True, photometric="minisblack")
     _movie_error(_patch_tags(path, 258, new_code=0), "1-bit samples in sample format 3")
+
+
+@pytest.mark.parametrize("rows", [2**31 - 1, 2**32 - 1])
+def test_tiff_image_taller_than_its_strips_is_refused_before_allocating(lzw_tif, rows):
+    """ImageLength of 2³¹ rows on 4 strips: the reader allocated 3 × 2³¹ × 24 float32 (MemoryError)."""
+    _movie_error(_patch_tags(lzw_tif, 257, value=rows), f"{rows}×24 image needs")
+
+
+def test_tiff_image_taller_than_its_strips_is_refused_quickly(lzw_tif):
+    """65535 rows on 4 strips of 4 rows: decoding the missing strips took seconds."""
+    _movie_error(_patch_tags(lzw_tif, 257, value=65535), "4 strips or tiles", "needs 16384")
+
+
+@pytest.mark.parametrize("width", [65535, 2**31 - 1])
+def test_tiff_image_wider_than_its_bytes_can_decode_to_is_refused(lzw_tif, width):
+    _movie_error(_patch_tags(lzw_tif, 256, value=width), "more than compression 8 can expand to")
+
+
+def test_tiff_image_with_no_rows_is_refused(lzw_tif):
+    """ImageLength 0: the movie read as frames of 0 × 24 pixels."""
+    _movie_error(_patch_tags(lzw_tif, 257, value=0), "empty image")
+
+
+@pytest.mark.parametrize("code, value", [(256, 2**31 - 1), (257, 2**31 - 1), (256, 0)])
+def test_eer_frame_size_beyond_its_event_stream_is_refused(tmp_path, code, value):
+    """An EER page claiming 2³¹ columns over a 20-byte event stream: the 7-bit run codes cover
+    at most 146 pixels per byte, so no allocation for such a frame is attempted."""
+    path = tmp_path / "movie.eer"
+    write_eer(path, [distinct_events(np.random.default_rng(6), 12, (16, 16)) for _ in range(2)], shape=(16, 16))
+    _movie_error(_patch_tags(path, code, value=value))

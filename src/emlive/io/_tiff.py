@@ -8,6 +8,7 @@ decoded) and every strip is checked against the file size before anything is dec
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "EER_CODES",
     "EER_VARIABLE",
     "TIFFFILE_ERRORS",
+    "check_page_size",
     "check_strips",
     "is_eer_compression",
     "open_tiff_checked",
@@ -204,6 +206,50 @@ def check_strips(
             )
 
 
+# The most a page's stored bytes can grow to when decoded, by TIFF compression: a page that
+# claims a bigger image than its strips can hold is refused before a buffer is allocated for it.
+# none: 1; LZW: < 4096 (a 9-12-bit code emits a table string of under 4096 bytes); deflate: 1032
+# (its limit); PackBits: 64; EER (one byte per decoded pixel): a 7- or 8-bit run code skips at
+# most 127 or 255 pixels (146 and 255 pixels per byte). Other codecs: 4096.
+_MAX_EXPANSION = {1: 1, 5: 4096, 8: 1032, 32946: 1032, 32773: 64, 65000: 255, 65001: 146}
+_OTHER_EXPANSION = 4096
+
+
+def _max_expansion(keyframe: tifffile.TiffPage) -> float:
+    code = int(keyframe.compression)
+    if code == EER_VARIABLE:  # run codes of tag 65007's width
+        run_bits = min(max(int(keyframe.tags.valueof(65007, 7)), 1), 16)
+        return ((1 << run_bits) - 1) * 8 / run_bits
+    return _MAX_EXPANSION.get(code, _OTHER_EXPANSION)
+
+
+def check_page_size(path: Path, page_index: int, page: tifffile.TiffPage | tifffile.TiffFrame) -> None:
+    """Raise :class:`MovieFormatError` unless the page's image is not empty, has as many strips
+    (or tiles) as its size needs, and can be decoded from its stored bytes (see _MAX_EXPANSION)."""
+    keyframe = page.keyframe
+    shape = tuple(int(n) for n in keyframe.shape)
+    if not shape or min(shape) < 1:
+        raise MovieFormatError(
+            f"{path}: TIFF page {page_index} holds an empty image (shape {shape}); the file is damaged; "
+            "copy it again from its source or remove it"
+        )
+    n_segments = math.prod(keyframe.chunked)
+    if len(page.dataoffsets) != n_segments:
+        raise MovieFormatError(
+            f"{path}: TIFF page {page_index} has {len(page.dataoffsets)} strips or tiles but its "
+            f"{'×'.join(map(str, shape))} image needs {n_segments}; the file is damaged; copy it again "
+            "from its source or remove it"
+        )
+    stored = sum(int(n) for n in page.databytecounts)
+    if keyframe.nbytes > stored * _max_expansion(keyframe):
+        raise MovieFormatError(
+            f"{path}: TIFF page {page_index} claims a {'×'.join(map(str, shape))} {keyframe.dtype} image "
+            f"({human_bytes(keyframe.nbytes)}) but stores {stored} bytes, more than compression "
+            f"{int(keyframe.compression)} can expand to; the file is damaged; copy it again from its "
+            "source or remove it"
+        )
+
+
 def open_tiff_checked(path: Path, file_size: int, *, eer: bool = False) -> tuple[tifffile.TiffFile, int]:
     """Walk the page chain, open with tifffile, check every strip lies inside the file.
 
@@ -232,11 +278,13 @@ def open_tiff_checked(path: Path, file_size: int, *, eer: bool = False) -> tuple
             )
         first = pages.first
         check_strips(path, file_size, 0, tuple(first.dataoffsets), tuple(first.databytecounts))
+        check_page_size(path, 0, first)
         if eer and n_pages > 1 and not is_eer_compression(first.compression):
             pages.set_keyframe(1)
         for i in range(1, n_pages):
             page = pages[i]
             check_strips(path, file_size, i, tuple(page.dataoffsets), tuple(page.databytecounts))
+            check_page_size(path, i, page)
     except TIFFFILE_ERRORS as err:
         tif.close()
         if isinstance(err, MovieFormatError):
