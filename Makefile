@@ -18,7 +18,13 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 demo: install
 	$(BIN)/emlive demo
 
-test: install
+# The example plugin (examples/plugin-step) is installed for the tests: they run its step
+# through emlive as a facility's own plugin would run.
+$(VENV)/.plugin-example: $(VENV)/.installed examples/plugin-step/pyproject.toml
+	$(BIN)/python -m pip install --quiet --no-deps -e examples/plugin-step
+	touch $@
+
+test: install $(VENV)/.plugin-example
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Re-pin requirements.lock after changing dependencies in pyproject.toml.
