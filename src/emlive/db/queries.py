@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db.models import BooleanField, Case, Count, Exists, F, FloatField, Max, OuterRef, Q, QuerySet, Value, When
 from django.db.models.functions import Abs
@@ -29,7 +30,10 @@ __all__ = [
     "result_series",
     "session_by_raw_dir",
     "session_curation",
+    "session_step_metrics",
+    "session_steps",
     "step_metrics",
+    "stored_metric_names",
     "sessions",
     "with_progress",
     "with_verdict",
@@ -316,3 +320,54 @@ def result_series(session: Session | int, curation: Curation | None = None) -> R
         ):
             column.append(value)
     return ResultSeries(*columns)
+
+
+# --- Every step's results (dashboard) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """One step's results in a session: how many done and failed, and when one last changed."""
+
+    step: str
+    done: int
+    failed: int
+    updated_at: datetime | None
+
+
+def session_steps(session: Session | int) -> list[StepSummary]:
+    """The steps that have results in the session, by name (one query). ``updated_at`` moves
+    whenever a step's result is stored again, even when its exposure's state and times stay."""
+    rows = (
+        StepResult.objects.filter(exposure__session_id=_pk(session))
+        .values("step")
+        .annotate(
+            done=Count("id", filter=Q(state=StepResult.State.DONE)),
+            failed=Count("id", filter=Q(state=StepResult.State.FAILED)),
+            updated_at=Max("updated_at"),
+        )
+        .order_by("step")
+    )
+    return [StepSummary(r["step"], r["done"], r["failed"], r["updated_at"]) for r in rows]
+
+
+def session_step_metrics(session: Session | int) -> dict[int, dict[str, float | None]]:
+    """:func:`step_metrics` of every exposure of the session (one query, however many)."""
+    found: dict[int, dict[str, float | None]] = {}
+    rows = StepResult.objects.filter(exposure__session_id=_pk(session), state=StepResult.State.DONE)
+    for exposure_id, step, metrics in rows.values_list("exposure_id", "step", "metrics").iterator(chunk_size=5000):
+        found.setdefault(exposure_id, {}).update((f"{step}.{name}", value) for name, value in metrics.items())
+    return found
+
+
+def stored_metric_names(session: Session | int, step: str) -> list[str]:
+    """The metric names of ``step``'s latest finished result in the session (for a step that
+    is not installed here, whose declaration cannot say), sorted (PostgreSQL's JSON keeps no
+    order; one query)."""
+    metrics = (
+        StepResult.objects.filter(exposure__session_id=_pk(session), step=step, state=StepResult.State.DONE)
+        .order_by("-updated_at", "-id")
+        .values_list("metrics", flat=True)
+        .first()
+    )
+    return sorted(metrics or {})
