@@ -3,10 +3,12 @@
 The native picker in five steps, each a function here:
 
 1. :func:`working_image` — the micrograph Fourier-cropped to a working pixel size of about a
-   sixteenth of the particle diameter (an ideal low-pass), optionally CTF phase-flipped.
+   sixteenth of the particle diameter (an ideal low-pass), its tilt (a plane) set aside.
 2. :func:`exclusion_mask` — where not to pick: a margin along the edges, contamination (very
    dark blobs much bigger than a particle) and a carbon film (a region whose large-scale mean
-   differs from the ice by a sharp step, not a smooth ramp as an ice gradient).
+   differs from the ice by a sharp step, not a smooth ramp as an ice gradient);
+   :func:`fill_dark` evens the carbon and contamination out, and :func:`phase_flip` flips
+   the phases where the CTF is positive (when the CTF is known).
 3. :func:`score_map` — a matched filter for a dark sphere of the particle's diameter (times
    the CTF's magnitude when phase-flipped; smooth backgrounds and ice gradients removed by its
    zero mean), in units of its own noise: the noise of the working image is measured per tile
@@ -48,6 +50,7 @@ __all__ = [
     "expected_noise_peaks",
     "fill_dark",
     "find_peaks",
+    "phase_flip",
     "pick_micrograph",
     "score_map",
     "working_image",
@@ -86,12 +89,16 @@ class CtfModel:
 class WorkingImage:
     """A micrograph low-passed and resampled to ``pixel_size_a`` (``image`` float32 ``[y, x]``).
 
+    ``background`` is the plane fitted to the micrograph (zero mean), which ``image`` holds and
+    ``image_ft`` (the ``rfft2`` of ``image - background``: what the picker filters) does not.
+
     ``scale_xy`` and ``offset_px`` convert working pixels to input pixels:
-    ``x_in = x_work * scale_xy[0] + offset_px`` (likewise y). ``image_ft`` is its ``rfft2``; the mean of ``image``
-    is the input's mean (counts per input pixel).
+    ``x_in = x_work * scale_xy[0] + offset_px`` (likewise y). The mean of ``image`` is the input's
+    mean (counts per input pixel).
     """
 
     image: np.ndarray
+    background: np.ndarray
     image_ft: np.ndarray
     pixel_size_a: float
     scale_xy: tuple[float, float]
@@ -171,19 +178,41 @@ def _full_mean(values: np.ndarray, shape: tuple[int, int]) -> float:
     return float((values * _half_grid_weights(shape)).sum() / (shape[0] * shape[1]))
 
 
-def _box_average(image: np.ndarray, box: int) -> np.ndarray:
-    """Mean over ``box``×``box`` blocks (rows and columns beyond a whole block dropped).
+def _box_average(image: np.ndarray, box: int, box_x: int | None = None) -> np.ndarray:
+    """Mean over ``box``×``box_x`` blocks (rows and columns beyond a whole block dropped).
 
     Sums of strided slices, separable: several times faster than a reshaped ``mean``."""
-    by, bx = image.shape[0] // box, image.shape[1] // box
-    rows = image[0 : by * box : box, : bx * box].copy()
+    bx_size = box if box_x is None else box_x
+    by, bx = image.shape[0] // box, image.shape[1] // bx_size
+    rows = image[0 : by * box : box, : bx * bx_size].astype(np.float32)
     for dy in range(1, box):
-        rows += image[dy : by * box : box, : bx * box]
-    out = rows[:, 0::box].copy()
-    for dx in range(1, box):
-        out += rows[:, dx::box]
-    out *= np.float32(1.0 / (box * box))
+        rows += image[dy : by * box : box, : bx * bx_size]
+    out = rows[:, 0::bx_size].copy()
+    for dx in range(1, bx_size):
+        out += rows[:, dx::bx_size]
+    out *= np.float32(1.0 / (box * bx_size))
     return out
+
+
+def _ice_plane(image: np.ndarray, *, blocks: int = 32, keep_above: float = 0.9) -> tuple[float, float]:
+    """Slopes (x, y) per pixel of the plane fitted to the bright part of ``image``.
+
+    Fitted to block means at least ``keep_above`` times the 90th percentile of them: carbon
+    and contamination (darker) do not tilt it, and a linear ice gradient, being a plane, is
+    fitted exactly by any part of it.
+    """
+    ny, nx = image.shape
+    by, bx = max(1, ny // blocks), max(1, nx // blocks)
+    means = _box_average(image, by, bx)
+    gy, gx = np.mgrid[: means.shape[0], : means.shape[1]]
+    centre_x = (gx + 0.5) * bx - 0.5 - 0.5 * (nx - 1)
+    centre_y = (gy + 0.5) * by - 0.5 - 0.5 * (ny - 1)
+    keep = means >= keep_above * np.percentile(means, 90)
+    if keep.sum() < 8:
+        keep = np.ones(means.shape, dtype=bool)
+    design = np.column_stack([np.ones(keep.sum()), centre_x[keep], centre_y[keep]])
+    coef, *_ = np.linalg.lstsq(design, means[keep].astype(np.float64), rcond=None)
+    return float(coef[1]), float(coef[2])
 
 
 def working_image(
@@ -191,16 +220,12 @@ def working_image(
     *,
     pixel_size_a: float,
     working_pixel_size_a: float,
-    ctf: CtfModel | None = None,
     workers: int = 2,
 ) -> WorkingImage:
-    """Fourier-crop ``image`` to about ``working_pixel_size_a`` and phase-flip it with ``ctf``.
+    """Fourier-crop ``image`` to about ``working_pixel_size_a`` (an ideal low-pass).
 
-    The crop keeps every frequency below the new Nyquist (an ideal low-pass, no aliasing).
-    Phase flipping multiplies each Fourier component by the sign of the CTF at its frequency
-    (so particles are dark against the ice at every resolution, as they are at low resolution
-    in underfocus). The image is not made finer than it is (``working_pixel_size_a`` below
-    ``pixel_size_a`` keeps the input's size).
+    The crop keeps every frequency below the new Nyquist (no aliasing). The image is not made
+    finer than it is (``working_pixel_size_a`` below ``pixel_size_a`` keeps the input's size).
     """
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2 or min(img.shape) < 8:
@@ -212,6 +237,13 @@ def working_image(
     if box > 1:
         img = _box_average(img, box)
     ny, nx = img.shape
+    # A tilted background (an ice gradient) is a step where the periodic FFT wraps around;
+    # phase flipping would spread it into the image. Remove the best-fitting plane first and
+    # add it back (unflipped) afterwards.
+    slope_x, slope_y = _ice_plane(img)
+    xs = np.arange(nx, dtype=np.float32) - np.float32(0.5 * (nx - 1))
+    ys = np.arange(ny, dtype=np.float32) - np.float32(0.5 * (ny - 1))
+    img = img - (np.float32(slope_x) * xs[None, :] + np.float32(slope_y) * ys[:, None])
     binned_px_a = pixel_size_a * box
     my = min(ny, max(8, 2 * round(ny * binned_px_a / working_pixel_size_a / 2)))
     mx = min(nx, max(8, 2 * round(nx * binned_px_a / working_pixel_size_a / 2)))
@@ -224,32 +256,56 @@ def working_image(
         cropped[:, -1] = cropped[:, -1].real
     px_y = binned_px_a * ny / my
     px_x = binned_px_a * nx / mx
-    if ctf is not None:
-        ky = np.fft.fftfreq(my, d=px_y).astype(np.float32)[:, None]
-        kx = np.fft.rfftfreq(mx, d=px_x).astype(np.float32)[None, :]
-        chi = ctf_chi(
-            kx * kx + ky * ky,
-            np.arctan2(ky, kx),
-            voltage_kv=ctf.voltage_kv,
-            cs_mm=ctf.cs_mm,
-            defocus_u_a=ctf.defocus_u_a,
-            defocus_v_a=ctf.defocus_v_a,
-            azimuth_deg=ctf.azimuth_deg,
-            phase_shift_rad=ctf.phase_shift_rad,
-            amplitude_contrast=ctf.amplitude_contrast,
-        )
-        # CTF = -sin(chi) is negative at low resolution in underfocus: flip where it is positive
-        flip = np.where(np.sin(chi) >= 0, np.float32(1.0), np.float32(-1.0))
-        flip[0, 0] = 1.0
-        cropped *= flip
     small = scipy.fft.irfft2(cropped, s=(my, mx), workers=workers).astype(np.float32)
+    # the plane on the working grid: working pixel i sits at binned pixel i * n / m
+    plane = (
+        np.float32(slope_x) * (np.arange(mx, dtype=np.float32) * np.float32(nx / mx) - np.float32(0.5 * (nx - 1)))[None, :]
+        + np.float32(slope_y) * (np.arange(my, dtype=np.float32) * np.float32(ny / my) - np.float32(0.5 * (ny - 1)))[:, None]
+    )
     return WorkingImage(
-        image=small,
+        image=small + plane,
+        background=plane,
         image_ft=cropped,
         pixel_size_a=float(math.sqrt(px_y * px_x)),
         scale_xy=(box * nx / mx, box * ny / my),
         offset_px=0.5 * (box - 1),
-        phase_flipped=ctf is not None,
+        phase_flipped=False,
+    )
+
+
+def phase_flip(working: WorkingImage, ctf: CtfModel, *, workers: int = 2) -> WorkingImage:
+    """``working`` with each Fourier component multiplied by the sign of the CTF there.
+
+    Afterwards particles are dark against the ice at every resolution, as they are at low
+    resolution in underfocus (``CTF = -sin χ`` < 0). The background plane is left as it is.
+    """
+    my, mx = working.image.shape
+    px = working.pixel_size_a
+    ky = np.fft.fftfreq(my, d=px).astype(np.float32)[:, None]
+    kx = np.fft.rfftfreq(mx, d=px).astype(np.float32)[None, :]
+    chi = ctf_chi(
+        kx * kx + ky * ky,
+        np.arctan2(ky, kx),
+        voltage_kv=ctf.voltage_kv,
+        cs_mm=ctf.cs_mm,
+        defocus_u_a=ctf.defocus_u_a,
+        defocus_v_a=ctf.defocus_v_a,
+        azimuth_deg=ctf.azimuth_deg,
+        phase_shift_rad=ctf.phase_shift_rad,
+        amplitude_contrast=ctf.amplitude_contrast,
+    )
+    flip = np.where(np.sin(chi) >= 0, np.float32(1.0), np.float32(-1.0))
+    flip[0, 0] = 1.0
+    flipped_ft = (working.image_ft * flip).astype(np.complex64)
+    flat = scipy.fft.irfft2(flipped_ft, s=(my, mx), workers=workers).astype(np.float32)
+    return WorkingImage(
+        image=flat + working.background,
+        background=working.background,
+        image_ft=flipped_ft,
+        pixel_size_a=working.pixel_size_a,
+        scale_xy=working.scale_xy,
+        offset_px=working.offset_px,
+        phase_flipped=True,
     )
 
 
@@ -278,19 +334,22 @@ def exclusion_mask(
     *,
     diameter_px: float,
     min_carbon_step: float = 0.05,
-    max_transition_fraction: float = 0.12,
+    min_carbon_separation: float = 5.0,
     contamination_level: float = 0.6,
 ) -> ExclusionMask:
     """Edges, contamination and carbon of a working image (``diameter_px`` the particle's).
 
     - edge: within half a diameter of the image border;
     - contamination: where the mean over a particle-sized neighbourhood is below
-      ``contamination_level`` times the micrograph's median, in blobs bigger than a particle,
+      ``contamination_level`` times the clear ice's (the 90th percentile of such means: carbon
+      and contamination are darker, and may cover most of the image), in blobs bigger than a
+      particle,
       widened by 0.75 diameter (no picks touching it);
     - carbon: the large-scale mean (over about a diameter) splits into two levels (Otsu) whose
-      relative difference is at least ``min_carbon_step`` *and* at most
-      ``max_transition_fraction`` of the image lies between them (a sharp edge, unlike an ice
-      gradient, whose values fill the range between its ends). The darker level (thicker:
+      relative difference is at least ``min_carbon_step`` *and* at least
+      ``min_carbon_separation`` times the spread within the levels (a sharp edge between two
+      flat levels; an ice gradient's values fill the range between its ends, and split in two
+      they differ by only 3.5 times their spread). The darker level (thicker:
       the film) is carbon, widened by 0.75 diameter. No carbon is found when the whole
       image is carbon: it has nothing to differ from.
     """
@@ -306,7 +365,7 @@ def exclusion_mask(
     b = max(1, int(diameter_px // 4))
     cy, cx = ny // b, nx // b
     coarse = img[: cy * b, : cx * b].reshape(cy, b, cx, b).mean(axis=(1, 3))
-    level = float(np.median(coarse))
+    level = float(np.percentile(coarse, 90))
     if not level > 0:
         # not an image of counts (a normalised one): no absolute levels to compare
         empty = np.zeros(img.shape, dtype=bool)
@@ -338,8 +397,8 @@ def exclusion_mask(
         if lo.size and hi.size:
             mean_lo, mean_hi = float(lo.mean()), float(hi.mean())
             gap = mean_hi - mean_lo
-            between = np.mean((values > mean_lo + 0.25 * gap) & (values < mean_hi - 0.25 * gap))
-            if gap >= min_carbon_step * mean_hi and between <= max_transition_fraction:
+            spread = math.sqrt((((lo - mean_lo) ** 2).sum() + ((hi - mean_hi) ** 2).sum()) / values.size)
+            if gap >= min_carbon_step * mean_hi and gap >= min_carbon_separation * spread:
                 carbon_core = (broad < split) & ~contamination_c
                 carbon_c = _widen(carbon_core, 0.75 * diameter_px / b)
 
@@ -364,15 +423,27 @@ def fill_dark(working: WorkingImage, mask: ExclusionMask, *, workers: int = 2) -
     """``working`` with its carbon and contamination (``mask.dark``) set to the ice's median.
 
     The step at the edge of a dark region would otherwise score like a row of particles
-    along it, beyond where picks are excluded. Returns ``working`` itself when there is none.
+    along it, beyond where picks are excluded. The background plane is fitted again to the
+    ice alone. Returns ``working`` itself when there is nothing dark.
     """
     if not mask.dark.any() or mask.dark.all():
         return working
-    image = working.image.copy()
-    image[mask.dark] = np.median(image[~mask.excluded]) if (~mask.excluded).any() else np.median(image)
+    keep = ~mask.excluded if (~mask.excluded).any() else ~mask.dark
+    # the tilt of the ice alone: a dark region biases the plane fitted to the whole image,
+    # and the wrong plane leaves a step where the FFT wraps around
+    my, mx = working.image.shape
+    yy, xx = np.nonzero(keep)
+    design = np.column_stack([np.ones(yy.size), xx - 0.5 * (mx - 1), yy - 0.5 * (my - 1)])
+    coef, *_ = np.linalg.lstsq(design, working.image[keep].astype(np.float64), rcond=None)
+    xs = (np.arange(mx) - 0.5 * (mx - 1)).astype(np.float32)
+    ys = (np.arange(my) - 0.5 * (my - 1)).astype(np.float32)
+    background = (np.float32(coef[1]) * xs[None, :] + np.float32(coef[2]) * ys[:, None]).astype(np.float32)
+    flat = working.image - background
+    flat[mask.dark] = np.median(flat[keep])
     return WorkingImage(
-        image=image,
-        image_ft=scipy.fft.rfft2(image, workers=workers).astype(np.complex64),
+        image=flat + background,
+        background=background,
+        image_ft=scipy.fft.rfft2(flat, workers=workers).astype(np.complex64),
         pixel_size_a=working.pixel_size_a,
         scale_xy=working.scale_xy,
         offset_px=working.offset_px,
@@ -413,38 +484,20 @@ def score_map(
     median over the tiles not ``excluded`` is propagated through the filter (white noise
     assumed) to give the score's σ.
     """
-    img_ft = working.image_ft
     my, mx = working.image.shape
-    px_y = working.pixel_size_a  # isotropic enough: the crop keeps the aspect to < 1 %
-    ky = np.fft.fftfreq(my).astype(np.float32)[:, None]  # cycles per working px
-    kx = np.fft.rfftfreq(mx).astype(np.float32)[None, :]
-    k = np.sqrt(kx * kx + ky * ky)
-    radius = 0.5 * diameter_px
-    kc = 0.5 / diameter_px
-    high_pass = 1.0 - np.exp(-0.5 * (k / kc) ** 2)
-    # the sphere's first lobe only: finer detail (the particle's own structure, stronger
-    # with the |CTF| weight at high defocus) pulls the peak off the particle's centre
-    first_lobe = k * diameter_px < _SPHERE_FIRST_ZERO_KD
-    filt = np.where(first_lobe, -_sphere_transform(2.0 * math.pi * k * radius) * high_pass, 0.0)
-    if ctf is not None:
-        kx_a, ky_a = kx / px_y, ky / px_y
-        chi = ctf_chi(
-            kx_a * kx_a + ky_a * ky_a,
-            np.arctan2(ky_a, kx_a),
-            voltage_kv=ctf.voltage_kv,
-            cs_mm=ctf.cs_mm,
-            defocus_u_a=ctf.defocus_u_a,
-            defocus_v_a=ctf.defocus_v_a,
-            azimuth_deg=ctf.azimuth_deg,
-            phase_shift_rad=ctf.phase_shift_rad,
-            amplitude_contrast=ctf.amplitude_contrast,
-        )
-        filt = filt * np.abs(np.sin(chi))
-    filt = filt.astype(np.float32)
-    score = scipy.fft.irfft2(img_ft * filt, s=(my, mx), workers=workers)
+    # Mirror the image by a diameter on every side: the filter must not see the step where
+    # the periodic FFT would wrap the right edge onto the left.
+    pad = min(int(math.ceil(diameter_px)), my - 1, mx - 1)
+    padded = np.pad(working.image - working.background, pad, mode="reflect")
+    filt, kx = _matched_filter(padded.shape, diameter_px=diameter_px, pixel_size_a=working.pixel_size_a, ctf=ctf)
+    padded_ft = scipy.fft.rfft2(padded, workers=workers)
+    padded_ft *= filt
+    score = scipy.fft.irfft2(padded_ft, s=padded.shape, workers=workers)[pad : pad + my, pad : pad + mx]
 
+    ky = np.fft.fftfreq(my).astype(np.float32)[:, None]
+    k = np.sqrt(np.fft.rfftfreq(mx).astype(np.float32)[None, :] ** 2 + ky * ky)
     band = (k > 0.35).astype(np.float32)  # 0.7 of Nyquist (0.5 cycles/px) and above
-    high = scipy.fft.irfft2(img_ft * band, s=(my, mx), workers=workers)
+    high = scipy.fft.irfft2(working.image_ft * band, s=(my, mx), workers=workers)
     t = max(4, int(round(2 * diameter_px)))
     ty, tx = my // t, mx // t
     if ty >= 1 and tx >= 1:
@@ -457,14 +510,44 @@ def score_map(
         band_var = float(np.mean(high**2))
     pixel_var = band_var / max(_full_mean(band, (my, mx)), 1e-12)
     power = filt.astype(np.float64) ** 2
-    filter_power = max(_full_mean(power, (my, mx)), 1e-30)
+    filter_power = max(_full_mean(power, padded.shape), 1e-30)
     sigma = math.sqrt(max(pixel_var * filter_power, 1e-30))
-    derivative_power = _full_mean(power * (2.0 * math.pi * kx.astype(np.float64)) ** 2, (my, mx))
+    derivative_power = _full_mean(power * (2.0 * math.pi * kx.astype(np.float64)) ** 2, padded.shape)
     return ScoreMap(
         z=(score / np.float32(sigma)).astype(np.float32),
         noise_sigma=sigma,
         roughness_per_px2=derivative_power / filter_power,
     )
+
+
+def _matched_filter(
+    shape: tuple[int, int], *, diameter_px: float, pixel_size_a: float, ctf: CtfModel | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The filter of :func:`score_map` on the rfft2 grid of ``shape``, and its kx (cycles/px)."""
+    ky = np.fft.fftfreq(shape[0]).astype(np.float32)[:, None]  # cycles per working px
+    kx = np.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
+    k = np.sqrt(kx * kx + ky * ky)
+    kc = 0.5 / diameter_px
+    high_pass = 1.0 - np.exp(-0.5 * (k / kc) ** 2)
+    # the sphere's first lobe only: finer detail (the particle's own structure, stronger
+    # with the |CTF| weight at high defocus) pulls the peak off the particle's centre
+    first_lobe = k * diameter_px < _SPHERE_FIRST_ZERO_KD
+    filt = np.where(first_lobe, -_sphere_transform(math.pi * k * diameter_px) * high_pass, 0.0)
+    if ctf is not None:
+        kx_a, ky_a = kx / pixel_size_a, ky / pixel_size_a
+        chi = ctf_chi(
+            kx_a * kx_a + ky_a * ky_a,
+            np.arctan2(ky_a, kx_a),
+            voltage_kv=ctf.voltage_kv,
+            cs_mm=ctf.cs_mm,
+            defocus_u_a=ctf.defocus_u_a,
+            defocus_v_a=ctf.defocus_v_a,
+            azimuth_deg=ctf.azimuth_deg,
+            phase_shift_rad=ctf.phase_shift_rad,
+            amplitude_contrast=ctf.amplitude_contrast,
+        )
+        filt = filt * np.abs(np.sin(chi))
+    return filt.astype(np.float32), kx
 
 
 def find_peaks(
@@ -579,7 +662,6 @@ def pick_micrograph(
         image,
         pixel_size_a=pixel_size_a,
         working_pixel_size_a=diameter_a / WORKING_PIXELS_PER_DIAMETER,
-        ctf=ctf,
         workers=workers,
     )
     diameter_px = diameter_a / working.pixel_size_a
@@ -590,13 +672,11 @@ def pick_micrograph(
             f"(carbon {mask.carbon.mean():.0%}, contamination {mask.contamination.mean():.0%}, "
             f"edges {mask.edge.mean():.0%}): too little ice left to pick in"
         )
-    scores = score_map(
-        fill_dark(working, mask, workers=workers),
-        diameter_px=diameter_px,
-        ctf=ctf,
-        excluded=mask.excluded,
-        workers=workers,
-    )
+    # even out carbon and contamination before flipping: flipping a sharp dark edge rings
+    filtered = fill_dark(working, mask, workers=workers)
+    if ctf is not None:
+        filtered = phase_flip(filtered, ctf, workers=workers)
+    scores = score_map(filtered, diameter_px=diameter_px, ctf=ctf, excluded=mask.excluded, workers=workers)
     min_distance_px = (min_distance_a or DEFAULT_MIN_DISTANCE_D * diameter_a) / working.pixel_size_a
     if threshold is None:
         chosen = automatic_threshold(scores, area_px=float((~mask.excluded).sum()))
@@ -604,10 +684,10 @@ def pick_micrograph(
         chosen = float(threshold)
     xy, values = find_peaks(scores.z, min_distance_px=min_distance_px, threshold=chosen, excluded=mask.excluded)
     return Picks(
-        xy_px=working.to_input_px(xy),
+        xy_px=filtered.to_input_px(xy),
         scores=values,
         threshold=chosen,
         masked_fraction=mask.masked_fraction,
-        working=working,
+        working=filtered,
         mask=mask,
     )
