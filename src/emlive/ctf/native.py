@@ -53,7 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ENGINE_VERSION = "2"
+ENGINE_VERSION = "3"
 # The ctffind release whose output format the files follow.
 CTFFIND_FORMAT_VERSION = "4.1.14"
 # Smallest spectrum box that still resolves Thon rings usefully.

@@ -1,4 +1,4 @@
-"""Amplitude spectra for CTF fitting: tile averaging, background removal, radial profiles.
+"""Amplitude spectra for CTF fitting: the averaged spectrum, background removal, radial profiles.
 
 Pure functions of arrays and numbers (no file I/O). Conventions:
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft
+import scipy.sparse
 
 __all__ = [
     "average_amplitude_spectrum",
@@ -22,12 +23,12 @@ __all__ = [
     "radius_grid_px",
     "remove_background",
     "smooth_profile",
-    "tile_starts",
 ]
 
-# Tiles transformed per FFT call: bounds the transient memory (32 tiles of 720² px: ~65 MB
-# of float32 tiles and as much of complex64 transforms) while keeping each call a batch.
-_TILES_PER_BATCH = 32
+# Width of the cosine roll-off at each edge of a micrograph, as a fraction of its size: enough
+# to keep the cross its edges' discontinuity puts through the spectrum's centre out of the
+# fitted band, little enough to keep nearly all the data.
+_EDGE_TAPER_FRACTION = 0.03
 # Values of the normalised spectrum are clipped here (in local standard deviations), so that
 # isolated strong pixels (crystalline ice, detector artefacts) cannot dominate a correlation.
 _CLIP_SIGMA = 4.0
@@ -35,31 +36,41 @@ _CLIP_SIGMA = 4.0
 ICE_BAND_A = (3.9, 3.6)
 
 
-def tile_starts(length: int, tile_size_px: int) -> np.ndarray:
-    """Start indices of tiles of ``tile_size_px`` along an axis of ``length`` px, ~50 % overlap.
+def edge_taper(length: int, *, taper_fraction: float = _EDGE_TAPER_FRACTION) -> np.ndarray:
+    """1D window (``length``,) float32: 1 in the middle, a cosine roll-off to ~0 at both ends.
 
-    The first tile starts at 0, the last ends at ``length``; the steps between are as equal
-    as integers allow and never larger than half a tile.
+    The roll-off spans ``taper_fraction`` of the length on each side (at least 1 px). Applied
+    along both axes of a micrograph it suppresses the cross-shaped leakage of its edges.
     """
-    if tile_size_px > length:
-        raise ValueError(f"tile of {tile_size_px} px does not fit in an axis of {length} px")
-    n = int(np.ceil((length - tile_size_px) / (tile_size_px / 2))) + 1
-    return np.round(np.linspace(0, length - tile_size_px, n)).astype(np.int64)
-
-
-def edge_taper(tile_size_px: int, *, taper_fraction: float = 0.125) -> np.ndarray:
-    """Separable 2D window (tile, tile): 1 in the middle, a cosine roll-off to ~0 at the edges.
-
-    The roll-off spans ``taper_fraction`` of the tile on each side. A mild taper keeps the
-    spectral resolution of the tile (Thon rings at high defocus are only a few Fourier pixels
-    apart) while suppressing the cross-shaped leakage of the tile edges.
-    """
-    n_taper = max(1, int(round(taper_fraction * tile_size_px)))
+    n_taper = max(1, int(round(taper_fraction * length)))
+    if 2 * n_taper > length:
+        raise ValueError(f"a taper of {n_taper} px on each side does not fit in {length} px")
     ramp = 0.5 * (1.0 - np.cos(np.pi * (np.arange(n_taper) + 0.5) / n_taper))
-    line = np.ones(tile_size_px, dtype=np.float64)
+    line = np.ones(length, dtype=np.float64)
     line[:n_taper] = ramp
     line[-n_taper:] = ramp[::-1]
-    return np.outer(line, line).astype(np.float32)
+    return line.astype(np.float32)
+
+
+def _binning(positions: np.ndarray, spacing: float, n_bins: int) -> scipy.sparse.csr_array:
+    """Sparse (n_bins × positions) matrix: how much of each sample lies in each bin.
+
+    Sample ``i`` covers ``positions[i] ± spacing / 2`` (in bins; ``spacing`` ≤ 1), bin ``j``
+    covers ``j ± 1/2``; the weight is the fraction of the sample inside the bin, so a sample
+    straddling two bins is shared between them and every bin is centred where it should be
+    (no jitter from rounding). Parts outside bins 0 … n_bins - 1 are dropped.
+    """
+    lo = positions - 0.5 * spacing
+    first = np.floor(lo + 0.5).astype(np.int64)  # the bin holding the sample's lower end
+    boundary = first + 0.5  # its upper edge
+    in_first = np.clip((boundary - lo) / spacing, 0.0, 1.0)
+    rows = np.concatenate([first, first + 1])
+    weights = np.concatenate([in_first, 1.0 - in_first])
+    cols = np.tile(np.arange(positions.size), 2)
+    keep = (rows >= 0) & (rows < n_bins) & (weights > 0)
+    return scipy.sparse.csr_array(
+        (weights[keep].astype(np.float32), (rows[keep], cols[keep])), shape=(n_bins, positions.size)
+    )
 
 
 def average_amplitude_spectrum(
@@ -69,15 +80,21 @@ def average_amplitude_spectrum(
     out_size_px: int | None = None,
     workers: int | None = None,
 ) -> np.ndarray:
-    """Average amplitude spectrum ``|F|`` of overlapping tiles of ``image``, centred.
+    """Amplitude spectrum ``|F|`` of ``image``, averaged onto the Fourier grid of a tile, centred.
 
-    Tiles of ``tile_size_px`` (even) overlap by ~50 %; each is mean-subtracted and multiplied
-    by :func:`edge_taper` before one batched ``scipy.fft.rfft2`` (``workers`` threads) per group
-    of tiles. Returns a float32 ``(n, n)`` array, ``n = out_size_px`` (even, at most the tile;
-    default the tile), with the zero frequency at ``[n // 2, n // 2]`` (set to 0): the central
-    ``n × n`` frequencies of the tile's spectrum, i.e. the spectrum of a tile binned to a pixel
-    ``tile_size_px / n`` times larger, sampled as finely as the whole tile allows. Scaled so
-    that white noise of variance σ² gives a spectrum of mean ≈ σ·√π/2, whatever the sizes.
+    The whole image, mean-subtracted and edge-tapered (:func:`edge_taper` along both axes), is
+    transformed once (``scipy.fft``, ``workers`` threads); the amplitude at each of its
+    frequencies is shared between the nearest bins of the grid of a ``tile_size_px`` box
+    (bins of ``1 / (tile_size_px · pixel)``) with bilinear weights, and each bin holds the
+    weighted mean. That is the spectrum averaged over ``(image / tile)²`` independent
+    frequencies per bin — as many as tiles of that size would give, without the data a tile's
+    taper discards — and smoothed as little as a tile's window would (a triangle of one bin
+    each side). Returns a float32 ``(n, n)`` array, ``n = out_size_px`` (even, at most the
+    tile; default the tile), with the zero frequency at ``[n // 2, n // 2]`` (set to 0): the
+    central ``n × n`` bins, i.e. the spectrum of a pixel ``tile_size_px / n`` times larger,
+    sampled as finely as a whole tile. Only the frequencies within the ``n × n`` box are
+    transformed along the second axis. Scaled so that white noise of variance σ² gives a
+    spectrum of mean ≈ σ·√π/2, whatever the sizes.
     """
     img = np.asarray(image)
     if img.ndim != 2:
@@ -90,31 +107,52 @@ def average_amplitude_spectrum(
     ny, nx = img.shape
     if min(ny, nx) < tile_size_px:
         raise ValueError(f"image of {ny}×{nx} px is smaller than a tile of {tile_size_px} px")
-    ys = tile_starts(ny, tile_size_px)
-    xs = tile_starts(nx, tile_size_px)
-    corners = [(y, x) for y in ys for x in xs]
-    window = edge_taper(tile_size_px)
-    half = np.zeros((tile_size_px, tile_size_px // 2 + 1), dtype=np.float64)
-    for first in range(0, len(corners), _TILES_PER_BATCH):
-        batch = np.stack(
-            [img[y : y + tile_size_px, x : x + tile_size_px] for y, x in corners[first : first + _TILES_PER_BATCH]]
-        ).astype(np.float32)
-        batch -= batch.mean(axis=(1, 2), keepdims=True)
-        batch *= window
-        ft = scipy.fft.rfft2(batch, workers=workers)
-        half += np.abs(ft).sum(axis=0)
-    half /= len(corners) * np.sqrt(np.sum(window.astype(np.float64) ** 2))
-    # rfft2 holds kx >= 0; |F(-k)| = |F(k)| gives the other half.
-    full = np.empty((tile_size_px, tile_size_px), dtype=np.float64)
-    nxh = tile_size_px // 2 + 1
-    full[:, :nxh] = half
-    # column kx = -j (index tile - j) equals the conjugate-symmetric point (-ky, +j)
-    j = np.arange(1, tile_size_px // 2)
-    full[:, tile_size_px - j] = half[(-np.arange(tile_size_px)) % tile_size_px][:, j]
-    full[0, 0] = 0.0
-    centred = np.fft.fftshift(full)
-    first = tile_size_px // 2 - out // 2
-    return centred[first : first + out, first : first + out].astype(np.float32)
+    h = out // 2
+    # the image's frequencies (signed ky; kx >= 0, the other half by symmetry) within a bin of the box
+    ky = np.arange(-(ny // 2), (ny - 1) // 2 + 1)
+    ky = ky[np.abs(ky) * tile_size_px < (h + 1) * ny]
+    kx = np.arange(nx // 2 + 1)
+    kx = kx[kx * tile_size_px < (h + 1) * nx]
+    taper_y, taper_x = edge_taper(ny), edge_taper(nx)
+    # the mean of a subsample is close enough: what is left of it only touches the centre
+    mean = float(img[:: max(1, ny // 512), :: max(1, nx // 512)].mean(dtype=np.float64))
+    tapered = np.subtract(img, np.float32(mean), dtype=np.float32)
+    edge_y, edge_x = int(np.count_nonzero(taper_y < 1)) // 2, int(np.count_nonzero(taper_x < 1)) // 2
+    tapered[:edge_y] *= taper_y[:edge_y, None]
+    tapered[ny - edge_y :] *= taper_y[ny - edge_y :, None]
+    tapered[:, :edge_x] *= taper_x[:edge_x]
+    tapered[:, nx - edge_x :] *= taper_x[nx - edge_x :]
+    rows_ft = scipy.fft.rfft(tapered, axis=1, workers=workers)
+    del tapered
+    ft = scipy.fft.fft(rows_ft[:, : kx.size], axis=0, workers=workers, overwrite_x=True)
+    del rows_ft
+    n_neg = int(np.count_nonzero(ky < 0))
+    amp = np.empty((ky.size, kx.size), dtype=np.float32)
+    np.abs(ft[ny - n_neg :], out=amp[:n_neg])
+    np.abs(ft[: ky.size - n_neg], out=amp[n_neg:])
+    del ft
+    # bins: rows ty = -h-1 … h+1 (index ty + h + 1), columns tx = 0 … h+1
+    bin_y = _binning(ky * (tile_size_px / ny) + (h + 1), tile_size_px / ny, 2 * h + 3)
+    bin_x = _binning(kx * (tile_size_px / nx), tile_size_px / nx, h + 2)
+    sums = np.asarray(bin_y @ amp @ bin_x.T, dtype=np.float64)
+    weight_y = np.asarray(bin_y.sum(axis=1), dtype=np.float64)
+    weight_x = np.asarray(bin_x.sum(axis=1), dtype=np.float64)
+    weights = weight_y[:, None] * weight_x[None, :]
+    # column tx = 0 also gets the mirror images (-ky, -kx) of the frequencies kx > 0 near it
+    kx_zero = np.asarray(bin_y @ amp[:, 0], dtype=np.float64)
+    sums[:, 0] += sums[::-1, 0] - kx_zero[::-1]
+    weights[:, 0] += weight_y[::-1] * (weight_x[0] - 1.0)
+    if out == tile_size_px:  # the rows ty = ±h are one frequency, the box's Nyquist
+        sums[1] += sums[-2]
+        weights[1] += weights[-2]
+        sums[-2], weights[-2] = sums[1], weights[1]
+    binned = sums[1:-1, : h + 1] / weights[1:-1, : h + 1]  # ty = -h … h, tx = 0 … h
+    centred = np.empty((out, out), dtype=np.float64)
+    centred[:, h:] = binned[:out, :h]
+    centred[:, :h] = binned[::-1][:out, h:0:-1]  # tx < 0: |F(ky, kx)| = |F(-ky, -kx)|
+    centred /= np.sqrt(float(np.sum(taper_y.astype(np.float64) ** 2) * np.sum(taper_x.astype(np.float64) ** 2)))
+    centred[h, h] = 0.0
+    return centred.astype(np.float32)
 
 
 def radius_grid_px(tile_size_px: int) -> np.ndarray:
