@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from emlive.tools import ExternalTool, ToolOutputError, ToolSpec, ToolVersionError, Version, find_version
-from tests.tools.fakes import calls, fake_tool
+from .fakes import calls, fake_tool
 
 
 def _parse_version(text: str) -> Version | None:

@@ -1,4 +1,4 @@
-"""Running external programs (RELION, MotionCor2/3, ctffind 4/5, gctf) as binaries or containers.
+"""Running external programs (RELION, MotionCor2/3, ctffind 4/5, gctf, topaz) as binaries or containers.
 
 - :mod:`emlive.tools.spec`: per-tool configuration (:class:`ToolSpec`, the ``[tools]``
   settings), versions, and the pure container wrapping (:func:`container_argv`);

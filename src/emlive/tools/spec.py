@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 ContainerRuntime = Literal["apptainer", "singularity", "docker", "podman"]
-TOOL_NAMES = ("relion", "motioncor2", "motioncor3", "ctffind4", "ctffind5", "gctf")
+TOOL_NAMES = ("relion", "motioncor2", "motioncor3", "ctffind4", "ctffind5", "gctf", "topaz")
 
 
 class Version(NamedTuple):
@@ -106,6 +106,7 @@ class ToolsSettings(BaseModel):
     ctffind4: ToolSpec = ToolSpec()
     ctffind5: ToolSpec = ToolSpec()
     gctf: ToolSpec = ToolSpec()
+    topaz: ToolSpec = ToolSpec()
 
     def spec(self, name: str) -> ToolSpec:
         if name not in TOOL_NAMES:
