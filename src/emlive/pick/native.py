@@ -6,8 +6,8 @@ with the template-free kernels of :mod:`emlive.pick.detect` and writes, each ato
 - ``OUT/<stem>_picks.png``: the low-passed micrograph (at most 1024 px on its long side)
   with each pick circled at the particle diameter, excluded regions (carbon, contamination)
   tinted; written first;
-- ``OUT/<stem>_autopick.star``: a RELION coordinate file as RELION's autopicking writes it,
-  one ``data_`` block with a loop of rlnCoordinateX, rlnCoordinateY (pixels of the given
+- ``OUT/<stem>_autopick.star``: a RELION coordinate file as RELION's autopicking writes it
+  (:func:`emlive.pick.outputs.write_autopick_star`, shared by every engine), one ``data_`` block with a loop of rlnCoordinateX, rlnCoordinateY (pixels of the given
   micrograph: x = column, y = row as stored in the MRC array, row 0 first; the centre of
   pixel ``[j, i]`` is ``(i, j)``), rlnClassNumber (0: no template), rlnAutopickFigureOfMerit
   (the pick's score in noise σ, see :func:`emlive.pick.detect.score_map`) and rlnAnglePsi
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageDraw
 
 from emlive.acquisition import Optics
@@ -31,11 +30,11 @@ from emlive.ctf.types import CtfResult
 from emlive.io.atomic import atomic_path
 from emlive.io.mrc import read_mrc
 from emlive.io.png import to_uint8
-from emlive.io.star import write_star_atomic
 from emlive.pick.detect import CtfModel, PickError, Picks, pick_micrograph
+from emlive.pick.outputs import PICK_COLOUR, write_autopick_star
 from emlive.pick.types import PickParams, PickResult
 
-__all__ = ["ENGINE_VERSION", "PICKS_PNG_MAX_PX", "PickError", "coordinates_table", "pick_particles", "picks_picture"]
+__all__ = ["ENGINE_VERSION", "PICKS_PNG_MAX_PX", "PickError", "pick_particles", "picks_picture"]
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +43,6 @@ ENGINE_VERSION = "native-1"
 PICKS_PNG_MAX_PX = 1024
 # FFT threads: the service runs one picking task per core pair.
 _WORKERS = 2
-# RELION's values for "no template" and "no angle" in autopick coordinate files.
-_NO_CLASS = 0
-_NO_PSI = -999.0
-
-
-def coordinates_table(picks: Picks) -> pd.DataFrame:
-    """The picks as RELION's autopick table (see the module docstring for the columns)."""
-    n = len(picks.xy_px)
-    return pd.DataFrame(
-        {
-            "rlnCoordinateX": picks.xy_px[:, 0].astype(np.float64),
-            "rlnCoordinateY": picks.xy_px[:, 1].astype(np.float64),
-            "rlnClassNumber": np.full(n, _NO_CLASS, dtype=np.int64),
-            "rlnAutopickFigureOfMerit": picks.scores.astype(np.float64),
-            "rlnAnglePsi": np.full(n, _NO_PSI),
-        }
-    )
 
 
 def picks_picture(picks: Picks, *, diameter_a: float, max_size_px: int = PICKS_PNG_MAX_PX) -> Image.Image:
@@ -68,7 +50,8 @@ def picks_picture(picks: Picks, *, diameter_a: float, max_size_px: int = PICKS_P
 
     The working image (already low-passed to about a sixteenth of the diameter) is shown at
     most ``max_size_px`` on its long side, contrast-stretched; excluded carbon and
-    contamination are tinted orange; each pick is a green circle of the particle's diameter.
+    contamination are tinted orange; each pick is a green circle of the particle's diameter
+    (the colour of :mod:`emlive.pick.outputs`' pictures).
     """
     working = picks.working
     image = working.image
@@ -93,7 +76,7 @@ def picks_picture(picks: Picks, *, diameter_a: float, max_size_px: int = PICKS_P
     for x, y in picks.xy_px:
         px = (x - working.offset_px) * sx - shift
         py = (y - working.offset_px) * sy - shift
-        draw.ellipse((px - radius, py - radius, px + radius, py + radius), outline=(0, 220, 60), width=width)
+        draw.ellipse((px - radius, py - radius, px + radius, py + radius), outline=PICK_COLOUR, width=width)
     return picture
 
 
@@ -171,7 +154,7 @@ def pick_particles(
     picture = picks_picture(picks, diameter_a=params.diameter_a)
     with atomic_path(png_path) as tmp:
         picture.save(tmp, format="PNG", compress_level=1)  # fast: the picture is mostly noise
-    write_star_atomic(star_path, {"": coordinates_table(picks)})
+    write_autopick_star(star_path, picks.xy_px, picks.scores)
     log.debug(
         "%s: %d picks (threshold %.2f σ, %.0f %% excluded) in %.2f s (read %.2f s)",
         micrograph,
