@@ -33,10 +33,10 @@ cannot tell (:func:`astigmatism_penalty`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
-import scipy.optimize
 
 from emlive.ctf.spectrum import radial_profile, radius_grid_px, remove_background
 from emlive.optics import ctf_chi, electron_wavelength_a
@@ -119,11 +119,14 @@ class FitBand:
     ``s_a2`` squared spatial frequency (1/Å²), ``angle_rad`` its direction from +x,
     ``values`` the spectrum there minus its mean, ``norm`` their Euclidean norm, ``amplitude``
     the expected ring amplitude that multiplies the model CTF² at each pixel; ``box_a`` the tile
-    edge in Å (a Fourier pixel is 1 / box_a).
+    edge in Å (a Fourier pixel is 1 / box_a); ``cos2_angle`` and ``sin2_angle`` are cos 2θ and
+    sin 2θ of the direction (the astigmatism's basis).
     """
 
     s_a2: np.ndarray
     angle_rad: np.ndarray
+    cos2_angle: np.ndarray
+    sin2_angle: np.ndarray
     values: np.ndarray
     amplitude: np.ndarray
     norm: float
@@ -206,6 +209,47 @@ def _centred_grid(tile: int) -> tuple[np.ndarray, np.ndarray]:
     return ky, kx
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """The centred ``tile × tile`` Fourier grid of a spectrum, flat, computed once per size.
+
+    ``radius_px`` (Fourier px), ``angle_rad`` (direction from +x), ``cos2``/``sin2`` (of twice
+    the angle) and ``half_plane`` (kx > 0, or kx = 0 and ky > 0: each frequency once).
+    """
+
+    tile: int
+    radius_px: np.ndarray
+    angle_rad: np.ndarray
+    cos2: np.ndarray
+    sin2: np.ndarray
+    half_plane: np.ndarray
+
+    def s_a2(self, pixel_size_a: float) -> np.ndarray:
+        """Squared spatial frequency (1/Å²) of each pixel."""
+        return (self.radius_px / (self.tile * pixel_size_a)) ** 2
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(tile: int) -> _Grid:
+    ky, kx = (g.ravel() for g in _centred_grid(tile))
+    angle = np.arctan2(ky, kx)
+    arrays = (np.hypot(kx, ky), angle, np.cos(2.0 * angle), np.sin(2.0 * angle), (kx > 0) | ((kx == 0) & (ky > 0)))
+    for a in arrays:
+        a.flags.writeable = False
+    return _Grid(tile, *arrays)
+
+
+@functools.lru_cache(maxsize=32)
+def _band_index(tile: int, pixel_size_a: float, min_res_a: float, max_res_a: float) -> tuple[np.ndarray, float, float]:
+    """Flat indices of the half-plane pixels in the fitting band, and its limits (1/Å)."""
+    k_min, k_max = _frequency_limits(tile, pixel_size_a, min_res_a, max_res_a)
+    grid = _grid(tile)
+    k = grid.radius_px / (tile * pixel_size_a)
+    index = np.flatnonzero(grid.half_plane & (k >= k_min) & (k <= k_max))
+    index.flags.writeable = False
+    return index, k_min, k_max
+
+
 def band_pixels(
     normalised: np.ndarray,
     *,
@@ -221,19 +265,18 @@ def band_pixels(
     band is empty.
     """
     tile = normalised.shape[0]
-    k_min, k_max = _frequency_limits(tile, pixel_size_a, min_res_a, max_res_a)
-    ky, kx = _centred_grid(tile)
-    k = np.hypot(kx, ky) / (tile * pixel_size_a)
-    half_plane = (kx > 0) | ((kx == 0) & (ky > 0))
-    sel = half_plane & (k >= k_min) & (k <= k_max)
-    values = np.asarray(normalised, dtype=np.float64)[sel]
-    amp = np.ones_like(values) if amplitude is None else np.asarray(amplitude, dtype=np.float64)[sel]
+    index, k_min, k_max = _band_index(tile, float(pixel_size_a), float(min_res_a), float(max_res_a))
+    grid = _grid(tile)
+    values = np.asarray(normalised, dtype=np.float64).ravel()[index]
+    amp = np.ones_like(values) if amplitude is None else np.asarray(amplitude, dtype=np.float64).ravel()[index]
     if not amp.max() > 0:
         amp = np.ones_like(values)
     values = values - values.mean()
     return FitBand(
-        s_a2=k[sel] ** 2,
-        angle_rad=np.arctan2(ky[sel], kx[sel]),
+        s_a2=grid.s_a2(pixel_size_a)[index],
+        angle_rad=grid.angle_rad[index],
+        cos2_angle=grid.cos2[index],
+        sin2_angle=grid.sin2[index],
         values=values,
         amplitude=amp,
         norm=float(np.sqrt(_dot(values, values))),
@@ -442,54 +485,88 @@ def _refine(
     bounds: list[tuple[float, float]],
     fit_phase_shift: bool,
     expected_astigmatism_a: float | None = None,
+    tolerance: float = 1e-4,
+    max_iterations: int = 50,
 ) -> tuple[float, np.ndarray]:
-    """Local maximisation of the band score from ``start`` = (mean, a, b, phase); analytic gradient.
+    """Local maximisation of the band score from ``start`` = (mean, a, b, phase).
 
-    The score maximised (and returned) includes the astigmatism restraint, if any.
+    χ is linear in (mean, a, b, phase) (:meth:`Microscope.chi`: D(θ) = mean + a·cos2θ +
+    b·sin2θ), so the score's gradient and Hessian are exact sums over the band's pixels; a
+    damped Newton iteration (Levenberg–Marquardt on the Hessian, steps capped at two ``scale``
+    units, within ``bounds``) converges in a few steps from a grid point, until a step moves
+    less than ``tolerance`` (in ``scale`` units). No general-purpose optimiser: its many small
+    BLAS calls are slow where threads are contended. The score maximised (and returned)
+    includes the astigmatism restraint, if any.
     """
-    ds = np.pi * microscope.wavelength_a * band.s_a2
-    cos2 = np.cos(2.0 * band.angle_rad)
-    sin2 = np.sin(2.0 * band.angle_rad)
-    amp = band.amplitude
-    n = band.values.size
     free = 4 if fit_phase_shift else 3
-    fixed_phase = start[3]
-    dchis = [ds, ds * cos2, ds * sin2, np.ones_like(ds)][:free]
+    lam = microscope.wavelength_a
+    cs_a = microscope.cs_mm * 1e7
+    ds = np.pi * lam * band.s_a2
+    # dχ/dy for the scaled parameters y = x / scale
+    basis = np.stack([ds, ds * band.cos2_angle, ds * band.sin2_angle, np.ones_like(ds)][:free]) * scale[:free, None]
+    offset = -0.5 * np.pi * cs_a * lam**3 * band.s_a2**2 + np.arcsin(microscope.amplitude_contrast)
+    if not fit_phase_shift:
+        offset = offset + start[3]
+    amp, values, n = band.amplitude, band.values, band.values.size
     # restraint: ½ (2·|(a, b)| / expected)² / √n = k (a² + b²)
     k_restraint = 0.0 if expected_astigmatism_a is None else 2.0 / (expected_astigmatism_a**2 * np.sqrt(n))
+    penalty = np.zeros(free)
+    penalty[1:3] = k_restraint * scale[1:3] ** 2
 
-    def full(y: np.ndarray) -> np.ndarray:
-        return np.append(y * scale[:free], [] if fit_phase_shift else [fixed_phase])
-
-    def objective(y: np.ndarray) -> tuple[float, np.ndarray]:
-        u, v, az, ph = _params_to_ctf(full(y))
-        chi = microscope.chi(band.s_a2, band.angle_rad, u, v, az, ph)
-        model = amp * np.sin(chi) ** 2
-        dmodel = amp * np.sin(2.0 * chi)
-        mean = model.sum() / n
-        dot = _dot(model, band.values)
-        var = max(_dot(model, model) - n * mean * mean, 1e-30)
+    def evaluate(y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        chi2 = 2.0 * (offset + np.einsum("j,jn->n", y, basis))
+        cos2chi, sin2chi = np.cos(chi2), np.sin(chi2)
+        model = 0.5 * amp * (1.0 - cos2chi)  # amp · sin²χ
+        d_model = amp * sin2chi  # ∂model/∂χ
+        dd_model = 2.0 * amp * cos2chi  # ∂²model/∂χ²
+        centred = model - model.mean()
+        dot = _dot(centred, values)
+        var = max(_dot(centred, centred), 1e-30)
         sd = np.sqrt(var)
-        cc = dot / (sd * band.norm)
-        g = np.empty(free)
-        for i, dchi in enumerate(dchis):
-            dm = dmodel * dchi
-            d_dot = _dot(dm, band.values)
-            # d var = 2 Σ (m - mean) dm
-            d_sd = (_dot(dm, model) - mean * dm.sum()) / sd
-            g[i] = (d_dot * sd - dot * d_sd) / (var * band.norm)
-        if k_restraint:
-            a, b = y[1] * scale[1], y[2] * scale[2]
-            cc -= k_restraint * (a * a + b * b)
-            g[1] -= 2.0 * k_restraint * a
-            g[2] -= 2.0 * k_restraint * b
-        return -cc, -g * scale[:free]
+        jac = basis * d_model  # ∂model/∂y_j
+        d_dot = np.einsum("jn,n->j", jac, values)
+        d_sd = np.einsum("jn,n->j", jac, centred) / sd
+        jac_mean = jac.mean(axis=1)
+        dd_dot = np.einsum("jn,kn,n->jk", basis, basis, dd_model * values)
+        dd_var = 2.0 * (np.einsum("jn,kn->jk", jac, jac) - n * np.outer(jac_mean, jac_mean))
+        dd_var += 2.0 * np.einsum("jn,kn,n->jk", basis, basis, dd_model * centred)
+        dd_sd = dd_var / (2.0 * sd) - np.outer(d_sd, d_sd) / sd
+        cross = np.outer(d_dot, d_sd)
+        score = dot / sd
+        grad = d_dot / sd - dot * d_sd / var
+        hess = dd_dot / sd - (cross + cross.T) / var - dot * dd_sd / var + 2.0 * dot * np.outer(d_sd, d_sd) / (var * sd)
+        score, grad, hess = score / band.norm, grad / band.norm, hess / band.norm
+        return (
+            float(score - _dot(penalty, y * y)),
+            grad - 2.0 * penalty * y,
+            hess - 2.0 * np.diag(penalty),
+        )
 
-    y0 = start[:free] / scale[:free]
-    scaled_bounds = [(lo / sc, hi / sc) for (lo, hi), sc in zip(bounds[:free], scale[:free], strict=True)]
-    y0 = np.clip(y0, [b[0] for b in scaled_bounds], [b[1] for b in scaled_bounds])
-    res = scipy.optimize.minimize(objective, y0, jac=True, method="L-BFGS-B", bounds=scaled_bounds)
-    return float(-res.fun), full(res.x)
+    lower = np.array([lo / sc for (lo, _), sc in zip(bounds[:free], scale[:free], strict=True)])
+    upper = np.array([hi / sc for (_, hi), sc in zip(bounds[:free], scale[:free], strict=True)])
+    y = np.clip(start[:free] / scale[:free], lower, upper)
+    score, grad, hess = evaluate(y)
+    damping = 0.0
+    for _ in range(max_iterations):
+        curvature, vectors = np.linalg.eigh(-hess)
+        # shift the curvature positive (an ascent direction), more while steps fail
+        shift = max(damping, 1e-9 - curvature.min(), 0.0)
+        step = vectors @ ((vectors.T @ grad) / (curvature + shift))
+        longest = float(np.abs(step).max())
+        if longest > 2.0:
+            step *= 2.0 / longest
+        trial = np.clip(y + step, lower, upper)
+        moved = float(np.abs(trial - y).max())
+        if moved < tolerance:
+            break
+        trial_score, trial_grad, trial_hess = evaluate(trial)
+        if trial_score >= score:
+            y, score, grad, hess = trial, trial_score, trial_grad, trial_hess
+            damping *= 0.25
+        else:
+            damping = max(4.0 * damping, 0.1 * float(np.abs(curvature).max()), 1e-6)
+    full = np.append(y * scale[:free], [] if fit_phase_shift else [start[3]])
+    return score, full
 
 
 def _to_fit(x: np.ndarray, score: float) -> CtfFit:
@@ -631,15 +708,16 @@ def _astig_corrected_radius(tile: int, fit: CtfFit, microscope: Microscope, *, p
     mean = fit.mean_defocus_a
     half = 0.5 * (fit.defocus_u_a - fit.defocus_v_a)
     box_a = tile * pixel_size_a
-    ky, kx = _centred_grid(tile)
-    s = (kx * kx + ky * ky) / box_a**2
-    defocus = mean + half * np.cos(2.0 * (np.arctan2(ky, kx) - np.radians(fit.azimuth_deg)))
+    grid = _grid(tile)
+    s = grid.s_a2(pixel_size_a)
+    two_az = np.radians(2.0 * fit.azimuth_deg)
+    defocus = mean + half * (np.cos(two_az) * grid.cos2 + np.sin(two_az) * grid.sin2)
     c1 = np.pi * lam * mean
     c2 = 0.5 * np.pi * cs_a * lam**3
     g = np.pi * lam * s * defocus - c2 * s * s
     disc = np.sqrt(np.maximum(c1 * c1 - 4.0 * c2 * g, 0.0))
     s_eq = np.maximum(2.0 * g / (c1 + disc), 0.0) if c1 > 0 else s
-    return np.sqrt(s_eq) * box_a
+    return (np.sqrt(s_eq) * box_a).reshape(tile, tile)
 
 
 def _ring_period_px(freq_a: np.ndarray, mean_defocus_a: float, microscope: Microscope, box_a: float) -> np.ndarray:
@@ -798,10 +876,15 @@ def ring_amplitude(
 
 def ctf_squared_image(tile: int, fit: CtfFit, microscope: Microscope, *, pixel_size_a: float) -> np.ndarray:
     """CTF² of ``fit`` on the centred ``tile × tile`` grid of a spectrum (float64)."""
-    ky, kx = _centred_grid(tile)
-    s = (kx * kx + ky * ky) / (tile * pixel_size_a) ** 2
-    chi = microscope.chi(s, np.arctan2(ky, kx), fit.defocus_u_a, fit.defocus_v_a, fit.azimuth_deg, fit.phase_shift_rad)
-    return np.sin(chi) ** 2
+    grid = _grid(tile)
+    s = grid.s_a2(pixel_size_a)
+    lam = microscope.wavelength_a
+    half = 0.5 * (fit.defocus_u_a - fit.defocus_v_a)
+    two_az = np.radians(2.0 * fit.azimuth_deg)
+    defocus = fit.mean_defocus_a + half * (np.cos(two_az) * grid.cos2 + np.sin(two_az) * grid.sin2)
+    chi = np.pi * lam * s * defocus - 0.5 * np.pi * microscope.cs_mm * 1e7 * lam**3 * s * s
+    chi += fit.phase_shift_rad + np.arcsin(microscope.amplitude_contrast)
+    return (0.5 * (1.0 - np.cos(2.0 * chi))).reshape(tile, tile)
 
 
 def background_window_px(tile: int, defocus_a: float, microscope: Microscope, *, pixel_size_a: float) -> np.ndarray:

@@ -11,6 +11,9 @@ Pure functions of arrays and numbers (no file I/O). Conventions:
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.fft
 import scipy.sparse
@@ -156,9 +159,68 @@ def average_amplitude_spectrum(
 
 
 def radius_grid_px(tile_size_px: int) -> np.ndarray:
-    """Distance (Fourier px) of each pixel of a centred ``tile × tile`` spectrum from its centre."""
-    c = np.arange(tile_size_px, dtype=np.float64) - tile_size_px // 2
-    return np.hypot(c[:, None], c[None, :])
+    """Distance (Fourier px) of each pixel of a centred ``tile × tile`` spectrum from its centre.
+
+    The array is computed once per size and shared: it is read-only.
+    """
+    return _radius_grid(int(tile_size_px))
+
+
+@functools.lru_cache(maxsize=8)
+def _radius_grid(tile: int) -> np.ndarray:
+    c = np.arange(tile, dtype=np.float64) - tile // 2
+    grid = np.hypot(c[:, None], c[None, :])
+    grid.flags.writeable = False
+    return grid
+
+
+@dataclass(frozen=True)
+class _Rings:
+    """The 1-px rings of a centred ``tile × tile`` grid from ``low_cut_px`` outwards, for
+    :func:`radial_profile`'s linear sharing of pixels between rings without recomputing it.
+
+    ``valid`` (flat) marks the pixels at radii ≥ the cut; ``lower``/``frac`` place every pixel
+    between its rings; ``counts`` is the weight each ring gets from the valid pixels.
+    """
+
+    n_bins: int
+    valid: np.ndarray
+    lower: np.ndarray
+    frac: np.ndarray
+    lower_valid: np.ndarray
+    w_hi_valid: np.ndarray
+    w_lo_valid: np.ndarray
+    counts: np.ndarray
+
+    def profile(self, values_valid: np.ndarray) -> np.ndarray:
+        """Ring averages of values given at the valid pixels (0 where a ring has no weight)."""
+        v = np.asarray(values_valid, dtype=np.float64)
+        sums = np.bincount(self.lower_valid, self.w_lo_valid * v, self.n_bins)
+        sums += np.bincount(self.lower_valid + 1, self.w_hi_valid * v, self.n_bins)
+        return np.divide(sums, self.counts, out=np.zeros(self.n_bins), where=self.counts > 0)
+
+    def expand(self, profile: np.ndarray) -> np.ndarray:
+        """A 1D profile (one value per integer radius) interpolated linearly onto the flat grid."""
+        p = np.asarray(profile, dtype=np.float64)
+        low = p[self.lower]
+        return low + self.frac * (p[self.lower + 1] - low)
+
+
+@functools.lru_cache(maxsize=16)
+def _rings(tile: int, low_cut_px: float) -> _Rings:
+    radius = _radius_grid(tile).ravel()
+    n_bins = int(np.ceil(radius.max())) + 2
+    lower = np.floor(radius).astype(np.intp)
+    frac = radius - lower
+    valid = radius >= low_cut_px
+    lower_valid = lower[valid]
+    w_hi = frac[valid]
+    w_lo = 1.0 - w_hi
+    counts = np.bincount(lower_valid, w_lo, n_bins) + np.bincount(lower_valid + 1, w_hi, n_bins)
+    arrays = (valid, lower, frac, lower_valid, w_hi, w_lo, counts)
+    for a in arrays:
+        a.flags.writeable = False
+    return _Rings(n_bins, *arrays)
 
 
 def radial_profile(
@@ -243,36 +305,39 @@ def remove_background(
     if spec.ndim != 2 or spec.shape[0] != spec.shape[1]:
         raise ValueError(f"expected a square centred spectrum, got shape {spec.shape}")
     tile = spec.shape[0]
-    radius = radius_grid_px(tile)
-    n_bins = int(np.ceil(radius.max())) + 2
+    rings_geometry = _rings(tile, float(low_cut_px))
+    n_bins = rings_geometry.n_bins
     window = np.asarray(window_px, dtype=np.float64)
     if window.size < n_bins:
         window = np.concatenate([window, np.full(n_bins - window.size, window[-1] if window.size else 3.0)])
     window = window[:n_bins]
-    valid = radius >= low_cut_px
-    profile, counts = radial_profile(spec[valid], radius[valid], n_bins=n_bins)
+    valid = rings_geometry.valid
+    flat = spec.ravel()
+    profile = rings_geometry.profile(flat[valid])
+    counts = rings_geometry.counts
 
     def smooth(values: np.ndarray) -> np.ndarray:
         return smooth_profile(values, window, counts=counts)
 
     background_1d = smooth(profile)
     if rings is not None:
-        model, _ = radial_profile(np.asarray(rings, dtype=np.float64)[valid], radius[valid], n_bins=n_bins)
+        model = rings_geometry.profile(np.asarray(rings, dtype=np.float64).ravel()[valid])
         model_detail = model - smooth(model)
         model_power = np.maximum(smooth(model_detail**2), 1e-12)
         for _ in range(iterations):
             amplitude = np.maximum(smooth((profile - background_1d) * model_detail) / model_power, 0.0)
             background_1d = smooth(profile - amplitude * model)
-    background = np.interp(radius, np.arange(n_bins), background_1d)
-    residual = spec - background
-    power, _ = radial_profile(residual[valid] ** 2, radius[valid], n_bins=n_bins)
+    background = rings_geometry.expand(background_1d)
+    residual = flat - background
+    power = rings_geometry.profile(residual[valid] ** 2)
     rms_1d = np.sqrt(np.maximum(smooth(power), 0.0))
-    rms = np.interp(radius, np.arange(n_bins), rms_1d)
-    positive = rms[valid] > 0
-    floor = float(np.median(rms[valid][positive])) * 1e-6 if positive.any() else 1.0
-    normalised = np.where(valid, residual / np.maximum(rms, floor), 0.0)
+    positive = rms_1d[counts > 0]
+    positive = positive[positive > 0]
+    floor = float(np.median(positive)) * 1e-6 if positive.size else 1.0
+    normalised = np.zeros(flat.size, dtype=np.float64)
+    normalised[valid] = residual[valid] / np.maximum(rings_geometry.expand(rms_1d)[valid], floor)
     np.clip(normalised, -_CLIP_SIGMA, _CLIP_SIGMA, out=normalised)
-    return normalised.astype(np.float32), background.astype(np.float32)
+    return normalised.reshape(tile, tile).astype(np.float32), background.reshape(tile, tile).astype(np.float32)
 
 
 def ice_ring_ratio(spectrum: np.ndarray, *, pixel_size_a: float) -> float | None:
