@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -64,6 +64,7 @@ _WAKE_S = 0.1  # longest wait for a task to end before the watcher and clock are
 _WORKER_CHECK_S = 2.0  # how often lost batch-system workers are looked for
 _METRICS_S = 5.0  # how often Prometheus metrics are recomputed
 _EXPORT_TIME_SHARE = 0.1  # the most of the loop's time a session's periodic exports may take
+FOLLOW_INTERVAL_S = 2.0  # how often a service's followed sessions are asked for
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,184 @@ class _Live:
     dropped: bool = False  # no longer followed: finishes what it has in flight, then is let go
 
 
+@dataclass
+class _Run:
+    """What one run of the controller holds between turns, and the stages of a turn along the
+    data walk: discover (sessions and movies) → admit → decide → store → submit → export."""
+
+    settings: Settings
+    cluster: Cluster
+    watch: bool
+    follow: SessionSource | None
+    task: Callable[[ExposureSpec, PipelineParams], ExposureResult]
+    state: ControllerState
+    tasks: _Tasks
+    on_change: Callable[[Session, dict[str, int]], None] | None = None
+    follow_interval_s: float = FOLLOW_INTERVAL_S
+    lives: dict[int, _Live] = field(default_factory=dict)
+    counts: dict[int, dict[str, int]] = field(default_factory=dict)
+    specs: dict[int, ExposureSpec] = field(default_factory=dict)  # exposures waiting or in flight
+    live_of: dict[int, _Live] = field(default_factory=dict)
+    refused: set[int] = field(default_factory=set)  # followed sessions that cannot run (no GPU worker)
+    next_poll_s: float = 0.0
+    next_follow_s: float = 0.0
+
+    # --- sessions taken up and let go ------------------------------------------------------
+
+    def take_up(self, session: Session, params: PipelineParams) -> None:
+        from emlive.db import store
+
+        try:
+            resources = _gpu_resources(params, self.settings, self.cluster.client)  # GPU engines: GPU workers only
+        except ValueError as err:
+            if self.follow is None:
+                raise
+            log.error("%s cannot be processed: %s", session, err)
+            self.refused.add(session.pk)
+            return
+        watcher = new_watcher(
+            Path(session.raw_dir),
+            settle_s=self.settings.watch.settle_s,
+            incomplete_timeout_s=self.settings.watch.incomplete_timeout_s,
+        )
+        if (reset := store.reset_in_flight(session)) > 0:
+            log.info("%s: %d exposures left in flight by an earlier run will be redone", session, reset)
+        if self.follow is None:
+            store.set_session_state(session, "processing")
+        self.lives[session.pk] = _Live(session, params, watcher, resources)
+
+    def let_go(self, live: _Live) -> None:
+        """The session's work in flight is done with (or abandoned): leave it consistent."""
+        from emlive.db import queries, store
+
+        session = live.session
+        del self.lives[session.pk]
+        for exposure_id in [e for e, of in self.live_of.items() if of is live]:  # waiting when it was dropped
+            del self.specs[exposure_id], self.live_of[exposure_id]
+        if left := store.reset_in_flight(session):
+            log.info("%s: %d exposures in flight were left to be processed next time", session, left)
+        _write_exports(session)
+        if self.follow is None:
+            store.set_session_state(session, "stopped" if self.watch or left else "complete")
+        self.counts[session.pk] = queries.counts_by_state(session)
+
+    def follow_sessions(self, now_s: float) -> list[Event]:
+        """Take up the sessions ``follow()`` names now; drop (let finish) those it no longer does."""
+        if self.follow is None or self.state.stopping or now_s < self.next_follow_s:
+            return []
+        self.next_follow_s = now_s + self.follow_interval_s
+        wanted = {session.pk: (session, params) for session, params in self.follow()}
+        self.refused.intersection_update(wanted)  # one asked for again after it was dropped is tried again
+        for session_id, (session, params) in wanted.items():
+            if session_id not in self.lives and session_id not in self.refused:  # (one being let go: once it is)
+                log.info("%s: taken up", session)
+                self.take_up(session, params)
+        events: list[Event] = []
+        for live in [live for pk, live in self.lives.items() if pk not in wanted and not live.dropped]:
+            log.info("%s: no longer followed; finishing its exposures in flight", live.session)
+            live.dropped = True
+            events.append(SessionDropped(live.session.pk))
+        return events
+
+    # --- one turn's stages -----------------------------------------------------------------
+
+    def discover(self, now_s: float, *, stopping: bool) -> list[Event]:
+        """Poll each session's watcher (at the poll interval) and admit the movies it found."""
+        if stopping or now_s < self.next_poll_s:
+            return []
+        self.next_poll_s = now_s + self.settings.watch.poll_interval_s
+        events: list[Event] = []
+        for live in self.lives.values():
+            if not live.dropped and (found := _poll(live, now_s=now_s, final=not self.watch)):
+                events += _admit(live, found, self.specs, self.live_of)
+                live.changed = True
+        return events
+
+    def store(self, actions: list[Action]) -> None:
+        """Store the results that came back, and the failures, in one statement per kind."""
+        from emlive.db import store
+        from emlive.db.models import Exposure
+
+        results = [(a.exposure_id, a.result) for a in actions if isinstance(a, Store)]
+        if results:
+            for exposure in store.store_exposure_results(results, skip_missing=self.follow is not None):
+                self.live_of[exposure.pk].exports_dirty = True
+            for exposure_id, _ in results:
+                self._done_with(exposure_id)
+        for action in actions:
+            if isinstance(action, MarkFailed):
+                log.warning("%s failed: %s", self.specs[action.exposure_id].movie_path, action.reason)
+                try:
+                    store.mark_failed(action.exposure_id, action.reason)
+                except Exposure.DoesNotExist:
+                    if self.follow is None:
+                        raise
+                    log.warning("exposure %d no longer exists (session deleted?)", action.exposure_id)
+                self._done_with(action.exposure_id)
+
+    def _done_with(self, exposure_id: int) -> None:
+        self.live_of[exposure_id].changed = True
+        del self.specs[exposure_id], self.live_of[exposure_id]
+
+    def submit(self, actions: list[Action]) -> None:
+        """Submit the exposures the controller chose, one ``client.map`` per session, and scale."""
+        from emlive.db import store
+
+        submits = [a for a in actions if isinstance(a, Submit)]
+        if submits:
+            store.mark_submitted_many([s.exposure_id for s in submits], skip_missing=self.follow is not None)
+            by_session: dict[int, list[Submit]] = {}
+            for submit in submits:
+                by_session.setdefault(self.live_of[submit.exposure_id].session.pk, []).append(submit)
+            for session_id, batch in by_session.items():
+                live = self.lives[session_id]
+                futures = self.cluster.client.map(
+                    self.task,
+                    [self.specs[s.exposure_id] for s in batch],
+                    [live.params] * len(batch),
+                    key=[f"exposure-{session_id}-{s.exposure_id}-{s.attempt}" for s in batch],
+                    pure=False,
+                    resources=live.resources,
+                )
+                for submit, future in zip(batch, futures, strict=True):
+                    self.tasks.add(submit.exposure_id, future)
+        if scales := [a for a in actions if isinstance(a, ScaleTo)]:
+            log.info("asking for %d workers", scales[-1].n_workers)  # the turn's last word counts
+            assert self.cluster.scale is not None
+            self.cluster.scale(scales[-1].n_workers)
+
+    def tell(self) -> None:
+        """Tell ``on_change`` about each session whose counts changed; let go of dropped ones
+        that have nothing left in flight."""
+        from emlive.db import queries
+
+        for live in list(self.lives.values()):
+            if live.changed:
+                live.changed = False
+                if self.on_change is not None:
+                    self.on_change(live.session, queries.counts_by_state(live.session))
+            if live.dropped and not self.state.busy(live.session.pk):
+                self.let_go(live)
+
+    def export(self, now_s: float) -> None:
+        """Rewrite the exports of sessions whose results changed, when due (:func:`export_due`)."""
+        for live in self.lives.values():
+            if live.exports_dirty and export_due(
+                now_s - live.last_export_s, interval_s=self.settings.scheduler.export_interval_s,
+                cost_s=live.export_cost_s,
+            ):
+                started_s = time.perf_counter()
+                written = _write_exports(live.session)
+                live.export_cost_s = time.perf_counter() - started_s
+                live.exports_dirty, live.last_export_s = not written, now_s
+
+    def finished(self) -> bool:
+        """Nothing in flight, and stopping (or, without ``watch``, nothing left to settle)."""
+        return self.state.idle and (
+            self.state.stopping or (not self.watch and all(live.watcher.unsettled == 0 for live in self.lives.values()))
+        )
+
+
 def run_sessions(
     sessions: Sequence[tuple[Session, PipelineParams]],
     settings: Settings,
@@ -129,7 +308,7 @@ def run_sessions(
     on_change: Callable[[Session, dict[str, int]], None] | None = None,
     task: Callable[[ExposureSpec, PipelineParams], ExposureResult] = process_exposure,
     follow: SessionSource | None = None,
-    follow_interval_s: float = 2.0,
+    follow_interval_s: float = FOLLOW_INTERVAL_S,
 ) -> dict[int, dict[str, int]]:
     """Process several sessions on one cluster, sharing its workers fairly between them.
 
@@ -160,12 +339,46 @@ def run_sessions(
             )
     from django.db import close_old_connections, transaction
 
-    from emlive.db import queries, store
-    from emlive.db.models import Exposure
-
     signals = signals or never_stop()
-    client = cluster.client
-    state = ControllerState(
+    cluster.client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
+    run = _Run(
+        settings=settings, cluster=cluster, watch=watch, follow=follow, task=task, on_change=on_change,
+        state=_controller_state(settings, cluster), tasks=_Tasks(cluster.client), follow_interval_s=follow_interval_s,
+    )
+    upkeep = _Upkeep(settings, cluster)
+    for session, params in sessions:
+        run.take_up(session, params)
+    while not signals.abandon.is_set():
+        close_old_connections()  # a long-running controller must survive database restarts
+        now_s = time.time()
+        events: list[Event] = [Tick(time.monotonic()), *run.follow_sessions(now_s)]
+        if signals.stop.is_set() and not run.state.stopping:
+            log.info("stopping: finishing %d exposures in flight", len(run.state.in_flight))
+            events.append(StopRequested())
+        with transaction.atomic():  # one commit per turn, however many exposures it moves on
+            events += run.discover(now_s, stopping=run.state.stopping or signals.stop.is_set())
+            events += run.tasks.ended()
+            actions: list[Action] = []
+            for event in events:
+                run.state, new = decide(run.state, event)
+                actions += new
+            run.store(actions)
+            run.submit(actions)
+        run.tell()
+        upkeep.turn(run.lives.values(), now_s)
+        run.export(now_s)
+        if run.finished():
+            break
+        run.tasks.wait(_WAKE_S)
+    upkeep.close()
+    run.tasks.cancel()
+    for live in list(run.lives.values()):
+        run.let_go(live)
+    return run.counts
+
+
+def _controller_state(settings: Settings, cluster: Cluster) -> ControllerState:
+    return ControllerState(
         max_in_flight=settings.scheduler.max_in_flight
         or 2 * worker_count(settings.cluster) * cluster.threads_per_worker,
         max_attempts=settings.scheduler.max_attempts,
@@ -173,177 +386,39 @@ def run_sessions(
         backoff_s=settings.scheduler.retry_backoff_s,
         scaling=None if cluster.scale is None else _scaling_policy(settings.cluster, cluster.threads_per_worker),
     )
-    client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
-    lives: dict[int, _Live] = {}
-    counts: dict[int, dict[str, int]] = {}
-    specs: dict[int, ExposureSpec] = {}
-    live_of: dict[int, _Live] = {}
-    tasks = _Tasks(client)
-    next_poll_s, next_follow_s, next_worker_check_s, next_metrics_s = 0.0, 0.0, 0.0, 0.0
-    prometheus = None if settings.metrics.port is None else PrometheusMetrics(
-        settings.metrics.port, address=settings.metrics.address
-    )
 
-    refused: set[int] = set()  # followed sessions that cannot run (no GPU worker for their engines)
 
-    def take_up(session: Session, params: PipelineParams) -> None:
-        try:
-            resources = _gpu_resources(params, settings, client)  # GPU engines run on GPU workers only
-        except ValueError as err:
-            if follow is None:
-                raise
-            log.error("%s cannot be processed: %s", session, err)
-            refused.add(session.pk)
-            return
-        live = _Live(
-            session,
-            params,
-            new_watcher(
-                Path(session.raw_dir),
-                settle_s=settings.watch.settle_s,
-                incomplete_timeout_s=settings.watch.incomplete_timeout_s,
-            ),
-            resources,
+class _Upkeep:
+    """What the loop does besides the data walk, each at its own pace: replacing lost
+    batch-system workers and recomputing Prometheus metrics."""
+
+    def __init__(self, settings: Settings, cluster: Cluster) -> None:
+        self._settings, self._cluster = settings, cluster
+        self._next_worker_check_s = self._next_metrics_s = 0.0
+        self._prometheus = None if settings.metrics.port is None else PrometheusMetrics(
+            settings.metrics.port, address=settings.metrics.address
         )
-        if (reset := store.reset_in_flight(session)) > 0:
-            log.info("%s: %d exposures left in flight by an earlier run will be redone", session, reset)
-        if follow is None:
-            store.set_session_state(session, "processing")
-        lives[session.pk] = live
 
-    def let_go(live: _Live) -> None:
-        """The session's work in flight is done with (or abandoned): leave it consistent."""
-        session = live.session
-        del lives[session.pk]
-        for exposure_id in [e for e, of in live_of.items() if of is live]:  # waiting when it was dropped
-            del specs[exposure_id], live_of[exposure_id]
-        if left := store.reset_in_flight(session):
-            log.info("%s: %d exposures in flight were left to be processed next time", session, left)
-        _write_exports(session)
-        if follow is None:
-            store.set_session_state(session, "stopped" if watch or left else "complete")
-        counts[session.pk] = queries.counts_by_state(session)
+    def turn(self, lives: Iterable[_Live], now_s: float) -> None:
+        from emlive.db import queries
 
-    def perform(actions: list[Action]) -> None:
-        """The actions of one turn, batched: one statement per kind, one Dask call per session."""
-        results = [(a.exposure_id, a.result) for a in actions if isinstance(a, Store)]
-        if results:
-            for exposure in store.store_exposure_results(results, skip_missing=follow is not None):
-                live_of[exposure.pk].exports_dirty = True
-            for exposure_id, _ in results:
-                live_of[exposure_id].changed = True
-                del specs[exposure_id], live_of[exposure_id]
-        for action in actions:
-            if isinstance(action, MarkFailed):
-                log.warning("%s failed: %s", specs[action.exposure_id].movie_path, action.reason)
-                try:
-                    store.mark_failed(action.exposure_id, action.reason)
-                except Exposure.DoesNotExist:
-                    if follow is None:
-                        raise
-                    log.warning("exposure %d no longer exists (session deleted?)", action.exposure_id)
-                live_of[action.exposure_id].changed = True
-                del specs[action.exposure_id], live_of[action.exposure_id]
-        submits = [a for a in actions if isinstance(a, Submit)]
-        if submits:
-            store.mark_submitted_many([s.exposure_id for s in submits], skip_missing=follow is not None)
-            by_session: dict[int, list[Submit]] = {}
-            for submit in submits:
-                by_session.setdefault(live_of[submit.exposure_id].session.pk, []).append(submit)
-            for session_id, batch in by_session.items():
-                live = lives[session_id]
-                futures = client.map(
-                    task,
-                    [specs[s.exposure_id] for s in batch],
-                    [live.params] * len(batch),
-                    key=[f"exposure-{session_id}-{s.exposure_id}-{s.attempt}" for s in batch],
-                    pure=False,
-                    resources=live.resources,
-                )
-                for submit, future in zip(batch, futures, strict=True):
-                    tasks.add(submit.exposure_id, future)
-        if scales := [a for a in actions if isinstance(a, ScaleTo)]:
-            log.info("asking for %d workers", scales[-1].n_workers)  # the turn's last word counts
-            cluster.scale(scales[-1].n_workers)
-
-    for session, params in sessions:
-        take_up(session, params)
-    while True:
-        close_old_connections()  # a long-running controller must survive database restarts
-        now_s = time.time()
-        if signals.abandon.is_set():
-            break
-        if follow is not None and not state.stopping and now_s >= next_follow_s:
-            next_follow_s = now_s + follow_interval_s
-            wanted = {session.pk: (session, params) for session, params in follow()}
-            refused.intersection_update(wanted)  # one asked for again after it was dropped is tried again
-            for session_id, (session, params) in wanted.items():
-                if session_id not in lives and session_id not in refused:  # (one being let go: once it is)
-                    log.info("%s: taken up", session)
-                    take_up(session, params)
-            dropped = [live for pk, live in lives.items() if pk not in wanted and not live.dropped]
-        else:
-            dropped = []
-        events: list[Event] = [Tick(time.monotonic())]
-        for live in dropped:
-            log.info("%s: no longer followed; finishing its exposures in flight", live.session)
-            live.dropped = True
-            events.append(SessionDropped(live.session.pk))
-        if signals.stop.is_set() and not state.stopping:
-            log.info("stopping: finishing %d exposures in flight", len(state.in_flight))
-            events.append(StopRequested())
-        with transaction.atomic():  # one commit per turn, however many exposures it moves on
-            if not state.stopping and not signals.stop.is_set() and now_s >= next_poll_s:
-                next_poll_s = now_s + settings.watch.poll_interval_s
-                for live in lives.values():
-                    if not live.dropped and (found := _poll(live, now_s=now_s, final=not watch)):
-                        events += _admit(live, found, specs, live_of)
-                        live.changed = True
-            events += tasks.ended()
-            actions: list[Action] = []
-            for event in events:
-                state, new = decide(state, event)
-                actions += new
-            perform(actions)
-        for live in list(lives.values()):
-            if live.changed:
-                live.changed = False
-                if on_change is not None:
-                    on_change(live.session, queries.counts_by_state(live.session))
-            if live.dropped and not state.busy(live.session.pk):
-                let_go(live)
-        if cluster.replace_lost is not None and now_s >= next_worker_check_s:
-            next_worker_check_s = now_s + _WORKER_CHECK_S
-            if lost := cluster.replace_lost():
+        if self._cluster.replace_lost is not None and now_s >= self._next_worker_check_s:
+            self._next_worker_check_s = now_s + _WORKER_CHECK_S
+            if lost := self._cluster.replace_lost():
                 log.warning("workers %s were lost (job ended); asked for replacements", ", ".join(lost))
-        if prometheus is not None and now_s >= next_metrics_s:
-            next_metrics_s = now_s + _METRICS_S
-            for live in lives.values():
+        if self._prometheus is not None and now_s >= self._next_metrics_s:
+            self._next_metrics_s = now_s + _METRICS_S
+            for live in lives:
                 arrivals, results, backlog, failed = queries.metric_inputs(live.session)
                 metrics = session_metrics(
-                    arrivals, results, backlog=backlog, failed=failed, now_s=now_s, window_s=settings.metrics.window_s
+                    arrivals, results, backlog=backlog, failed=failed, now_s=now_s,
+                    window_s=self._settings.metrics.window_s,
                 )
-                prometheus.update(live.session.name, metrics)
-        for live in lives.values():
-            if live.exports_dirty and export_due(
-                now_s - live.last_export_s, interval_s=settings.scheduler.export_interval_s, cost_s=live.export_cost_s
-            ):
-                started_s = time.perf_counter()
-                written = _write_exports(live.session)
-                live.export_cost_s = time.perf_counter() - started_s
-                live.exports_dirty, live.last_export_s = not written, now_s
-        if state.idle and (
-            state.stopping or (not watch and all(live.watcher.unsettled == 0 for live in lives.values()))
-        ):
-            break
-        tasks.wait(_WAKE_S)
+                self._prometheus.update(live.session.name, metrics)
 
-    if prometheus is not None:
-        prometheus.close()
-    tasks.cancel()
-    for live in list(lives.values()):
-        let_go(live)
-    return counts
+    def close(self) -> None:
+        if self._prometheus is not None:
+            self._prometheus.close()
 
 
 def _poll(live: _Live, *, now_s: float, final: bool) -> list[Found]:

@@ -10,12 +10,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AfterValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from emlive.acquisition import Acquisition
-from emlive.ctf.types import CtfParams
 from emlive.curation import Curation
-from emlive.motion.types import MotionParams
+from emlive.pipeline.registry import plan, registry
 from emlive.pipeline.step import check_storable
 from emlive.web.access import valid_name
 from emlive.web.control import CompatState
@@ -99,34 +98,39 @@ class ProjectOut(Schema):
 
 
 class ProcessingParams(Schema):
-    """Per-session processing options that differ from the service's configuration, by step.
+    """Per-session processing options that differ from the service's configuration, by step,
+    and the steps to run (default: the service's, with picking when a diameter is given).
 
     Only the options given are stored; each step's options are validated against that step's
-    parameters (``motion``: MotionParams, ``ctf``: CtfParams of the configuration).
+    parameters (``motion``: MotionParams, ``ctf``: CtfParams, ``pick``: PickParams).
     """
 
     model_config = ConfigDict(extra="forbid")
 
+    steps: list[str] | None = Field(None, description="Steps to run, e.g. ['motion', 'ctf', 'pick'] (GET /api/v1/steps)")
     motion: dict[str, Any] = Field(default_factory=dict, description="e.g. {'bin_factor': 2, 'patches': [5, 5]}")
     ctf: dict[str, Any] = Field(default_factory=dict, description="e.g. {'min_res_a': 30, 'max_res_a': 4}")
+    pick: dict[str, Any] = Field(default_factory=dict, description="e.g. {'diameter_a': 150}: turns picking on")
 
-    @field_validator("motion")
+    @field_validator("motion", "ctf", "pick")
     @classmethod
-    def _motion(cls, value: dict[str, Any]) -> dict[str, Any]:
-        check_storable("params.motion", value)
-        MotionParams.model_validate(value)
+    def _step_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        check_storable(f"params.{info.field_name}", value)
+        registry().step(str(info.field_name)).params.model_validate(value)
         return value
 
-    @field_validator("ctf")
+    @field_validator("steps")
     @classmethod
-    def _ctf(cls, value: dict[str, Any]) -> dict[str, Any]:
-        check_storable("params.ctf", value)
-        CtfParams.model_validate(value)
+    def _steps(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            check_storable("params.steps", value)
+            plan(value)
         return value
 
-    def stored(self) -> dict[str, dict[str, Any]]:
+    def stored(self) -> dict[str, Any]:
         """The form kept in ``Session.params_json``: steps without options left out."""
-        return {step: options for step, options in (("motion", self.motion), ("ctf", self.ctf)) if options}
+        options: dict[str, Any] = {"steps": self.steps} if self.steps is not None else {}
+        return options | {step: given for step in ("motion", "ctf", "pick") if (given := getattr(self, step))}
 
 
 class SessionDetail(SessionSummary):

@@ -56,13 +56,21 @@ def test_a_sessions_parameters_are_the_configured_ones_with_its_overrides(db, tm
     session = start(tmp_path, params={"motion": {"bin_factor": 2}})
     params = service.pipeline_params(session, configured)
     assert params.acquisition == ACQ
-    assert params.motion.bin_factor == 2 and tuple(params.motion.patches) == (3, 3)
-    assert params.ctf.max_res_a == 4.0
+    assert list(params.steps) == ["motion", "ctf", "thumbnail"]
+    motion, ctf = params.steps["motion"], params.steps["ctf"]
+    assert motion.bin_factor == 2 and tuple(motion.patches) == (3, 3)
+    assert ctf.max_res_a == 4.0
+    session.params_json = {"motion": {"bin_factor": 2}, "pick": {"diameter_a": 150.0}}  # picking on, with its diameter
+    params = service.pipeline_params(session, configured)
+    assert list(params.steps) == ["motion", "ctf", "thumbnail", "pick"] and params.steps["pick"].diameter_a == 150.0
     session.params_json = {"motion": {"bin_factor": -1}}
     with pytest.raises(ValueError, match="bin_factor"):
         service.pipeline_params(session, configured)
     session.params_json = {"gain": {}}
-    with pytest.raises(ValueError, match="unknown parameter groups \\['gain'\\]"):
+    with pytest.raises(ValueError, match="parameters given for unknown steps gain"):
+        service.pipeline_params(session, configured)
+    session.params_json = {"steps": ["motion", "pick"]}
+    with pytest.raises(ValueError, match="must include ctf"):
         service.pipeline_params(session, configured)
 
 
@@ -161,7 +169,7 @@ def test_the_controller_follows_processing_sessions_and_fails_those_with_bad_par
     bad = start(tmp_path, "grid2", params={"motion": {"bin_factor": -1}})
     stopped = control.stop_processing(start(tmp_path, "grid3"))
     followed = service.sessions_to_process(configured)
-    assert [(s.name, p.motion.bin_factor) for s, p in followed] == [("grid1", 2)]
+    assert [(s.name, p.steps["motion"].bin_factor) for s, p in followed] == [("grid1", 2)]
     bad.refresh_from_db()
     assert (bad.state, stopped.state, control.status_of(bad).state) == ("failed", "stopped", "processing_failure")
     assert "p1/grid2 cannot be processed, its parameters are not valid" in caplog.text and "bin_factor" in caplog.text
