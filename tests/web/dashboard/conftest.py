@@ -15,9 +15,9 @@ PASSWORD = "correct horse battery staple"
 
 
 def write_pictures(out_dir: Path, name: str, seed: int) -> tuple[Path, Path]:
-    """A thumbnail at the pipeline's place (thumbnails/<name>.png) and a CTF diagnostic PNG."""
+    """A thumbnail at the pipeline's place (thumbnail/<name>.png) and a CTF diagnostic PNG."""
     rng = np.random.default_rng(seed)
-    thumb = out_dir / "thumbnails" / f"{name}.png"
+    thumb = out_dir / "thumbnail" / f"{name}.png"
     spectrum = out_dir / "diagnostics" / f"{name}.png"
     for path in (thumb, spectrum):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,4 +95,41 @@ def other_session(web, users, tmp_path, acquisition, add_processed):
     """Session s2 of project p2 (bob's), one exposure processed."""
     session = web.store.get_or_create_session(tmp_path / "raw2", tmp_path / "out2", acquisition, project="p2", name="s2")
     add_processed(session, 0)
+    return session
+
+
+PARTICLES = [120, 80, 40, 10]
+"""Particles picked on m0…m3 of :func:`steps_session`."""
+
+
+@pytest.fixture
+def steps_session(web, session, tmp_path):
+    """Session s1 with the results of steps besides motion and CTF, stored as the controller
+    stores them (one StepResult per step and exposure): ``pick`` (installed; PARTICLES, its
+    picks drawn on the micrograph in pick/<name>_picks.png) on m0…m3, failed on m2 only for
+    ``blob`` — a plugin's step that is not installed here (metric ``score``) — which ran on
+    m0, m1 and m3."""
+    from django.utils import timezone
+
+    from emlive.db.models import StepResult
+
+    out = Path(session.out_dir)
+    rows = []
+    for i, exposure in enumerate(session.exposures.filter(state="processed").order_by("path")):
+        name = f"m{i}"
+        picks = out / "pick" / f"{name}_picks.png"
+        picks.parent.mkdir(parents=True, exist_ok=True)
+        write_png_atomic(picks, np.random.default_rng(100 + i).normal(size=(40, 40)))
+        result = {"coordinates_path": str(out / "pick" / f"{name}_autopick.star"), "picks_png_path": str(picks),
+                  "n_particles": PARTICLES[i], "masked_fraction": 0.125 * i}
+        rows.append(StepResult(exposure=exposure, step="pick", engine="native", engine_version="2026.12.01",
+                               result=result, metrics={"n_particles": PARTICLES[i], "masked_fraction": 0.125 * i},
+                               finished_at=timezone.now()))
+        if i == 2:
+            rows.append(StepResult(exposure=exposure, step="blob", state=StepResult.State.FAILED,
+                                   error="no blobs: the micrograph is all carbon", finished_at=timezone.now()))
+        else:
+            rows.append(StepResult(exposure=exposure, step="blob", engine="blobfinder", engine_version="0.3",
+                                   result={"score": 0.5 + i}, metrics={"score": 0.5 + i}, finished_at=timezone.now()))
+    StepResult.objects.bulk_create(rows)
     return session

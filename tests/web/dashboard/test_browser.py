@@ -110,9 +110,9 @@ def _pictures(out_dir: Path, name: str, acquisition: Acquisition, defocus_a: flo
         contrast=0.6,
     )
     image = image + rng.normal(scale=0.05, size=image.shape)
-    for folder in ("thumbnails", "ctf"):
+    for folder in ("thumbnail", "ctf"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    write_png_atomic(out_dir / "thumbnails" / f"{name}.png", image)
+    write_png_atomic(out_dir / "thumbnail" / f"{name}.png", image)
     power = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(image - image.mean()))) ** 2)
     spectrum = out_dir / "ctf" / f"{name}.png"
     write_png_atomic(spectrum, power)

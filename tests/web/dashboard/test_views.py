@@ -197,7 +197,7 @@ def test_pictures_are_the_pngs_the_pipeline_and_the_database_name(web, alice, se
     exposure = session.exposures.get(path="m1.tif")
     thumb = alice.get(f"/dashboard/exposures/{exposure.pk}/thumbnail.png")
     assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/png"
-    assert thumb.content == (Path(session.out_dir) / "thumbnails" / "m1.png").read_bytes()
+    assert thumb.content == (Path(session.out_dir) / "thumbnail" / "m1.png").read_bytes()
     spectrum = alice.get(f"/dashboard/exposures/{exposure.pk}/spectrum.png")
     assert spectrum.content.startswith(PNG_MAGIC) and spectrum.content == Path(exposure.ctf.diagnostic_png_path).read_bytes()
 
@@ -205,7 +205,7 @@ def test_pictures_are_the_pngs_the_pipeline_and_the_database_name(web, alice, se
 def test_a_stored_path_cannot_lead_a_picture_out_of_its_folder(web, alice, session, tmp_path):
     secret = tmp_path / "secret.png"
     secret.write_bytes(PNG_MAGIC + b"secret")
-    (Path(session.out_dir) / "thumbnails").mkdir(parents=True, exist_ok=True)
+    (Path(session.out_dir) / "thumbnail").mkdir(parents=True, exist_ok=True)
     exposure = session.exposures.get(path="m1.tif")
     web.models.Exposure.objects.filter(pk=exposure.pk).update(path="../../secret.tif")
     assert alice.get(f"/dashboard/exposures/{exposure.pk}/thumbnail.png").status_code == 404

@@ -5,12 +5,15 @@ so a refresh re-renders from new JSON without reloading the page and keeps the u
 (``uirevision``). Time runs along x as minutes since the session's first movie was written
 (movie mtime = acquisition time). Accepted and rejected exposures are separate traces, so
 the curation thresholds show in every plot; each point carries its exposure id
-(``customdata``) so a click opens the exposure's page.
+(``customdata``) so a click opens the exposure's page. Besides the fixed figures
+(:data:`FIGURE_KEYS`), every declared metric of another step gets its own
+(:class:`MetricSeries`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,9 +64,30 @@ def _round(values: Sequence[float | None], digits: int) -> list[float | None]:
     return [None if v is None else round(float(v), digits) for v in values]
 
 
-def session_figures(series: ResultSeries, arrivals_s: Sequence[float], done_s: Sequence[float]) -> dict[str, Figure]:
+@dataclass(frozen=True)
+class MetricSeries:
+    """A declared metric of a step besides motion and CTF, one value per exposure of the
+    :class:`ResultSeries` (None where the step did not run or failed); ``key`` names its
+    figures (``key`` and ``key + HISTOGRAM_SUFFIX``)."""
+
+    key: str
+    title: str
+    axis_title: str
+    values: Sequence[float | None]
+
+
+HISTOGRAM_SUFFIX = "-hist"
+
+
+def session_figures(
+    series: ResultSeries,
+    arrivals_s: Sequence[float],
+    done_s: Sequence[float],
+    metrics: Sequence[MetricSeries] = (),
+) -> dict[str, Figure]:
     """Every figure of a session page: ``rates`` (movies acquired and processed over time),
-    the time series of defocus, fit resolution, drift and ice, and their histograms."""
+    the time series of defocus, fit resolution, drift and ice, and their histograms; then a
+    time series and a histogram of each of ``metrics`` (only the exposures that have it)."""
     start_s = min(arrivals_s[0] if arrivals_s else np.inf, series.acquired_s[0] if series.acquired_s else np.inf)
     start_s = 0.0 if not np.isfinite(start_s) else float(start_s)
     minutes = _round([(t - start_s) / 60.0 for t in series.acquired_s], 3)
@@ -72,28 +96,56 @@ def session_figures(series: ResultSeries, arrivals_s: Sequence[float], done_s: S
     kind = "scattergl" if len(minutes) > WEBGL_ABOVE_POINTS else "scatter"
     for key, attribute, title, y_title, scale in _TIME_SERIES:
         values = [None if v is None else v * scale for v in getattr(series, attribute)]
-        traces = []
-        for name, keep, color, symbol in (
-            ("accepted", accepted, ACCEPTED_COLOR, "circle"),
-            ("rejected", ~accepted, REJECTED_COLOR, "x"),
-        ):
-            index = np.flatnonzero(keep)
-            traces.append({
-                "type": kind,
-                "mode": "markers",
-                "name": f"{name} ({len(index)})",
-                "x": [minutes[i] for i in index],
-                "y": _round([values[i] for i in index], 4),
-                "customdata": [series.exposure_id[i] for i in index],
-                "hovertemplate": f"%{{y}}<br>{name}, exposure %{{customdata}}<extra></extra>",
-                "marker": {"color": color, "size": 6, "symbol": symbol},
-            })
-        figures[key] = {"data": traces, "layout": _layout(title, "minutes since the first movie", y_title)}
+        figures[key] = time_series_figure(
+            minutes, values, accepted, series.exposure_id, title=title, y_title=y_title, kind=kind
+        )
     for key, attribute, title, x_title, scale in _HISTOGRAMS:
         figures[key] = histogram_figure(
             np.asarray(getattr(series, attribute), dtype=float) * scale, accepted, title=title, x_title=x_title
         )
+    for metric in metrics:
+        present = [i for i, v in enumerate(metric.values) if v is not None]  # exposures the step ran on
+        keep = np.asarray(present, dtype=int)
+        figures[metric.key] = time_series_figure(
+            [minutes[i] for i in present], [metric.values[i] for i in present], accepted[keep],
+            [series.exposure_id[i] for i in present], title=metric.title, y_title=metric.axis_title, kind=kind,
+        )
+        figures[f"{metric.key}{HISTOGRAM_SUFFIX}"] = histogram_figure(
+            np.asarray([metric.values[i] for i in present], dtype=float), accepted[keep],
+            title=f"{metric.title}: distribution", x_title=metric.axis_title,
+        )
     return figures
+
+
+def time_series_figure(
+    minutes: Sequence[float | None],
+    values: Sequence[float | None],
+    accepted: np.ndarray,
+    exposure_ids: Sequence[int],
+    *,
+    title: str,
+    y_title: str,
+    kind: str = "scatter",
+) -> Figure:
+    """One value per exposure against time, accepted and rejected exposures as two traces
+    (blue dots, red crosses), each point carrying its exposure id."""
+    traces = []
+    for name, keep, color, symbol in (
+        ("accepted", accepted, ACCEPTED_COLOR, "circle"),
+        ("rejected", ~accepted, REJECTED_COLOR, "x"),
+    ):
+        index = np.flatnonzero(keep)
+        traces.append({
+            "type": kind,
+            "mode": "markers",
+            "name": f"{name} ({len(index)})",
+            "x": [minutes[i] for i in index],
+            "y": _round([values[i] for i in index], 4),
+            "customdata": [exposure_ids[i] for i in index],
+            "hovertemplate": f"%{{y}}<br>{name}, exposure %{{customdata}}<extra></extra>",
+            "marker": {"color": color, "size": 6, "symbol": symbol},
+        })
+    return {"data": traces, "layout": _layout(title, "minutes since the first movie", y_title)}
 
 
 def histogram_figure(values: np.ndarray, accepted: np.ndarray, *, title: str, x_title: str, bins: int = 30) -> Figure:

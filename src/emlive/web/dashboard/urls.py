@@ -1,5 +1,5 @@
 """The dashboard's URLs (namespace ``dashboard``): login, sessions, a session's live page and
-its fragments, curation, controls, STAR downloads, exposures, their pictures and the scripts."""
+its fragments, curation, controls, STAR downloads, exposures, their pictures (every step's) and the scripts."""
 
 from __future__ import annotations
 
@@ -31,5 +31,8 @@ urlpatterns = [
     path("dashboard/exposures/<int:exposure_id>/", views.exposure_page, name="exposure"),
     path("dashboard/exposures/<int:exposure_id>/thumbnail.png", views.thumbnail, name="thumbnail"),
     path("dashboard/exposures/<int:exposure_id>/spectrum.png", views.spectrum, name="spectrum"),
+    path(
+        "dashboard/exposures/<int:exposure_id>/step/<slug:step>/<slug:field>.png", views.step_picture, name="step_picture"
+    ),
     path("static/emlive/<str:name>", views.static_file, name="static"),
 ]

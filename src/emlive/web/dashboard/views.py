@@ -3,24 +3,33 @@
 Every view needs a logged-in user and finds sessions only through
 :func:`emlive.web.access.visible_sessions`, so another group's session answers 404 (whether it
 exists is not revealed). Files are served only from paths the database holds or the output
-layout defines (never a path taken from the URL): a micrograph's thumbnail
-``<out_dir>/thumbnails/<name>.png``, its CTF diagnostic (``CtfEstimate.diagnostic_png_path``),
-the two STAR exports in ``<out_dir>/exports/``, and the dashboard's own scripts.
+layout defines (never a path taken from the URL): a micrograph's thumbnail (the thumbnail
+step's stored ``png_path``, else ``<out_dir>/thumbnail/<name>.png``), its CTF diagnostic
+(``CtfEstimate.diagnostic_png_path``), any PNG a step's stored result names in a ``Path``
+field of its declared result model, the two STAR exports in ``<out_dir>/exports/``, and the
+dashboard's own scripts.
+
+Every step shows without naming it here (:mod:`emlive.web.dashboard.steps`): its stored
+results on the exposure's page, its declared metrics as table columns, plots and curation
+thresholds on the session's.
 
 Live parts of the session page are htmx fragments that poll: the status panel every few
-seconds; the plots and the exposure table carry a change marker
-(:func:`emlive.db.queries.change_marker`) and get ``204 No Content`` (htmx keeps what it
-shows) until something changed.
+seconds; the plots and the exposure table carry a change marker (the session's
+:func:`emlive.db.queries.change_marker` with its steps' results,
+:func:`emlive.db.queries.session_steps`) and get ``204 No Content`` (htmx keeps what it shows)
+until something changed.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -38,12 +47,13 @@ from django.views.decorators.http import require_GET, require_POST
 from emlive.curation import Curation, rejection_reasons
 from emlive.db import queries
 from emlive.db.export import CORRECTED_STAR, CTF_STAR, write_exports
-from emlive.db.models import Exposure, Session
+from emlive.db.models import Exposure, Session, StepResult
 from emlive.runtime.metrics import session_metrics
 from emlive.web import control
 from emlive.web.access import visible_sessions
-from emlive.web.dashboard import plots
+from emlive.web.dashboard import plots, steps
 from emlive.web.dashboard.forms import CurationForm
+from emlive.web.dashboard.steps import MetricColumn
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,8 @@ EXPOSURES_PER_PAGE = 50
 METRICS_WINDOW_S = 600.0
 """Rates and lag on the session page are over this last stretch of time, s."""
 EXPORT_NAMES = (CTF_STAR, CORRECTED_STAR)
+THUMBNAIL_STEP = "thumbnail"
+"""The step whose stored ``png_path`` is an exposure's thumbnail (its folder in the layout)."""
 SHOW_CHOICES = {
     "all": "all",
     "accepted": "accepted",
@@ -90,6 +102,26 @@ def _session(request: HttpRequest, session_id: int) -> Session:
     if session is None:
         raise Http404("no such session")
     return session
+
+
+@dataclass(frozen=True)
+class SessionSteps:
+    """What the session page needs to know about the session's steps, read once per request:
+    the change marker (exposures, thresholds and every step's results), and the declared
+    metrics of the steps besides motion and CTF that have results."""
+
+    marker: str
+    columns: list[MetricColumn]
+
+
+def _session_steps(session: Session) -> SessionSteps:
+    base = queries.change_marker(session)
+    summaries = queries.session_steps(session)  # after the marker's reads: a change meanwhile is sent next time
+    text = repr((base, [(s.step, s.done, s.failed, s.updated_at.timestamp() if s.updated_at else 0) for s in summaries]))
+    with_results = [s.step for s in summaries if s.done]
+    unknown = {name: queries.stored_metric_names(session, name) for name in with_results
+               if steps.declared_step(name) is None}
+    return SessionSteps(hashlib.blake2s(text.encode(), digest_size=8).hexdigest(), steps.metric_columns(with_results, unknown))
 
 
 def _exposure(request: HttpRequest, exposure_id: int) -> Exposure:
@@ -163,29 +195,46 @@ def _status_context(session: Session, inputs: MetricInputs | None = None) -> dic
     }
 
 
-_FIGURES_CACHE: OrderedDict[tuple[int, str], str] = OrderedDict()
+_FIGURES_CACHE: OrderedDict[tuple[int, str], tuple[str, list[str]]] = OrderedDict()
 _FIGURES_CACHE_SIZE = 8
 _figures_lock = threading.Lock()
 
 
-def _plots_context(session: Session, inputs: MetricInputs | None = None) -> dict[str, Any]:
+def _plots_context(session: Session, state: SessionSteps, inputs: MetricInputs | None = None) -> dict[str, Any]:
     """The figures as a JSON ``<script>``, built once per session and change marker in this
     process (everyone watching a session shares them; a large session's figures take about a
-    second to build)."""
-    marker = queries.change_marker(session)  # before the reads: a change meanwhile is sent next time
-    key = (session.pk, marker)
+    second to build), and their keys (one plot each)."""
+    key = (session.pk, state.marker)
     with _figures_lock:
-        script = _FIGURES_CACHE.get(key)
-    if script is None:
+        cached = _FIGURES_CACHE.get(key)
+    if cached is None:
         curation = queries.session_curation(session)
         arrivals, results, _, _ = inputs or queries.metric_inputs(session)
         series = queries.result_series(session, curation)
-        script = json_script(plots.session_figures(series, arrivals, [done for _, done in results]), "plot-figures")
+        figures = plots.session_figures(
+            series, arrivals, [done for _, done in results], _metric_series(session, series, state.columns)
+        )
+        cached = (json_script(figures, "plot-figures"), list(figures))
         with _figures_lock:
-            _FIGURES_CACHE[key] = script
+            _FIGURES_CACHE[key] = cached
             while len(_FIGURES_CACHE) > _FIGURES_CACHE_SIZE:
                 _FIGURES_CACHE.popitem(last=False)
-    return {"session": session, "figures_script": script, "plots_marker": marker}
+    script, figure_keys = cached
+    return {"session": session, "figures_script": script, "figure_keys": figure_keys, "plots_marker": state.marker}
+
+
+def _metric_series(
+    session: Session, series: queries.ResultSeries, columns: Sequence[MetricColumn]
+) -> list[plots.MetricSeries]:
+    if not columns:
+        return []
+    values = queries.session_step_metrics(session)
+    return [
+        plots.MetricSeries(
+            column.slug, column.title, column.heading, [values.get(pk, {}).get(column.key) for pk in series.exposure_id]
+        )
+        for column in columns
+    ]
 
 
 def _show(request: HttpRequest) -> str:
@@ -200,8 +249,7 @@ def _page_number(request: HttpRequest) -> int:
         return 1
 
 
-def _exposures_context(request: HttpRequest, session: Session) -> dict[str, Any]:
-    marker = queries.change_marker(session)  # before the reads: a change meanwhile is sent next time
+def _exposures_context(request: HttpRequest, session: Session, state: SessionSteps) -> dict[str, Any]:
     curation = queries.session_curation(session)
     show = _show(request)
     rows = queries.with_verdict(
@@ -218,15 +266,20 @@ def _exposures_context(request: HttpRequest, session: Session) -> dict[str, Any]
             rows = rows.filter(state=Exposure.State.FAILED)
     page = Paginator(rows, EXPOSURES_PER_PAGE).get_page(_page_number(request))
     page.object_list = list(page.object_list)
+    values = queries.step_metrics([e.pk for e in page.object_list]) if state.columns else {}
     for e in page.object_list:
         ctf = getattr(e, "ctf", None)
         e.mean_defocus_um = (ctf.defocus_u_a + ctf.defocus_v_a) / 2e4 if ctf is not None else None
+        mine = values.get(e.pk, {})
+        e.metric_values = [steps.format_metric(mine.get(column.key)) for column in state.columns]
     return {
         "session": session,
         "page": page,
         "show": show,
         "show_choices": SHOW_CHOICES,
-        "marker": marker,
+        "marker": state.marker,
+        "metric_columns": state.columns,
+        "n_columns": 10 + len(state.columns),
     }
 
 
@@ -235,20 +288,22 @@ def _exposures_context(request: HttpRequest, session: Session) -> dict[str, Any]
 def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
     """One session: status and rates, live plots, curation, exports and its exposures."""
     session = _session(request, session_id)
-    return _render_session(request, session, CurationForm.from_curation(queries.session_curation(session)))
+    state = _session_steps(session)
+    form = CurationForm.from_curation(queries.session_curation(session), state.columns)
+    return _render_session(request, session, form, state)
 
 
-def _render_session(request: HttpRequest, session: Session, form: CurationForm, *, status: int = 200) -> HttpResponse:
+def _render_session(
+    request: HttpRequest, session: Session, form: CurationForm, state: SessionSteps, *, status: int = 200
+) -> HttpResponse:
     inputs = queries.metric_inputs(session)
     context = {
         **_status_context(session, inputs),
-        **_plots_context(session, inputs),
-        **_exposures_context(request, session),
+        **_plots_context(session, state, inputs),
+        **_exposures_context(request, session, state),
         "form": form,
-        "curation": queries.session_curation(session),
         "export_names": EXPORT_NAMES,
         "notice": {"saved": "Thresholds saved; the exports were rewritten."}.get(request.GET.get("curation", "")),
-        "figure_keys": plots.FIGURE_KEYS,
     }
     return render(request, "emlive/session.html", context, status=status)
 
@@ -263,18 +318,20 @@ def session_status(request: HttpRequest, session_id: int) -> HttpResponse:
 @require_GET
 def session_plots(request: HttpRequest, session_id: int) -> HttpResponse:
     session = _session(request, session_id)
-    if request.GET.get("since") == queries.change_marker(session):
+    state = _session_steps(session)
+    if request.GET.get("since") == state.marker:
         return HttpResponse(status=204)
-    return render(request, "emlive/_plots.html", _plots_context(session))
+    return render(request, "emlive/_plots.html", _plots_context(session, state))
 
 
 @dashboard_login_required
 @require_GET
 def session_exposures(request: HttpRequest, session_id: int) -> HttpResponse:
     session = _session(request, session_id)
-    if request.GET.get("since") == queries.change_marker(session):
+    state = _session_steps(session)
+    if request.GET.get("since") == state.marker:
         return HttpResponse(status=204)
-    return render(request, "emlive/_exposures.html", _exposures_context(request, session))
+    return render(request, "emlive/_exposures.html", _exposures_context(request, session, state))
 
 
 @dashboard_login_required
@@ -283,9 +340,12 @@ def set_curation(request: HttpRequest, session_id: int) -> HttpResponse:
     """Save the thresholds (validated by :class:`Curation`) and rewrite the STAR exports, so
     rejected micrographs leave them at once."""
     session = _session(request, session_id)
-    form = CurationForm(request.POST)
+    state = _session_steps(session)
+    form = CurationForm(request.POST, metrics=CurationForm.metric_fields_for(
+        state.columns, queries.session_curation(session), request.POST
+    ))
     if not form.is_valid():
-        return _render_session(request, session, form, status=400)
+        return _render_session(request, session, form, state, status=400)
     curation: Curation = form.curation
     # update(), not save(): the controller may change the session's state meanwhile.
     Session.objects.filter(pk=session.pk).update(
@@ -335,7 +395,8 @@ def download_export(request: HttpRequest, session_id: int, name: str) -> HttpRes
 @dashboard_login_required
 @require_GET
 def exposure_page(request: HttpRequest, exposure_id: int) -> HttpResponse:
-    """One exposure: its results, verdict, drift plot, micrograph and CTF spectrum."""
+    """One exposure: its results, verdict, drift plot, micrograph and CTF spectrum, and every
+    step's stored result with its metrics and pictures."""
     exposure = _exposure(request, exposure_id)
     session = exposure.session
     curation = queries.session_curation(session)
@@ -343,14 +404,25 @@ def exposure_page(request: HttpRequest, exposure_id: int) -> HttpResponse:
     ctf = getattr(exposure, "ctf", None)
     figure = plots.drift_figure(motion.shifts_px, pixel_size_a=session.pixel_size_a) if motion else None
     verdict = queries.with_verdict(Exposure.objects.filter(pk=exposure.pk), curation).values_list("accepted", flat=True).get()
+    results = list(exposure.step_results.order_by("finished_at", "id"))
+    metrics = {f"{r.step}.{name}": value for r in results if r.state == StepResult.State.DONE for name, value in r.metrics.items()}
     failing = (
         rejection_reasons(
             curation, fit_resolution_a=ctf.fit_resolution_a, total_drift_a=motion.total_drift_a,
             defocus_u_a=ctf.defocus_u_a, defocus_v_a=ctf.defocus_v_a, fit_ok=ctf.fit_ok, ice_ring_ratio=ctf.ice_ring_ratio,
+            metrics=metrics,
         )
         if motion and ctf
         else []
     )
+    thumbnail_path = _thumbnail_path(exposure, _stored_thumbnail(results))
+    spectrum_path = _spectrum_path(ctf.diagnostic_png_path) if ctf else None
+    step_views = [
+        steps.step_view(r.step, r.state, r.engine, r.engine_version, r.finished_at, r.error, r.result, r.metrics)
+        for r in results
+    ]
+    shown = {p.resolve() for p in (thumbnail_path, spectrum_path) if p is not None and p.is_file()}
+    pictures = [p for view in step_views for p in view.pictures if p.path.resolve() not in shown]  # not twice
     return render(
         request,
         "emlive/exposure.html",
@@ -363,8 +435,10 @@ def exposure_page(request: HttpRequest, exposure_id: int) -> HttpResponse:
             "accepted": verdict,
             "failing": failing,
             "figures": {"drift": figure} if figure else {},
-            "has_thumbnail": _thumbnail_path(exposure).is_file(),
-            "has_spectrum": bool(ctf and _spectrum_path(ctf.diagnostic_png_path)),
+            "has_thumbnail": thumbnail_path is not None and thumbnail_path.is_file(),
+            "has_spectrum": spectrum_path is not None,
+            "steps": step_views,
+            "step_pictures": pictures,
         },
     )
 
@@ -372,13 +446,28 @@ def exposure_page(request: HttpRequest, exposure_id: int) -> HttpResponse:
 # --- files ----------------------------------------------------------------------------------
 
 
-def _thumbnail_path(exposure: Exposure) -> Path:
-    """``<out_dir>/thumbnails/<name>.png``, name = the movie's path under raw/ minus its suffix
-    (the pipeline's layout); a path that would leave the thumbnails folder is never returned."""
-    folder = (Path(exposure.session.out_dir) / "thumbnails").resolve()
-    name = PurePosixPath(exposure.path).with_suffix("")
-    candidate = (folder / Path(*name.parts)).with_name(name.name + ".png").resolve()
-    return candidate if candidate.is_relative_to(folder) else folder / "missing.png"
+def _stored_thumbnail(results: Sequence[StepResult]) -> object:
+    """The thumbnail step's stored ``png_path`` among an exposure's step results (None if none)."""
+    for r in results:
+        if r.step == THUMBNAIL_STEP and r.state == StepResult.State.DONE:
+            return r.result.get("png_path")
+    return None
+
+
+def _thumbnail_path(exposure: Exposure, stored: object = None) -> Path | None:
+    """The thumbnail step's stored ``png_path`` when given, else the layout's
+    ``<out_dir>/thumbnail/<name>.png`` (name = the movie's path under raw/ minus its suffix);
+    None for a path that would leave the session's thumbnail folder or is not a PNG."""
+    folder = (Path(exposure.session.out_dir) / THUMBNAIL_STEP).resolve()
+    if isinstance(stored, str) and stored:
+        candidate = Path(stored)
+        if not candidate.is_absolute() or candidate.suffix.lower() != ".png":
+            return None
+        candidate = candidate.resolve()
+    else:
+        name = PurePosixPath(exposure.path).with_suffix("")
+        candidate = (folder / Path(*name.parts)).with_name(name.name + ".png").resolve()
+    return candidate if candidate.is_relative_to(folder) else None
 
 
 def _spectrum_path(stored: str) -> Path | None:
@@ -390,8 +479,10 @@ def _spectrum_path(stored: str) -> Path | None:
 @require_GET
 def thumbnail(request: HttpRequest, exposure_id: int) -> HttpResponse:
     """The micrograph's thumbnail PNG."""
-    path = _thumbnail_path(_exposure(request, exposure_id))
-    if not path.is_file():
+    exposure = _exposure(request, exposure_id)
+    results = StepResult.objects.filter(exposure=exposure, step=THUMBNAIL_STEP)
+    path = _thumbnail_path(exposure, _stored_thumbnail(list(results)))
+    if path is None or not path.is_file():
         raise Http404("no thumbnail yet")
     return _file_response(path.read_bytes(), "image/png", cache_s=60)
 
@@ -404,6 +495,24 @@ def spectrum(request: HttpRequest, exposure_id: int) -> HttpResponse:
     path = _spectrum_path(ctf.diagnostic_png_path) if ctf is not None else None
     if path is None:
         raise Http404("no CTF spectrum yet")
+    return _file_response(path.read_bytes(), "image/png", cache_s=60)
+
+
+@dashboard_login_required
+@require_GET
+def step_picture(request: HttpRequest, exposure_id: int, step: str, field: str) -> HttpResponse:
+    """A PNG a step's stored result names in ``field``: only a ``Path`` field of the step's
+    declared result model (:func:`emlive.web.dashboard.steps.picture_path`); the file's path
+    comes from the database."""
+    exposure = _exposure(request, exposure_id)
+    stored = (
+        StepResult.objects.filter(exposure=exposure, step=step, state=StepResult.State.DONE)
+        .values_list("result", flat=True)
+        .first()
+    )
+    path = steps.picture_path(step, field, stored)
+    if path is None:
+        raise Http404("no such picture")
     return _file_response(path.read_bytes(), "image/png", cache_s=60)
 
 
