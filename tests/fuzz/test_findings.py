@@ -17,7 +17,9 @@ from emlive.io.errors import GainError, MovieFormatError
 from emlive.io.gain import read_gain
 from emlive.io.movie import check_movie_complete, read_movie
 from emlive.io.mrc import read_mrc
+from emlive.motion import motioncor
 from emlive.synth.eer import write_eer
+from emlive.tools.spec import Version
 from tests.fuzz.guard import check_call
 from tests.fuzz.seeds import _mrc_bytes, distinct_events
 
@@ -191,3 +193,23 @@ def test_eer_frame_size_beyond_its_event_stream_is_refused(tmp_path, code, value
     path = tmp_path / "movie.eer"
     write_eer(path, [distinct_events(np.random.default_rng(6), 12, (16, 16)) for _ in range(2)], shape=(16, 16))
     _movie_error(_patch_tags(path, code, value=value))
+
+
+# ------------------------------------------------------------------------------- tool outputs
+
+_LONG = 20_000  # characters on one garbage line: the old patterns took 10 s to minutes
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Full-frame alignment shift\nFrame" + " " * _LONG + "\n",
+        "Full-frame alignment shift\nFrame 1 shift: " + "1" * _LONG + "x\n",
+        "Full-frame alignment shift\nFrame (1" + " " * _LONG + "x\n",
+    ],
+    ids=["spaces", "digits", "paren"],
+)
+def test_motioncor_frame_pattern_is_linear_on_long_lines(text):
+    """`Frame\\s*\\(?\\s*` and `\\d+\\.?\\d*` backtracked over every split of a long line."""
+    error = check_call(lambda: motioncor.parse_output(text, Version(1, 6, 4)), allowed=(ValueError,))
+    assert "no 'Full-frame alignment shift' section" in str(error)

@@ -180,8 +180,10 @@ PROGRAMS = {  # [tools.<name>], usual executable, releases read
 
 
 _SECTION = re.compile(r"Full-frame alignment shift", re.IGNORECASE)
-_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
-_FRAME = re.compile(rf"Frame\s*\(?\s*(\d+)\s*\)?\s*shift:\s*{_NUMBER}\s+{_NUMBER}")
+# No two adjacent repeats may match the same characters (`\d+\.?\d*`, `\s*\(?\s*`): on a long
+# line that does not match, backtracking over every split took minutes.
+_NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"
+_FRAME = re.compile(rf"Frame\s*(?:\(\s*)?(\d+)\s*(?:\)\s*)?shift:\s*{_NUMBER}\s+{_NUMBER}")
 
 
 def parse_output(text: str, version: Version, *, program: str = "motioncor2") -> list[tuple[float, float]]:
