@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from emlive.ctf import gctf
 from emlive.io.errors import GainError, MovieFormatError
 from emlive.io.gain import read_gain
 from emlive.io.movie import check_movie_complete, read_movie
@@ -213,3 +214,15 @@ def test_motioncor_frame_pattern_is_linear_on_long_lines(text):
     """`Frame\\s*\\(?\\s*` and `\\d+\\.?\\d*` backtracked over every split of a long line."""
     error = check_call(lambda: motioncor.parse_output(text, Version(1, 6, 4)), allowed=(ValueError,))
     assert "no 'Full-frame alignment shift' section" in str(error)
+
+
+def test_gctf_number_pattern_is_linear_on_long_fields():
+    """`\\d+\\.?\\d*` in a fullmatch of a 20 000-digit field that ends in a letter."""
+    text = ("1 1 1 1 " + "1" * _LONG + "x\n") * 2
+    error = check_call(lambda: gctf.parse_epa(text), allowed=(ValueError,))
+    assert "fewer than 2 rows" in str(error)
+
+
+@pytest.mark.parametrize("text", ["Gctf" + " " * _LONG + "x", "Gctf version" + " " * _LONG + "x"])
+def test_gctf_version_pattern_is_linear_on_long_lines(text):
+    assert check_call(lambda: gctf.parse_version(text), allowed=()) is None

@@ -137,7 +137,8 @@ def build_command(p: GctfParams, *, executable: str, micrograph: str) -> list[st
 
 def parse_version(text: str) -> Version | None:
     """Gctf's banner (``Current version: 1.06``; ``Gctf v1.18``) → Version(1, 6) / Version(1, 18)."""
-    return find_version(text, r"(?:Current version:?|Gctf\S*\s+(?:version\s*:?)?)\s*v?(\d+\.\d+(?:\.\d+)?)")
+    # no two adjacent repeats over the same characters (`\s+(…)?\s*`): quadratic on long lines
+    return find_version(text, r"(?:Current version:?\s*|Gctf\S*\s+(?:version\s*(?::\s*)?)?)v?(\d+\.\d+(?:\.\d+)?)")
 
 
 GCTF = ExternalTool("gctf", DEFAULT_EXECUTABLE, parse_version, SUPPORTED_VERSIONS, label="Gctf", needs_gpu=True)
@@ -157,7 +158,7 @@ class GctfOutput(BaseModel):
     bfactor_a2: float | None = None
 
 
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"  # not \d+\.?\d*: quadratic backtracking
 
 
 def parse_output(text: str, version: Version) -> GctfOutput:
