@@ -14,6 +14,7 @@ import pytest
 import tifffile
 
 from emlive.ctf import gctf
+from emlive.io.defects import read_defects
 from emlive.io.errors import GainError, MovieFormatError
 from emlive.io.gain import read_gain
 from emlive.io.movie import check_movie_complete, read_movie
@@ -226,3 +227,15 @@ def test_gctf_number_pattern_is_linear_on_long_fields():
 @pytest.mark.parametrize("text", ["Gctf" + " " * _LONG + "x", "Gctf version" + " " * _LONG + "x"])
 def test_gctf_version_pattern_is_linear_on_long_lines(text):
     assert check_call(lambda: gctf.parse_version(text), allowed=()) is None
+
+
+# ------------------------------------------------------------------------------- defect lists
+
+
+@pytest.mark.parametrize("line", ["0 0 inf 1", "-inf 0 1 1", "0 0 1 1e999"])
+def test_defect_line_with_an_infinite_number_is_refused(tmp_path, line):
+    """int(float("inf")) raised OverflowError, not the GainError naming the line."""
+    path = tmp_path / "defects.txt"
+    path.write_text(f"# x y w h\n{line}\n")
+    error = check_call(lambda: read_defects(path, (16, 24)), allowed=(GainError,), path=path)
+    assert "line 2" in str(error) and "four integers" in str(error)

@@ -66,7 +66,7 @@ def read_defects(path: str | os.PathLike[str], shape: tuple[int, int]) -> np.nda
         fields = text.split()
         try:
             x, y, w, h = (int(float(f)) for f in fields)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: int(float("inf"))
             raise GainError(
                 f"{p}, line {number}: {line.strip()!r} is not 'x y w h' (four integers, pixels); "
                 "fix the defect file"
