@@ -24,6 +24,7 @@ from emlive.synth.eer import write_eer
 from emlive.tools.spec import Version
 from tests.fuzz.guard import check_call
 from tests.fuzz.seeds import _mrc_bytes, distinct_events
+from tests.io.conftest import random_raw_frames, write_eer_file
 
 
 def _patched(data: bytes, fields: dict[int, int], fmt: str = "<i") -> bytes:
@@ -239,3 +240,21 @@ def test_defect_line_with_an_infinite_number_is_refused(tmp_path, line):
     path.write_text(f"# x y w h\n{line}\n")
     error = check_call(lambda: read_defects(path, (16, 24)), allowed=(GainError,), path=path)
     assert "line 2" in str(error) and "four integers" in str(error)
+
+
+@pytest.mark.parametrize("tag, kind, value", [(65008, 3, None), (65009, 2, 2), (65007, 3, 99)])
+def test_eer_code_bits_that_are_not_small_whole_numbers_are_refused(tmp_path, tag, kind, value):
+    """Compression 65002 with tag 65008 holding two values (a tuple) or 65009 as text: the
+    reader's int() raised TypeError or ValueError."""
+    path = tmp_path / "variable.eer"
+    write_eer_file(path, random_raw_frames(np.random.default_rng(7), 2, (16, 24)), compression=65002, bits=(7, 2, 2))
+    if value is None:  # a second value: the count, not the value, changes
+        with tifffile.TiffFile(path) as tif:
+            entries = [page.tags[tag].offset for page in tif.pages]
+        data = bytearray(path.read_bytes())
+        for at in entries:
+            data[at + 4 : at + 12] = (2).to_bytes(8, "little")
+        path.write_bytes(bytes(data))
+    else:
+        _patch_tags(path, tag, kind=kind, value=value)
+    _movie_error(path, f"EER tag {tag}")

@@ -26,6 +26,7 @@ __all__ = [
     "TIFFFILE_ERRORS",
     "check_page_size",
     "check_strips",
+    "eer_bits",
     "is_eer_compression",
     "open_tiff_checked",
     "walk_ifd_chain",
@@ -215,10 +216,29 @@ _MAX_EXPANSION = {1: 1, 5: 4096, 8: 1032, 32946: 1032, 32773: 64, 65000: 255, 65
 _OTHER_EXPANSION = 4096
 
 
-def _max_expansion(keyframe: tifffile.TiffPage) -> float:
+def eer_bits(keyframe: tifffile.TiffPage, path: Path) -> tuple[int, int, int]:
+    """(run length, horizontal, vertical sub-pixel) bit widths of an EER page's codes: fixed by
+    compression 65000/65001, from tags 65007-65009 for 65002 (whole numbers; imagecodecs checks
+    the combination when decoding)."""
+    code = int(keyframe.compression)
+    if code != EER_VARIABLE:
+        return EER_CODES[code]
+    bits = []
+    for tag, default, low in ((65007, 7, 1), (65008, 2, 0), (65009, 2, 0)):
+        value = keyframe.tags.valueof(tag, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 16:
+            raise MovieFormatError(
+                f"{path}: EER tag {tag} (bits per code) is {value!r}, not a whole number from {low} "
+                "to 16; the file is damaged; copy it again from the microscope"
+            )
+        bits.append(value)
+    return bits[0], bits[1], bits[2]
+
+
+def _max_expansion(keyframe: tifffile.TiffPage, path: Path) -> float:
     code = int(keyframe.compression)
     if code == EER_VARIABLE:  # run codes of tag 65007's width
-        run_bits = min(max(int(keyframe.tags.valueof(65007, 7)), 1), 16)
+        run_bits = eer_bits(keyframe, path)[0]
         return ((1 << run_bits) - 1) * 8 / run_bits
     return _MAX_EXPANSION.get(code, _OTHER_EXPANSION)
 
@@ -241,7 +261,7 @@ def check_page_size(path: Path, page_index: int, page: tifffile.TiffPage | tifff
             "from its source or remove it"
         )
     stored = sum(int(n) for n in page.databytecounts)
-    if keyframe.nbytes > stored * _max_expansion(keyframe):
+    if keyframe.nbytes > stored * _max_expansion(keyframe, path):
         raise MovieFormatError(
             f"{path}: TIFF page {page_index} claims a {'×'.join(map(str, shape))} {keyframe.dtype} image "
             f"({human_bytes(keyframe.nbytes)}) but stores {stored} bytes, more than compression "

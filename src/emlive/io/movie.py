@@ -53,9 +53,8 @@ import tifffile
 
 from emlive.io._tiff import (
     DECODE_ERRORS,
-    EER_CODES,
-    EER_VARIABLE,
     TIFFFILE_ERRORS,
+    eer_bits,
     is_eer_compression,
     open_tiff_checked,
 )
@@ -541,12 +540,7 @@ def _open_eer(path: Path, file_size: int, options: EerOptions) -> _EerReader:
                 "or 65002); if it is an ordinary TIFF movie, give it the .tif suffix"
             )
         keyframe = pages.keyframe
-        bits: tuple[int, int, int]
-        if compression == EER_VARIABLE:
-            tags = keyframe.tags
-            bits = (int(tags.valueof(65007, 7)), int(tags.valueof(65008, 2)), int(tags.valueof(65009, 2)))
-        else:
-            bits = EER_CODES[compression]
+        bits = eer_bits(keyframe, path)
         ny, nx = int(keyframe.imagelength), int(keyframe.imagewidth)
         rows_per_strip = min(int(keyframe.rowsperstrip or ny), ny)
         n_raw = n_pages - first_page
