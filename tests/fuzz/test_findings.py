@@ -258,3 +258,15 @@ def test_eer_code_bits_that_are_not_small_whole_numbers_are_refused(tmp_path, ta
     else:
         _patch_tags(path, tag, kind=kind, value=value)
     _movie_error(path, f"EER tag {tag}")
+
+
+def test_float64_tiff_beyond_float32_range(tmp_path):
+    """1e300 in a float64 TIFF: the cast to float32 warned (RuntimeWarning, an error under
+    pytest and in any caller that treats warnings as errors). A movie's frames read as inf, as
+    any cast makes them; a gain reference is refused for its non-finite pixels."""
+    path = tmp_path / "float64.tif"
+    tifffile.imwrite(path, np.full((2, 8, 8), 1e300), photometric="minisblack")
+    frames = check_call(lambda: read_movie(path), allowed=())
+    assert np.isposinf(frames).all()
+    error = check_call(lambda: read_gain(path), allowed=(GainError,), path=path)
+    assert "64 NaN or infinite pixels" in str(error)

@@ -68,7 +68,8 @@ def read_gain(path: str | os.PathLike[str]) -> np.ndarray:
             f"{p}: a gain reference must be one real 2D image, got shape {data.shape} "
             f"dtype {data.dtype}"
         )
-    gain = np.array(data, dtype=np.float32, order="C")  # a writeable copy, detached from the file
+    with np.errstate(over="ignore", invalid="ignore"):  # out of float32's range: refused below
+        gain = np.array(data, dtype=np.float32, order="C")  # a writeable copy, detached from the file
     if not np.isfinite(gain).all():
         raise GainError(
             f"{p}: the gain reference holds {np.count_nonzero(~np.isfinite(gain))} NaN or infinite "

@@ -298,7 +298,10 @@ class _TiffReader:
             self._buffer = np.empty((k, *self.header.shape), self.stored_dtype)
         buffer = self._buffer[:k]
         self._decode(start, stop, buffer)
-        np.copyto(out, buffer[:, ::-1])  # rows bottom-up, as RELION and MotionCor2 read them
+        # rows bottom-up, as RELION and MotionCor2 read them; float64 samples beyond float32's
+        # range become ±inf, as any cast makes them (no RuntimeWarning per frame)
+        with np.errstate(over="ignore"):
+            np.copyto(out, buffer[:, ::-1])
 
     def close(self) -> None:
         self._tif.close()
