@@ -44,7 +44,6 @@ from typing import Literal, get_args
 
 import numpy as np
 import scipy.fft
-import scipy.ndimage
 from scipy.spatial.transform import Rotation
 
 from emlive.acquisition import Optics
@@ -216,36 +215,46 @@ def _splat(image: np.ndarray, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> No
     fy = y - y0
     x0 = x0.astype(np.int64)
     y0 = y0.astype(np.int64)
-    flat = image.reshape(-1)
-    for dy, wy in ((0, 1.0 - fy), (1, fy)):
-        for dx, wx in ((0, 1.0 - fx), (1, fx)):
-            index = ((y0 + dy) % ny) * nx + (x0 + dx) % nx
-            flat += np.bincount(index, weights=w * wy * wx, minlength=ny * nx).astype(image.dtype)
+    index = np.concatenate(
+        [((y0 + dy) % ny) * nx + (x0 + dx) % nx for dy in (0, 1) for dx in (0, 1)]
+    )
+    weight = np.concatenate(
+        [w * wy * wx for wy in (1.0 - fy, fy) for wx in (1.0 - fx, fx)]
+    )
+    image.reshape(-1)[:] += np.bincount(index, weights=weight, minlength=ny * nx).astype(image.dtype)
 
 
-def _carbon_mask(rng: np.random.Generator, shape: tuple[int, int], fraction: float) -> np.ndarray:
-    """Carbon outside a large circular hole whose edge crosses the image; ``fraction`` of it carbon."""
+def _carbon_film(
+    rng: np.random.Generator, shape: tuple[int, int], fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carbon outside a large circular hole whose edge crosses the image, ``fraction`` of it.
+
+    Returns the mask (True on carbon) and the signed distance in px from the hole's edge
+    (positive in the hole, i.e. in the ice)."""
     ny, nx = shape
     size = max(ny, nx)
     hole_radius = rng.uniform(1.0, 2.0) * size
     angle = rng.uniform(0.0, 2.0 * math.pi)
     direction = np.array([math.cos(angle), math.sin(angle)])
-    y, x = np.mgrid[:ny, :nx].astype(np.float32)
     centre = np.array([nx / 2.0, ny / 2.0])
-    # signed distance along ``direction`` from the image centre to the edge: solve for the
-    # hole's centre so that the requested fraction lies outside (bisection on the offset)
+    y = np.arange(ny, dtype=np.float32)[:, None]
+    x = np.arange(nx, dtype=np.float32)[None, :]
+
+    def outside_fraction(offset: float) -> float:
+        c = centre - direction * (hole_radius - offset)
+        return float(((x[:, ::8] - c[0]) ** 2 + (y[::8] - c[1]) ** 2 > hole_radius**2).mean())
+
+    # the hole's centre lies along ``direction`` from the image centre: bisect on its offset
     lo, hi = -2.0 * size, 2.0 * size
     for _ in range(30):
         mid = 0.5 * (lo + hi)
-        c = centre - direction * (hole_radius - mid)
-        sub = (slice(None, None, 8), slice(None, None, 8))
-        outside = ((x[sub] - c[0]) ** 2 + (y[sub] - c[1]) ** 2) > hole_radius**2
-        if outside.mean() > fraction:
+        if outside_fraction(mid) > fraction:
             lo = mid
         else:
             hi = mid
     c = centre - direction * (hole_radius - 0.5 * (lo + hi))
-    return ((x - c[0]) ** 2 + (y - c[1]) ** 2) > hole_radius**2
+    inside_by = np.float32(hole_radius) - np.sqrt((x - np.float32(c[0])) ** 2 + (y - np.float32(c[1])) ** 2)
+    return inside_by < 0, inside_by
 
 
 def _contamination(
@@ -254,7 +263,8 @@ def _contamination(
     """Transmission (float32) of ``n_blobs`` dark discs 4–8 particle diameters across, and the
     discs ``(x, y, radius)`` in px."""
     ny, nx = shape
-    y, x = np.mgrid[:ny, :nx].astype(np.float32)
+    y = np.arange(ny, dtype=np.float32)[:, None]
+    x = np.arange(nx, dtype=np.float32)[None, :]
     transmission = np.ones(shape, dtype=np.float32)
     discs = []
     for _ in range(n_blobs):
@@ -356,11 +366,10 @@ def particle_micrograph(
     transmission = np.ones(shape, dtype=np.float32)
     rejected = np.zeros((0, 2))
     if kind == "carbon":
-        carbon = _carbon_mask(rng, shape, carbon_fraction)
+        carbon, hole_depth = _carbon_film(rng, shape, carbon_fraction)
         # a particle counts as in ice when its whole disc is: centre at least a radius from the film
-        film_distance = scipy.ndimage.distance_transform_edt(~carbon)
         yi, xi = positions[:, 1].round().astype(int), positions[:, 0].round().astype(int)
-        in_ice = film_distance[yi, xi] >= 0.5 * diameter_px
+        in_ice = hole_depth[yi, xi] >= 0.5 * diameter_px
         on_carbon = carbon[yi, xi]
         keep_rejected = (on_carbon & (rng.random(len(positions)) < _CARBON_DENSITY)) | (~on_carbon & ~in_ice)
         rejected = positions[keep_rejected]
@@ -368,8 +377,9 @@ def particle_micrograph(
         transmission[carbon] = carbon_transmission
     elif kind == "gradient":
         angle = rng.uniform(0.0, 2.0 * math.pi)
-        y, x = np.mgrid[:ny, :nx].astype(np.float32)
-        ramp = (math.cos(angle) * (x - nx / 2) + math.sin(angle) * (y - ny / 2)) / (0.5 * math.hypot(nx, ny))
+        y = np.arange(ny, dtype=np.float32)[:, None] - np.float32(ny / 2)
+        x = np.arange(nx, dtype=np.float32)[None, :] - np.float32(nx / 2)
+        ramp = (np.float32(math.cos(angle)) * x + np.float32(math.sin(angle)) * y) / np.float32(0.5 * math.hypot(nx, ny))
         transmission = (0.85 - 0.15 * ramp).astype(np.float32)
     elif kind == "contamination":
         transmission, discs = _contamination(rng, shape, diameter_px=diameter_px, n_blobs=int(rng.integers(1, 3)))
