@@ -205,9 +205,8 @@ def _estimate(
     tool: ExternalTool, micrograph: Path, out_dir: Path, optics: Optics, params: CtfParams, *, stem: str | None,
     spec: ToolSpec | None,
 ) -> CtfResult:
-    out_dir = Path(out_dir)
     with tool.run(micrograph, out_dir, stem=stem, spec=spec) as run:
-        micrograph, stem, version = run.source, run.stem, run.version
+        micrograph, out_dir, stem, version = run.source, run.out_dir, run.stem, run.version
         p = ctffind_params(optics, params)
         argv, answers = build_command(
             p, version=version, executable=tool.executable, micrograph=str(micrograph),

@@ -294,9 +294,8 @@ def estimate_ctf(
     :class:`emlive.tools.ToolNotFoundError`/:class:`emlive.tools.ToolVersionError` when it is
     missing or an unsupported release.
     """
-    out_dir = Path(out_dir)
     with GCTF.run(micrograph, out_dir, stem=stem, spec=spec) as run:
-        micrograph, stem, version = run.source, run.stem, run.version
+        micrograph, out_dir, stem, version = run.source, run.out_dir, run.stem, run.version
         p = gctf_params(optics, params)
         linked = run.work / f"{stem}.mrc"
         os.symlink(micrograph, linked)

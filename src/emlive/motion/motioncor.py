@@ -228,9 +228,8 @@ def _motion_correct(
     stem: str | None,
     spec: ToolSpec | None,
 ) -> MotionResult:
-    out_dir = Path(out_dir)
     with program.run(movie, out_dir, stem=stem, spec=spec) as run:
-        movie, stem, version, work = run.source, run.stem, run.version, run.work
+        movie, out_dir, stem, version, work = run.source, run.out_dir, run.stem, run.version, run.work
         fmt = movie_format(movie)
         acq = absolute_paths(acq)
         header, eer = movie_header(movie, acq)

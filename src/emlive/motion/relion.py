@@ -351,9 +351,8 @@ def motion_correct(
     :class:`emlive.tools.ToolNotFoundError`/:class:`emlive.tools.ToolVersionError` when it is
     missing or an unsupported release, and ``ValueError`` for unreadable input or output.
     """
-    out_dir = Path(out_dir)
     with RELION.run(movie, out_dir, stem=stem, spec=spec) as run:
-        movie, stem, version, work = run.source, run.stem, run.version, run.work
+        movie, out_dir, stem, version, work = run.source, run.out_dir, run.stem, run.version, run.work
         acq = absolute_paths(acq)
         header, eer = movie_header(movie, acq)
         p = relion_params(acq, params, threads=run.spec.threads, eer=eer)

@@ -208,9 +208,8 @@ def pick_particles_topaz(
     :class:`emlive.tools.ToolOutputError` for output it cannot read.
     """
     del optics, ctf  # the pretrained model needs neither
-    out_dir = Path(out_dir)
     with TOPAZ.run(micrograph, out_dir, stem=stem) as run:
-        micrograph, stem = run.source, run.stem
+        micrograph, out_dir, stem = run.source, run.out_dir, run.stem
         p = topaz_params(params, pixel_size_a=pixel_size_a, threads=run.spec.threads)
         linked = f"{stem}.mrc"
         os.symlink(micrograph, run.work / linked)
