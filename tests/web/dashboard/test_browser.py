@@ -101,34 +101,54 @@ def server(browser_db: None) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def _pictures(out_dir: Path, name: str, acquisition: Acquisition, defocus_a: float, seed: int) -> Path:
+def n_particles(i: int) -> int:
+    return 40 + 7 * i
+
+
+def _pictures(out_dir: Path, name: str, acquisition: Acquisition, defocus_a: float, seed: int) -> tuple[Path, Path, Path]:
     """A real micrograph thumbnail (synthetic specimen with a known CTF) where the pipeline puts
-    it, and its power spectrum as the CTF diagnostic; returns the diagnostic's path."""
+    it, its power spectrum as the CTF diagnostic, and the micrograph with picks circled as the
+    pick step draws it; returns their paths."""
     rng = np.random.default_rng(seed)
     image = specimen_image(
         rng, (256, 256), optics=acquisition, defocus_u_a=defocus_a, defocus_v_a=defocus_a - 300, azimuth_deg=30.0,
         contrast=0.6,
     )
     image = image + rng.normal(scale=0.05, size=image.shape)
-    for folder in ("thumbnail", "ctf"):
+    for folder in ("thumbnail", "ctf", "pick"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    write_png_atomic(out_dir / "thumbnail" / f"{name}.png", image)
+    thumbnail = out_dir / "thumbnail" / f"{name}.png"
+    write_png_atomic(thumbnail, image)
     power = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(image - image.mean()))) ** 2)
     spectrum = out_dir / "ctf" / f"{name}.png"
     write_png_atomic(spectrum, power)
-    return spectrum
+    picked = image.copy()
+    rows, cols = np.mgrid[: image.shape[0], : image.shape[1]]
+    for y, x in rng.uniform(20, image.shape[0] - 20, size=(n_particles(seed), 2)):
+        ring = np.abs(np.hypot(rows - y, cols - x) - 9) < 1.0
+        picked[ring] = image.max()
+    picks = out_dir / "pick" / f"{name}_picks.png"
+    write_png_atomic(picks, picked)
+    return thumbnail, spectrum, picks
 
 
 def _store_one(session, i: int, acquisition: Acquisition, out_dir: Path) -> None:
-    """What the controller does for one movie: record it, then store its results."""
+    """What the controller does for one movie: record it, then store every step's result
+    (motion, CTF, thumbnail and particle picking)."""
+    from types import SimpleNamespace
+
+    from django.utils import timezone
+
     from emlive.ctf.types import CtfResult
     from emlive.db import store
     from emlive.motion.types import MotionResult
+    from emlive.pick.types import PickResult
+    from emlive.pipeline.thumbnail import Thumbnail
 
     name = f"movie_{i:03d}"
     exposure, _ = store.record_exposure(session, f"{name}.tif", 1000, time.time_ns())
     defocus_a = 12000.0 + 1500.0 * i
-    spectrum = _pictures(out_dir, name, acquisition, defocus_a, seed=i)
+    thumbnail, spectrum, picks = _pictures(out_dir, name, acquisition, defocus_a, seed=i)
     motion_dir = out_dir / "motion"
     motion = MotionResult(
         shifts_px=[(0.0, 0.0), (-0.8 * i, 0.3), (-1.5 * i, 0.7), (-1.9 * i, 1.2)],
@@ -142,7 +162,18 @@ def _store_one(session, i: int, acquisition: Acquisition, out_dir: Path) -> None
         output_txt_path=out_dir / "ctf" / f"{name}.txt", avrot_path=out_dir / "ctf" / f"{name}_avrot.txt",
         diagnostic_png_path=spectrum,
     )
-    store.store_result(exposure.pk, motion, ctf, **ENGINES)
+    pick = PickResult(
+        coordinates_path=out_dir / "pick" / f"{name}_autopick.star", picks_png_path=picks, n_particles=n_particles(i),
+        masked_fraction=0.1,
+    )
+    results = {"motion": motion, "ctf": ctf, "thumbnail": Thumbnail(png_path=thumbnail), "pick": pick}
+    now = timezone.now()
+    records = [
+        SimpleNamespace(step=step, engine=ENGINES.get(f"{step}_engine", "native"),
+                        engine_version=ENGINES.get(f"{step}_engine_version", "1"), finished_at=now)
+        for step in results
+    ]
+    store.store_exposure_result(exposure.pk, SimpleNamespace(results=results, steps=records, failures={}))
 
 
 class Producer(threading.Thread):
@@ -216,6 +247,12 @@ def test_a_live_session_in_the_browser(server: str, tmp_path: Path, artifacts: P
             thumbs = page.locator("#exposures img.thumb")
             expect(thumbs).to_have_count(FIRST)
             assert page.evaluate("document.getElementById('plot-resolution').data[0].x.length") == FIRST
+            # the pick step's declared metric: a column and a plot of its own
+            expect(page.locator("#exposures th[data-metric='pick.n_particles']")).to_have_text("Particles")
+            particles_column = page.locator("#exposures thead th").all_inner_texts().index("Particles")
+            cells = page.locator(f"#exposures tbody tr td:nth-child({particles_column + 1})")
+            assert sorted(cells.all_inner_texts()) == sorted(str(n_particles(i)) for i in range(FIRST))
+            expect(page.locator("#plot-pick-n_particles .main-svg").first).to_be_visible()
             _shot(page, artifacts, "02_session_start")
 
             # Results arrive while the page is open: the table and the plots follow, no reload.
@@ -226,8 +263,14 @@ def test_a_live_session_in_the_browser(server: str, tmp_path: Path, artifacts: P
                 timeout=15_000,
             )
             expect(page.locator("#n-processed")).to_have_text(str(FIRST + LATER), timeout=10_000)
+            page.wait_for_function(
+                f"document.getElementById('plot-pick-n_particles').data.reduce((n, t) => n + t.x.length, 0) === {FIRST + LATER}",
+                timeout=15_000,
+            )
+            expect(cells).to_have_count(FIRST + LATER)
             producer.join(timeout=30)
             assert producer.error is None, producer.error
+            page.locator("#exposures").scroll_into_view_if_needed()  # thumbnails load lazily, when near the view
             count_loaded = "Array.from(document.querySelectorAll('#exposures img.thumb')).filter(i => i.complete && i.naturalWidth > 0).length"
             with contextlib.suppress(PlaywrightTimeout):  # the last swap's pictures may still be loading
                 page.wait_for_function(f"{count_loaded} === {FIRST + LATER}", timeout=10_000)
@@ -265,7 +308,16 @@ def test_a_live_session_in_the_browser(server: str, tmp_path: Path, artifacts: P
             expect(page.locator("h1")).to_have_text(f"movie_{rejected[0]:03d}.tif")
             expect(page.locator("#verdict")).to_have_text("rejected")
             expect(page.locator("#plot-drift .main-svg").first).to_be_visible()
+            # the picks the pick step drew on the micrograph, and its row among the steps
+            picks = page.locator("img.step-picture")
+            expect(picks).to_have_count(1)
+            expect(picks).to_have_attribute("src", f"/dashboard/exposures/{rejected_id}/step/pick/picks_png_path.png")
+            expect(page.locator("#steps tr[data-step='pick'] [data-metric='pick.n_particles'] dd")).to_have_text(
+                str(n_particles(rejected[0]))
+            )
+            page.wait_for_function("Array.from(document.querySelectorAll('img.big')).every(i => i.complete)")
             assert page.evaluate("Array.from(document.querySelectorAll('img.big')).every(i => i.complete && i.naturalWidth > 0)")
+            assert page.evaluate("document.querySelectorAll('img.big').length") == 3  # thumbnail, CTF fit, picks
             _shot(page, artifacts, "05_exposure")
             assert errors == [], f"JavaScript errors: {errors}"
         finally:

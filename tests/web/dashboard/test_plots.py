@@ -68,6 +68,19 @@ def test_the_drift_plot_is_the_frame_trajectory():
     assert figure["layout"]["yaxis"]["scaleanchor"] == "x" and "0.83 Å/px" in figure["layout"]["xaxis"]["title"]["text"]
 
 
+def test_a_step_metric_is_plotted_where_the_step_has_a_value():
+    particles = plots.MetricSeries("pick-n_particles", "Particles (pick)", "Particles", [50, None, 30, 10])
+    figures = plots.session_figures(series(4, rejected={3}), [], [], [particles])
+    accepted, rejected = figures["pick-n_particles"]["data"]
+    assert (accepted["x"], accepted["y"], accepted["customdata"]) == ([0.0, 2.0], [50, 30], [100, 102])
+    assert (rejected["x"], rejected["y"], rejected["customdata"]) == ([3.0], [10], [103])
+    assert accepted["name"] == "accepted (2)" and figures["pick-n_particles"]["layout"]["yaxis"]["title"]["text"] == "Particles"
+    counts = figures["pick-n_particles" + plots.HISTOGRAM_SUFFIX]["data"]
+    assert sum(counts[0]["y"]) == 2 and sum(counts[1]["y"]) == 1
+    empty = plots.MetricSeries("blob-score", "blob.score", "blob.score", [None] * 4)
+    assert plots.session_figures(series(4), [], [], [empty])["blob-score"]["data"][0]["x"] == []
+
+
 def test_every_figure_is_valid_plotly():
     """Plotly's own schema accepts every trace and layout property the dashboard sends."""
     import plotly.graph_objects as go
@@ -75,6 +88,8 @@ def test_every_figure_is_valid_plotly():
     figures = plots.session_figures(series(5, rejected={2}), [T0, T0 + 60], [T0 + 30])
     figures["drift"] = plots.drift_figure([[0.0, 0.0], [1.0, 1.0]], pixel_size_a=1.0)
     figures["webgl"] = plots.session_figures(series(plots.WEBGL_ABOVE_POINTS + 1), [], [])["defocus"]
+    metric = plots.MetricSeries("pick-n_particles", "Particles (pick)", "Particles", [5, None, 3, 2, 1])
+    figures.update(plots.session_figures(series(5, rejected={2}), [], [], [metric]))
     for name, figure in figures.items():
         go.Figure(figure)  # raises ValueError naming any property Plotly does not know
         assert figure["layout"]["title"]["text"], name

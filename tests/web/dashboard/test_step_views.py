@@ -43,7 +43,8 @@ def test_the_picks_drawn_on_the_micrograph_are_on_the_exposure_page(web, alice, 
     assert picture.content == (Path(steps_session.out_dir) / "pick" / "m0_picks.png").read_bytes()
     # the CTF diagnostic (a Path field of the CTF result too) is shown once, above, not again
     assert html.count(f"/dashboard/exposures/{exposure.pk}/spectrum.png") == 1
-    assert "/step/ctf/diagnostic_png_path.png" not in html.split('id="step-pictures"')[-1].split("</div>")[0]
+    assert f'src="/dashboard/exposures/{exposure.pk}/step/ctf/' not in html
+    assert f'href="/dashboard/exposures/{exposure.pk}/step/ctf/diagnostic_png_path.png"' in html  # among its outputs
 
 
 def test_a_step_picture_is_only_a_png_path_field_of_the_declared_result(web, users, alice, steps_session, other_session, tmp_path):
@@ -102,7 +103,7 @@ def test_the_thumbnail_is_the_one_the_thumbnail_step_stored(web, alice, session,
 def test_the_exposure_table_has_a_column_per_declared_metric_of_the_other_steps(web, alice, steps_session):
     html = alice.get(f"/dashboard/sessions/{steps_session.pk}/").content.decode()
     headings = re.findall(r'<th title="([\w.]+)" data-metric="[\w.]+">([^<]+)</th>', html)
-    assert headings == [("blob.score", "blob.score"), ("pick.n_particles", "particles"), ("pick.masked_fraction", "masked fraction")]
+    assert headings == [("blob.score", "blob.score"), ("pick.n_particles", "Particles"), ("pick.masked_fraction", "Masked fraction")]
     rows = {
         path: re.findall(r'<td class="num metric">([^<]*)</td>', row)
         for path, row in re.findall(r'<tr class="exposure[^"]*" data-exposure="\d+">.*?>(m\d|waiting|broken)\.tif<(.*?)</tr>', html, re.S)
@@ -110,7 +111,7 @@ def test_the_exposure_table_has_a_column_per_declared_metric_of_the_other_steps(
     assert rows["m0"] == ["0.5", "120", "0"] and rows["m2"] == ["", "40", "0.25"] and rows["m3"] == ["3.50", "10", "0.375"]
     assert rows["waiting"] == ["", "", ""]
     fragment = alice.get(f"/dashboard/sessions/{steps_session.pk}/exposures/?show=accepted").content.decode()
-    assert 'data-metric="pick.n_particles">particles</th>' in fragment
+    assert 'data-metric="pick.n_particles">Particles</th>' in fragment
 
 
 def test_a_session_without_other_steps_has_only_the_fixed_columns(web, alice, session):
@@ -129,31 +130,47 @@ def test_every_declared_metric_of_the_other_steps_is_plotted(web, alice, steps_s
         assert f'id="plot-{key}" data-plot="{key}"' in html
     accepted, rejected = figures["pick-n_particles"]["data"]
     assert accepted["y"] == PARTICLES and accepted["x"] == [0.0, 1.0, 2.0, 3.0] and rejected["y"] == []
-    assert figures["pick-n_particles"]["layout"]["title"]["text"] == "particles (pick)"
+    assert figures["pick-n_particles"]["layout"]["title"]["text"] == "Particles (pick)"
     assert figures["blob-score"]["data"][0]["x"] == [0.0, 1.0, 3.0]  # m2's blob step failed: no point
     assert figures["blob-score"]["layout"]["yaxis"]["title"]["text"] == "blob.score"
     assert sum(figures["pick-n_particles-hist"]["data"][0]["y"]) == 4
 
 
-def test_plots_and_table_are_resent_when_a_step_result_changes(web, alice, steps_session):
+def test_plots_and_table_are_resent_when_a_step_result_changes(web, alice, steps_session, make_results, tmp_path):
+    """A result stored again with the same motion and CTF times (a run that reused their
+    checkpoints and added a step) changes no exposure column, only its step results."""
+    from types import SimpleNamespace
+
+    from django.utils import timezone
+
+    from emlive.pick.types import PickResult
+
+    exposure, _ = web.store.record_exposure(steps_session, "m9.tif", 10, 1_700_000_600 * 10**9)
+    motion, ctf = make_results("m9")
+    at = timezone.now()
+    records = [SimpleNamespace(step=s, engine="native", engine_version="1", finished_at=at) for s in ("motion", "ctf", "pick")]
+    web.store.store_exposure_result(exposure.pk, SimpleNamespace(results={"motion": motion, "ctf": ctf}, steps=records[:2], failures={}))
+
     page = alice.get(f"/dashboard/sessions/{steps_session.pk}/").content.decode()
     marker = re.search(r'data-marker="([0-9a-f]+)"', page).group(1)
     plots_url = f"/dashboard/sessions/{steps_session.pk}/plots/?since={marker}"
-    assert alice.get(plots_url).status_code == 204
-    # stored again (a run that reused the motion and CTF checkpoints: same exposure times)
-    row = web.models.StepResult.objects.get(exposure=exposure_of(steps_session, "m0"), step="pick")
-    row.metrics = {**row.metrics, "n_particles": 999}
-    row.save()
+    table_url = f"/dashboard/sessions/{steps_session.pk}/exposures/?page=1&show=all&since={marker}"
+    assert alice.get(plots_url).status_code == 204 and alice.get(table_url).status_code == 204
+
+    pick = PickResult(coordinates_path=tmp_path / "m9.star", picks_png_path=tmp_path / "m9.png", n_particles=999)
+    web.store.store_exposure_result(
+        exposure.pk, SimpleNamespace(results={"motion": motion, "ctf": ctf, "pick": pick}, steps=records, failures={})
+    )
     fresh = alice.get(plots_url)
     assert fresh.status_code == 200
-    assert figures_of(fresh.content.decode())["pick-n_particles"]["data"][0]["y"][0] == 999
-    table = alice.get(f"/dashboard/sessions/{steps_session.pk}/exposures/?page=1&show=all&since={marker}")
+    assert figures_of(fresh.content.decode())["pick-n_particles"]["data"][0]["y"] == [*PARTICLES, 999]
+    table = alice.get(table_url)
     assert table.status_code == 200 and '<td class="num metric">999</td>' in table.content.decode()
 
 
 def test_a_threshold_on_a_step_metric_rejects_and_is_explained(web, alice, steps_session):
     page = alice.get(f"/dashboard/sessions/{steps_session.pk}/").content.decode()
-    assert re.search(r'<label for="id_pick-n_particles-min">particles \(pick\) smaller than</label>', page)
+    assert re.search(r'<label for="id_pick-n_particles-min">Particles \(pick\) smaller than</label>', page)
     assert 'name="blob-score-max"' in page and 'name="pick-masked_fraction-max"' in page
     response = alice.post(f"/dashboard/sessions/{steps_session.pk}/curation/", {"pick-n_particles-min": "50"})
     assert response.status_code == 302

@@ -56,14 +56,19 @@ class MetricColumn:
         return f"{self.step}-{self.field}"
 
     @property
+    def name(self) -> str:
+        """The label as a heading starts (capitalised; a raw ``step.metric`` key as it is)."""
+        return self.label[:1].upper() + self.label[1:] if self.installed else self.label
+
+    @property
     def heading(self) -> str:
-        """The label with its unit, for table headings and axes."""
-        return f"{self.label} ({self.unit})" if self.unit else self.label
+        """The name with its unit, for table headings and axes."""
+        return f"{self.name} ({self.unit})" if self.unit else self.name
 
     @property
     def title(self) -> str:
-        """The label with the step it belongs to, for plot titles and form labels."""
-        return f"{self.label} ({self.step})" if self.installed else self.label
+        """The name with the step it belongs to, for plot titles and form labels."""
+        return f"{self.name} ({self.step})" if self.installed else self.name
 
 
 def declared_step(name: str) -> Step | None:
