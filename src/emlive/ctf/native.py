@@ -1,8 +1,9 @@
 """The native CTF engine: a micrograph in, ctffind-4.1-format results and a diagnostic PNG out.
 
-The only part of CTF estimation that touches files. It reads the micrograph (MRC), averages
-the amplitude spectrum of its tiles (:mod:`emlive.ctf.spectrum`), fits the CTF
-(:mod:`emlive.ctf.search`) and writes, each atomically:
+The only part of CTF estimation that touches files. It maps the micrograph (MRC) from the file,
+averages its amplitude spectrum onto the Fourier grid of the spectrum box
+(:mod:`emlive.ctf.spectrum`), fits the CTF (:mod:`emlive.ctf.search`) and writes, each
+atomically:
 
 - ``OUT/<stem>.txt``: ctffind 4.1's results file (five comment lines, then one line of seven
   numbers: micrograph number, defocus 1 and 2 (Å), azimuth (°), additional phase shift (rad),
@@ -13,7 +14,7 @@ the amplitude spectrum of its tiles (:mod:`emlive.ctf.spectrum`), fits the CTF
   spatial frequency (1/Å), rotational average, astigmatism-corrected rotational average, CTF
   fit, windowed cross-correlation of spectrum and fit, 2σ of that correlation for noise);
 - ``OUT/<stem>.png``: the background-subtracted spectrum (left half) beside the fitted
-  model CTF² (right half), above the 1D profile of the spectrum with the fit.
+  model CTF² (right half), above the 1D profile of the spectrum with the fit (a palette PNG).
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ import scipy.ndimage
 from PIL import Image, ImageDraw, ImageFont
 
 from emlive.acquisition import Optics
-from emlive.ctf.search import FitProfile, Microscope, SpectrumFit, fit_spectrum
+from emlive.ctf.search import FitProfile, Microscope, SpectrumFit, ctf_squared_image, fit_spectrum
 from emlive.ctf.spectrum import average_amplitude_spectrum, ice_ring_ratio, radius_grid_px
 from emlive.ctf.types import CtfParams, CtfResult
 from emlive.io.atomic import atomic_path, atomic_write_text
-from emlive.io.mrc import read_mrc
+from emlive.io.movie import open_movie
 from emlive.io.png import to_uint8
-from emlive.optics import ctf_2d
 
 __all__ = [
     "CTFFIND_FORMAT_VERSION",
@@ -71,6 +71,24 @@ NO_FIT_COMMENT = (
 # Size of the 1D profile plot under the 2D picture in the PNG, px.
 _PLOT_HEIGHT_PX = 200
 _PICTURE_SIZE_PX = 512
+# Colours of the 1D plot (RGB).
+_WHITE = (255, 255, 255)
+_BAND = (238, 242, 250)
+_FRAME = (120, 120, 120)
+_TICK = (80, 80, 80)
+_LABEL = (60, 60, 60)
+_SPECTRUM = (110, 110, 110)
+_CORRELATION = (40, 90, 220)
+_FIT = (220, 30, 30)
+_RESOLUTION = (20, 150, 40)
+_NO_FIT = (220, 0, 0)
+# The PNG is a palette picture (a byte per pixel, a third of RGB's to compress): greys for the
+# spectrum, then the plot's colours.
+_GREYS = 240
+_PALETTE = [
+    *(round(i * 255 / (_GREYS - 1)) for i in range(_GREYS) for _ in range(3)),
+    *(c for colour in (_WHITE, _BAND, _FRAME, _TICK, _LABEL, _SPECTRUM, _CORRELATION, _FIT, _RESOLUTION, _NO_FIT) for c in colour),
+]
 
 _TXT_COLUMNS = (
     "# Columns: #1 - micrograph number; #2 - defocus 1 [Angstroms]; #3 - defocus 2; "
@@ -159,30 +177,17 @@ def diagnostic_image(result: SpectrumFit, optics: Optics, fit_pixel_size_a: floa
     CTF² (0…1) out to the fit resolution and mid-grey beyond, so that the picture shows how
     far the rings were fitted.
     """
-    spectrum = scipy.ndimage.uniform_filter(np.asarray(result.normalised, dtype=np.float64), size=3)
+    spectrum = scipy.ndimage.uniform_filter(np.asarray(result.normalised, dtype=np.float32), size=3)
     tile = spectrum.shape[0]
-    fit = result.fit
-    model = ctf_2d(
-        (tile, tile),
-        pixel_size_a=fit_pixel_size_a,
-        voltage_kv=optics.voltage_kv,
-        cs_mm=optics.cs_mm,
-        defocus_u_a=fit.defocus_u_a,
-        defocus_v_a=fit.defocus_v_a,
-        azimuth_deg=fit.azimuth_deg,
-        amplitude_contrast=optics.amplitude_contrast,
-        phase_shift_rad=fit.phase_shift_rad,
-        half=False,
-    )
-    model = np.fft.fftshift(model.astype(np.float64) ** 2)
+    microscope = Microscope(optics.voltage_kv, optics.cs_mm, optics.amplitude_contrast)
+    model = ctf_squared_image(tile, result.fit, microscope, pixel_size_a=fit_pixel_size_a)
     fitted = np.asarray(result.normalised) != 0
     if fitted.any():
         lo, hi = np.percentile(spectrum[fitted], [1.0, 99.0])
         spectrum = np.clip((spectrum - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     spectrum = np.where(fitted, spectrum, 0.5)
-    radius_px = radius_grid_px(tile)
     fit_radius_px = tile * fit_pixel_size_a / result.profile.fit_resolution_a
-    model = np.where(fitted & (radius_px <= fit_radius_px), model, 0.5)
+    model = np.where(fitted & (radius_grid_px(tile) <= fit_radius_px), model, 0.5)
     picture = spectrum
     picture[:, tile // 2 :] = model[:, tile // 2 :]
     return picture.astype(np.float32)
@@ -210,7 +215,7 @@ def profile_plot(
     the fitting band (light background) and the fit resolution (green line). Without a fit a
     red "NO FIT" is written across it.
     """
-    picture = Image.new("RGB", (width_px, height_px), "white")
+    picture = Image.new("RGB", (width_px, height_px), _WHITE)
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default(size=12)
     left, right, top, bottom = 6, width_px - 6, 6, height_px - 18
@@ -221,19 +226,19 @@ def profile_plot(
         return left + (np.asarray(k, dtype=np.float64) - k_lo) / max(nyquist - k_lo, 1e-12) * (right - left)
 
     band_lo, band_hi = float(x_of(1.0 / min_res_a)), float(x_of(min(1.0 / max_res_a, nyquist)))
-    draw.rectangle([band_lo, top, band_hi, bottom], fill=(238, 242, 250))
-    draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
+    draw.rectangle([band_lo, top, band_hi, bottom], fill=_BAND)
+    draw.rectangle([left, top, right, bottom], outline=_FRAME)
     for res_a in (20.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5):
         if k_lo < 1.0 / res_a <= nyquist:
             x = float(x_of(1.0 / res_a))
-            draw.line([x, bottom, x, bottom + 3], fill=(80, 80, 80))
-            draw.text((x, bottom + 4), f"{res_a:g}", fill=(60, 60, 60), font=font, anchor="mt")
+            draw.line([x, bottom, x, bottom + 3], fill=_TICK)
+            draw.text((x, bottom + 4), f"{res_a:g}", fill=_LABEL, font=font, anchor="mt")
     shown = (freq >= k_lo) & (freq <= nyquist)
     xs = x_of(freq[shown])
     curves = [
-        (np.asarray(profile.astig_average)[shown], (110, 110, 110)),
-        (np.asarray(profile.fit_cc)[shown], (40, 90, 220)),
-        (np.asarray(profile.ctf_fit)[shown], (220, 30, 30)),
+        (np.asarray(profile.astig_average)[shown], _SPECTRUM),
+        (np.asarray(profile.fit_cc)[shown], _CORRELATION),
+        (np.asarray(profile.ctf_fit)[shown], _FIT),
     ]
     for values, colour in curves:
         ys = _plot_y(np.asarray(values, dtype=np.float64), -0.25, 1.25, top, bottom)
@@ -241,11 +246,11 @@ def profile_plot(
             draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=colour, width=1)
     if fit_ok and k_lo < 1.0 / profile.fit_resolution_a <= nyquist:
         x = float(x_of(1.0 / profile.fit_resolution_a))
-        draw.line([x, top, x, bottom], fill=(20, 150, 40), width=2)
-        draw.text((x - 3, top + 2), f"fit {profile.fit_resolution_a:.1f} Å", fill=(20, 150, 40), font=font, anchor="ra")
+        draw.line([x, top, x, bottom], fill=_RESOLUTION, width=2)
+        draw.text((x - 3, top + 2), f"fit {profile.fit_resolution_a:.1f} Å", fill=_RESOLUTION, font=font, anchor="ra")
     if not fit_ok:
         big = ImageFont.load_default(size=40)
-        draw.text((width_px // 2, (top + bottom) // 2), "NO FIT", fill=(220, 0, 0), font=big, anchor="mm")
+        draw.text((width_px // 2, (top + bottom) // 2), "NO FIT", fill=_NO_FIT, font=big, anchor="mm")
     return picture
 
 
@@ -253,12 +258,13 @@ def diagnostic_picture(
     result: SpectrumFit, optics: Optics, fit_pixel_size_a: float, *, min_res_a: float, max_res_a: float
 ) -> Image.Image:
     """The diagnostic PNG's picture: :func:`diagnostic_image` (512 px wide, box-averaged from a
-    larger box) above :func:`profile_plot` of the same width."""
+    larger box) above :func:`profile_plot` of the same width, as a palette picture (mode "P")."""
     image = diagnostic_image(result, optics, fit_pixel_size_a)
     factor = max(1, int(np.ceil(image.shape[0] / _PICTURE_SIZE_PX)))
     size = max(1, round(image.shape[0] / factor))
-    spectrum = Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.Resampling.BOX)
-    grey = Image.fromarray(to_uint8(np.asarray(spectrum), low_percentile=0.0, high_percentile=100.0)).convert("RGB")
+    if size != image.shape[0]:
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.Resampling.BOX))
+    grey = to_uint8(image, low_percentile=0.0, high_percentile=100.0)
     plot = profile_plot(
         result.profile,
         pixel_size_a=fit_pixel_size_a,
@@ -267,9 +273,13 @@ def diagnostic_picture(
         fit_ok=result.fit_ok,
         width_px=size,
     )
-    picture = Image.new("RGB", (size, size + plot.height), "white")
-    picture.paste(grey, (0, 0))
-    picture.paste(plot, (0, size))
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(_PALETTE)
+    indices = np.empty((size + plot.height, size), dtype=np.uint8)
+    indices[:size] = (grey.astype(np.uint16) * (_GREYS - 1) + 127) // 255
+    indices[size:] = np.asarray(plot.quantize(palette=palette, dither=Image.Dither.NONE))
+    picture = Image.frombytes("P", (size, indices.shape[0]), indices.tobytes())
+    picture.putpalette(_PALETTE)
     return picture
 
 
@@ -301,22 +311,19 @@ def spectrum_geometry(
 
 
 def _load_micrograph(micrograph: Path, optics: Optics) -> np.ndarray:
-    data, header_pixel_a = read_mrc(micrograph)
-    image = np.asarray(data)
-    if image.ndim == 3 and image.shape[0] == 1:
-        image = image[0]
-    if image.size == 0:
-        raise ValueError(f"{micrograph}: the micrograph is empty (shape {image.shape}); nothing to fit")
-    if image.ndim != 2:
-        raise ValueError(
-            f"{micrograph}: expected one 2D micrograph, got an array of shape {image.shape}; "
-            "CTF estimation needs a single (motion-corrected) image"
-        )
-    image = image.astype(np.float32, copy=False)
-    if not np.isfinite(image).all():
-        raise ValueError(f"{micrograph}: the micrograph contains NaN or infinite values")
-    if float(image.min()) == float(image.max()):
-        raise ValueError(f"{micrograph}: the micrograph is blank (every pixel is {image.flat[0]}); nothing to fit")
+    """The micrograph [y, x] as stored: an MRC's data mapped read-only from the file (no copy;
+    the FFT's input is the one pass over it), other formats read. Raises ``ValueError`` naming
+    the file for a damaged or empty file (:class:`MovieFormatError`) or a stack."""
+    with open_movie(micrograph) as movie:
+        header = movie.header
+        if header.n_frames != 1:
+            raise ValueError(
+                f"{micrograph}: expected one 2D micrograph, got {header.n_frames} images of "
+                f"{header.shape[0]}×{header.shape[1]} px; CTF estimation needs a single (motion-corrected) image"
+            )
+        mapped = movie.memmap()
+        image = mapped[0] if mapped is not None else movie.frames()[0]
+    header_pixel_a = header.pixel_size_a
     if header_pixel_a is not None and abs(header_pixel_a - optics.pixel_size_a) > 0.01 * optics.pixel_size_a:
         log.warning(
             "%s: header pixel size %.4f Å differs from the given %.4f Å; using the given one",
@@ -325,6 +332,15 @@ def _load_micrograph(micrograph: Path, optics: Optics) -> np.ndarray:
             optics.pixel_size_a,
         )
     return image
+
+
+def _check_spectrum(micrograph: Path, image: np.ndarray, spectrum: np.ndarray) -> None:
+    """What a pass over the pixels would find, read from their spectrum (which saw them all):
+    non-finite values spread to every frequency; a blank image has none but zero."""
+    if not np.isfinite(spectrum).all():
+        raise ValueError(f"{micrograph}: the micrograph contains NaN or infinite values")
+    if not spectrum.any():
+        raise ValueError(f"{micrograph}: the micrograph is blank (every pixel is {image.flat[0]}); nothing to fit")
 
 
 def estimate_ctf(
@@ -364,6 +380,7 @@ def estimate_ctf(
     if box != params.tile_size_px:
         log.info("%s: spectrum box reduced from %d to %d px to fit the micrograph", micrograph, params.tile_size_px, box)
     spectrum = average_amplitude_spectrum(image, tile_size_px=tile, out_size_px=box, workers=workers)
+    _check_spectrum(micrograph, image, spectrum)
     try:
         result = fit_spectrum(
             spectrum,
