@@ -8,6 +8,7 @@ import pytest
 from emlive.ctf.native import spectrum_geometry
 from emlive.ctf.search import (
     FIT_SIGNIFICANCE_MIN,
+    CtfFit,
     Microscope,
     SpectrumFit,
     astigmatism_penalty,
@@ -15,9 +16,10 @@ from emlive.ctf.search import (
     correlation,
     fit_ctf,
     fit_spectrum,
+    neighbour_correlation_factor,
     search_defocus_grid,
 )
-from emlive.ctf.spectrum import average_amplitude_spectrum
+from emlive.ctf.spectrum import average_amplitude_spectrum, remove_background
 from emlive.optics import ctf_2d
 
 MICROSCOPE = Microscope(voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07)
@@ -206,3 +208,17 @@ def test_the_astigmatism_penalty_is_half_a_noise_sigma_at_the_expected_value():
     assert float(astigmatism_penalty(300.0, 10_000, 300.0)) == pytest.approx(0.5 / 100.0)
     assert float(astigmatism_penalty(600.0, 10_000, 300.0)) == pytest.approx(2.0 / 100.0)
     assert float(astigmatism_penalty(600.0, 10_000, None)) == 0.0
+
+
+def test_correlated_neighbours_count_as_fewer_independent_pixels(micrograph):
+    # white noise: independent pixels; the bilinear binning of a 4× larger image's spectrum
+    # shares a quarter of each bin's data with each neighbour along each axis: (1 + 2/4)² = 2.25
+    fit = CtfFit(15000.0, 15000.0, 0.0, 0.0, 0.0)
+    white = np.random.default_rng(36).normal(size=(512, 512)).astype(np.float32)
+    limits = dict(pixel_size_a=1.2, min_res_a=30.0, max_res_a=5.0)
+    assert neighbour_correlation_factor(white, fit, MICROSCOPE, **limits) == pytest.approx(1.0, abs=0.05)
+    noise = micrograph(37, shape=(2048, 2048), contrast=0.0, pixel_size_a=1.2, defocus_u_a=15000.0,
+                       defocus_v_a=15000.0, azimuth_deg=0.0)
+    spectrum = average_amplitude_spectrum(noise, tile_size_px=512)
+    normalised, _ = remove_background(spectrum, window_px=np.full(400, 8.0), low_cut_px=20.0)
+    assert neighbour_correlation_factor(normalised, fit, MICROSCOPE, **limits) == pytest.approx(2.25, rel=0.1)

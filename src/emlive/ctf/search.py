@@ -22,8 +22,10 @@ The method follows ctffind's published one (Rohou & Grigorieff 2015), with its o
 5. the fit resolution is where a windowed correlation between the astigmatism-corrected
    1D profile and the fitted CTF falls below 0.5 (:func:`fit_profile`);
 6. the fit counts as found (``fit_ok``) when its score is significant: ``cc·√n`` over the
-   ``n`` pixels of the band is at least :data:`FIT_SIGNIFICANCE_MIN` (see
-   :func:`fit_significance`). Otherwise no fit resolution is claimed.
+   ``n`` independent pixels of the band is at least :data:`FIT_SIGNIFICANCE_MIN` (see
+   :func:`fit_significance`; neighbouring pixels of a spectrum share data, so the band's
+   pixels count as fewer, by :func:`neighbour_correlation_factor`). Otherwise no fit
+   resolution is claimed.
 
 An optional astigmatism restraint (ctffind's "expected astigmatism") lowers the score of a
 candidate by ``½ (|U − V| / expected)² / √n``: an astigmatism of the expected size costs half
@@ -58,6 +60,7 @@ __all__ = [
     "fit_ctf",
     "fit_profile",
     "fit_significance",
+    "neighbour_correlation_factor",
     "fit_spectrum",
     "refine_fit",
     "ring_amplitude",
@@ -359,13 +362,48 @@ def astigmatism_penalty(astigmatism_a: np.ndarray | float, n_pixels: int, expect
     return 0.5 * (astig / expected_astigmatism_a) ** 2 / np.sqrt(max(n_pixels, 1))
 
 
-def fit_significance(cross_correlation: float, n_pixels: int) -> float:
+def fit_significance(cross_correlation: float, n_pixels: float) -> float:
     """``cc · √n``: the score in units of its standard deviation for pure noise over ``n`` pixels.
 
     Comparable across box sizes and fitting bands, unlike the score itself (which for noise
     shrinks as the band holds more pixels).
     """
     return float(cross_correlation) * float(np.sqrt(max(n_pixels, 0)))
+
+
+def neighbour_correlation_factor(
+    normalised: np.ndarray,
+    fit: CtfFit,
+    microscope: Microscope,
+    *,
+    pixel_size_a: float,
+    min_res_a: float,
+    max_res_a: float,
+) -> float:
+    """How many pixels of the band make one independent measurement: ``(1 + 2ρx)(1 + 2ρy)``.
+
+    ``ρx``, ``ρy`` are the correlations between horizontally and vertically neighbouring pixels
+    of what the fit leaves (the spectrum minus its regression on CTF² of ``fit``) over the
+    fitting band: a spectrum averaged with a window (a tile's taper, or a triangle across bins)
+    has correlated neighbours, and the score of noise then spreads wider than for independent
+    pixels. Never below 1 (anticorrelation is not counted as extra information).
+    """
+    tile = normalised.shape[0]
+    k_min, k_max = _frequency_limits(tile, pixel_size_a, min_res_a, max_res_a)
+    k = _grid(tile).radius_px.reshape(tile, tile) / (tile * pixel_size_a)
+    band = (k >= k_min) & (k <= k_max)
+    values = np.asarray(normalised, dtype=np.float64)
+    model = ctf_squared_image(tile, fit, microscope, pixel_size_a=pixel_size_a)
+    v, m = values[band] - values[band].mean(), model[band] - model[band].mean()
+    slope = _dot(v, m) / max(_dot(m, m), 1e-30)
+    residual = np.zeros_like(values)
+    residual[band] = v - slope * m
+    power = _dot(residual.ravel(), residual.ravel())
+    if not power > 0:
+        return 1.0
+    rho_x = float(np.einsum("ij,ij->", residual[:, 1:], residual[:, :-1])) / power
+    rho_y = float(np.einsum("ij,ij->", residual[1:], residual[:-1])) / power
+    return max(1.0, (1.0 + 2.0 * rho_x) * (1.0 + 2.0 * rho_y))
 
 
 def search_defocus_grid(
@@ -946,8 +984,9 @@ def fit_spectrum(
     start_res_a = float(np.sqrt(microscope.wavelength_a * fit.mean_defocus_a))
     fit = refine_fit(normalised, fit, microscope, **search, amplitude=amplitude, start_res_a=start_res_a)
     profile = fit_profile(normalised, fit, microscope, **limits)
-    n_band = band_pixels(normalised, **limits).values.size
-    significance = fit_significance(fit.cross_correlation, n_band)
+    n_band = _band_index(tile, float(pixel_size_a), float(min_res_a), float(max_res_a))[0].size
+    n_independent = n_band / neighbour_correlation_factor(normalised, fit, microscope, **limits)
+    significance = fit_significance(fit.cross_correlation, n_independent)
     fit_ok = significance >= FIT_SIGNIFICANCE_MIN
     if not fit_ok:
         profile = replace(profile, fit_resolution_a=float(min_res_a))

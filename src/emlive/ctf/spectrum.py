@@ -55,20 +55,14 @@ def edge_taper(length: int, *, taper_fraction: float = _EDGE_TAPER_FRACTION) -> 
     return line.astype(np.float32)
 
 
-def _binning(positions: np.ndarray, spacing: float, n_bins: int) -> scipy.sparse.csr_array:
-    """Sparse (n_bins × positions) matrix: how much of each sample lies in each bin.
-
-    Sample ``i`` covers ``positions[i] ± spacing / 2`` (in bins; ``spacing`` ≤ 1), bin ``j``
-    covers ``j ± 1/2``; the weight is the fraction of the sample inside the bin, so a sample
-    straddling two bins is shared between them and every bin is centred where it should be
-    (no jitter from rounding). Parts outside bins 0 … n_bins - 1 are dropped.
-    """
-    lo = positions - 0.5 * spacing
-    first = np.floor(lo + 0.5).astype(np.int64)  # the bin holding the sample's lower end
-    boundary = first + 0.5  # its upper edge
-    in_first = np.clip((boundary - lo) / spacing, 0.0, 1.0)
-    rows = np.concatenate([first, first + 1])
-    weights = np.concatenate([in_first, 1.0 - in_first])
+def _binning(positions: np.ndarray, n_bins: int) -> scipy.sparse.csr_array:
+    """Sparse (n_bins × positions) matrix sharing each sample between the two bins nearest its
+    position (in bins) with linear weights: a bin takes every sample within one bin of it,
+    weighted by a triangle. Weights to bins outside 0 … n_bins - 1 are dropped."""
+    lower = np.floor(positions).astype(np.int64)
+    frac = positions - lower
+    rows = np.concatenate([lower, lower + 1])
+    weights = np.concatenate([1.0 - frac, frac])
     cols = np.tile(np.arange(positions.size), 2)
     keep = (rows >= 0) & (rows < n_bins) & (weights > 0)
     return scipy.sparse.csr_array(
@@ -89,15 +83,16 @@ def average_amplitude_spectrum(
     transformed once (``scipy.fft``, ``workers`` threads); the amplitude at each of its
     frequencies is shared between the nearest bins of the grid of a ``tile_size_px`` box
     (bins of ``1 / (tile_size_px · pixel)``) with bilinear weights, and each bin holds the
-    weighted mean. That is the spectrum averaged over ``(image / tile)²`` independent
-    frequencies per bin — as many as tiles of that size would give, without the data a tile's
-    taper discards — and smoothed as little as a tile's window would (a triangle of one bin
-    each side). Returns a float32 ``(n, n)`` array, ``n = out_size_px`` (even, at most the
-    tile; default the tile), with the zero frequency at ``[n // 2, n // 2]`` (set to 0): the
-    central ``n × n`` bins, i.e. the spectrum of a pixel ``tile_size_px / n`` times larger,
-    sampled as finely as a whole tile. Only the frequencies within the ``n × n`` box are
-    transformed along the second axis. Scaled so that white noise of variance σ² gives a
-    spectrum of mean ≈ σ·√π/2, whatever the sizes.
+    weighted mean: the image's spectrum smoothed by a triangle one bin wide on each side (as a
+    tile's window smooths it, without the data a tile's taper discards) and sampled on the
+    box's grid. Neighbouring bins share data: their noise is correlated (a quarter of it, along
+    each axis), which :func:`emlive.ctf.search.fit_significance`'s caller accounts for.
+    Returns a float32 ``(n, n)`` array, ``n = out_size_px`` (even, at most the tile; default
+    the tile), with the zero frequency at ``[n // 2, n // 2]`` (set to 0): the central
+    ``n × n`` bins, i.e. the spectrum of a pixel ``tile_size_px / n`` times larger, sampled as
+    finely as a whole tile. Only the frequencies within the ``n × n`` box are transformed along
+    the second axis. Scaled so that white noise of variance σ² gives a spectrum of mean
+    ≈ σ·√π/2, whatever the sizes.
     """
     img = np.asarray(image)
     if img.ndim != 2:
@@ -135,8 +130,8 @@ def average_amplitude_spectrum(
     np.abs(ft[: ky.size - n_neg], out=amp[n_neg:])
     del ft
     # bins: rows ty = -h-1 … h+1 (index ty + h + 1), columns tx = 0 … h+1
-    bin_y = _binning(ky * (tile_size_px / ny) + (h + 1), tile_size_px / ny, 2 * h + 3)
-    bin_x = _binning(kx * (tile_size_px / nx), tile_size_px / nx, h + 2)
+    bin_y = _binning(ky * (tile_size_px / ny) + (h + 1), 2 * h + 3)
+    bin_x = _binning(kx * (tile_size_px / nx), h + 2)
     sums = np.asarray(bin_y @ amp @ bin_x.T, dtype=np.float64)
     weight_y = np.asarray(bin_y.sum(axis=1), dtype=np.float64)
     weight_x = np.asarray(bin_x.sum(axis=1), dtype=np.float64)
