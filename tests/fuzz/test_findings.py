@@ -270,3 +270,13 @@ def test_float64_tiff_beyond_float32_range(tmp_path):
     assert np.isposinf(frames).all()
     error = check_call(lambda: read_gain(path), allowed=(GainError,), path=path)
     assert "64 NaN or infinite pixels" in str(error)
+
+
+def test_tiff_tiles_without_a_tile_length_are_refused(tmp_path):
+    """BitsPerSample's tag number turned into TileWidth's (258 → 322): a tiled page with no tile
+    length, and tifffile divided by zero counting its tiles (ZeroDivisionError)."""
+    path = tmp_path / "tiles.tif"
+    tifffile.imwrite(path, np.ones((2, 16, 24), np.float32), bigtiff=True, photometric="minisblack")
+    _movie_error(_patch_tags(path, 258, new_code=322), "ZeroDivisionError")
+    gain_error = check_call(lambda: read_gain(path), allowed=(GainError,), path=path)
+    assert "ZeroDivisionError" in str(gain_error)

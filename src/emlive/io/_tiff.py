@@ -46,8 +46,9 @@ _INCOMPLETE = INCOMPLETE_ADVICE
 
 # What tifffile raises besides TiffFileError when the structure it parses is corrupt: a tag of
 # the wrong type or count (TypeError: '<' between bytes and int), a page without a tag its
-# keyframe has (KeyError), indices past a short tag (IndexError).
-TIFFFILE_ERRORS = (*DECODE_ERRORS, TypeError, KeyError, IndexError)
+# keyframe has (KeyError), indices past a short tag (IndexError), a tile of size 0
+# (ZeroDivisionError).
+TIFFFILE_ERRORS = (*DECODE_ERRORS, TypeError, KeyError, IndexError, ZeroDivisionError)
 
 # Tags the reader needs as whole numbers: ImageWidth, ImageLength, BitsPerSample, Compression,
 # Photometric, StripOffsets, SamplesPerPixel, RowsPerStrip, StripByteCounts, PlanarConfig,
