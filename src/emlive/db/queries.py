@@ -23,6 +23,7 @@ __all__ = [
     "counts_by_state",
     "curation_counts",
     "exposures",
+    "last_stored_at",
     "metric_inputs",
     "processed_exposures",
     "processed_rows",
@@ -31,7 +32,7 @@ __all__ = [
     "session_by_raw_dir",
     "session_curation",
     "session_step_metrics",
-    "session_steps",
+    "session_step_names",
     "step_metrics",
     "stored_metric_names",
     "sessions",
@@ -325,36 +326,29 @@ def result_series(session: Session | int, curation: Curation | None = None) -> R
 # --- Every step's results (dashboard) -------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StepSummary:
-    """One step's results in a session: how many done and failed, and when one last changed."""
-
-    step: str
-    done: int
-    failed: int
-    updated_at: datetime | None
+def session_step_names(session: Session | int) -> list[str]:
+    """The steps that have results (done or failed) in the session, sorted (one query)."""
+    rows = StepResult.objects.filter(exposure__session_id=_pk(session)).values_list("step", flat=True).distinct()
+    return sorted(rows.order_by())
 
 
-def session_steps(session: Session | int) -> list[StepSummary]:
-    """The steps that have results in the session, by name (one query). ``updated_at`` moves
-    whenever a step's result is stored again, even when its exposure's state and times stay."""
-    rows = (
-        StepResult.objects.filter(exposure__session_id=_pk(session))
-        .values("step")
-        .annotate(
-            done=Count("id", filter=Q(state=StepResult.State.DONE)),
-            failed=Count("id", filter=Q(state=StepResult.State.FAILED)),
-            updated_at=Max("updated_at"),
-        )
-        .order_by("step")
-    )
-    return [StepSummary(r["step"], r["done"], r["failed"], r["updated_at"]) for r in rows]
+def last_stored_at(session: Session | int) -> datetime | None:
+    """When results were last stored for the session's exposures: the store writes every
+    step's result in the transaction that upserts the exposure's CTF row, so this moves
+    whenever any step result is stored, even again with the same step times, which
+    :func:`change_marker` does not see (one query, cheaper than reading the step results)."""
+    return Exposure.objects.filter(session_id=_pk(session)).order_by().aggregate(t=Max("ctf__updated_at"))["t"]
 
 
-def session_step_metrics(session: Session | int) -> dict[int, dict[str, float | None]]:
-    """:func:`step_metrics` of every exposure of the session (one query, however many)."""
+def session_step_metrics(
+    session: Session | int, steps: list[str] | None = None
+) -> dict[int, dict[str, float | None]]:
+    """:func:`step_metrics` of every exposure of the session (of ``steps`` only, if given;
+    one query, however many exposures)."""
     found: dict[int, dict[str, float | None]] = {}
     rows = StepResult.objects.filter(exposure__session_id=_pk(session), state=StepResult.State.DONE)
+    if steps is not None:
+        rows = rows.filter(step__in=steps)
     for exposure_id, step, metrics in rows.values_list("exposure_id", "step", "metrics").iterator(chunk_size=5000):
         found.setdefault(exposure_id, {}).update((f"{step}.{name}", value) for name, value in metrics.items())
     return found

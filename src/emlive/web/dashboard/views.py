@@ -15,9 +15,8 @@ thresholds on the session's.
 
 Live parts of the session page are htmx fragments that poll: the status panel every few
 seconds; the plots and the exposure table carry a change marker (the session's
-:func:`emlive.db.queries.change_marker` with its steps' results,
-:func:`emlive.db.queries.session_steps`) and get ``204 No Content`` (htmx keeps what it shows)
-until something changed.
+:func:`emlive.db.queries.change_marker` and :func:`emlive.db.queries.last_stored_at`) and get
+``204 No Content`` (htmx keeps what it shows) until something changed.
 """
 
 from __future__ import annotations
@@ -106,22 +105,44 @@ def _session(request: HttpRequest, session_id: int) -> Session:
 
 @dataclass(frozen=True)
 class SessionSteps:
-    """What the session page needs to know about the session's steps, read once per request:
-    the change marker (exposures, thresholds and every step's results), and the declared
-    metrics of the steps besides motion and CTF that have results."""
+    """What the session page needs to know about the session's steps: the change marker
+    (exposures, thresholds, and results stored again), and the declared metrics of the steps
+    besides motion and CTF that have results."""
 
     marker: str
     columns: list[MetricColumn]
 
 
+_STEPS_CACHE: OrderedDict[tuple[int, str], list[MetricColumn]] = OrderedDict()
+_STEPS_CACHE_SIZE = 64
+_steps_lock = threading.Lock()
+
+
+def _marker(session: Session) -> str:
+    """:func:`emlive.db.queries.change_marker` with the time results were last stored (a
+    result stored again with the same step times, e.g. a step added to a session whose motion
+    and CTF checkpoints were reused, changes nothing else)."""
+    stored = queries.last_stored_at(session)
+    text = repr((queries.change_marker(session), stored.timestamp() if stored else 0))
+    return hashlib.blake2s(text.encode(), digest_size=8).hexdigest()
+
+
 def _session_steps(session: Session) -> SessionSteps:
-    base = queries.change_marker(session)
-    summaries = queries.session_steps(session)  # after the marker's reads: a change meanwhile is sent next time
-    text = repr((base, [(s.step, s.done, s.failed, s.updated_at.timestamp() if s.updated_at else 0) for s in summaries]))
-    with_results = [s.step for s in summaries if s.done]
-    unknown = {name: queries.stored_metric_names(session, name) for name in with_results
-               if steps.declared_step(name) is None}
-    return SessionSteps(hashlib.blake2s(text.encode(), digest_size=8).hexdigest(), steps.metric_columns(with_results, unknown))
+    """The marker (two queries), and the metric columns, read once per session and marker in
+    this process (the steps with results are found among all of the session's results)."""
+    marker = _marker(session)  # before the reads: a change meanwhile is sent next time
+    key = (session.pk, marker)
+    with _steps_lock:
+        columns = _STEPS_CACHE.get(key)
+    if columns is None:
+        names = queries.session_step_names(session)
+        unknown = {name: queries.stored_metric_names(session, name) for name in names if steps.declared_step(name) is None}
+        columns = steps.metric_columns(names, unknown)
+        with _steps_lock:
+            _STEPS_CACHE[key] = columns
+            while len(_STEPS_CACHE) > _STEPS_CACHE_SIZE:
+                _STEPS_CACHE.popitem(last=False)
+    return SessionSteps(marker, columns)
 
 
 def _exposure(request: HttpRequest, exposure_id: int) -> Exposure:
@@ -228,7 +249,7 @@ def _metric_series(
 ) -> list[plots.MetricSeries]:
     if not columns:
         return []
-    values = queries.session_step_metrics(session)
+    values = queries.session_step_metrics(session, sorted({column.step for column in columns}))
     return [
         plots.MetricSeries(
             column.slug, column.title, column.heading, [values.get(pk, {}).get(column.key) for pk in series.exposure_id]
