@@ -26,13 +26,13 @@ V = Version(0, 3, 20)
 TOPAZ_VENV = Path("/opt/topaz-venv/bin/topaz")
 
 
-def test_a_150_A_particle_at_2_A_per_px_is_picked_16_px_wide_with_its_radius_apart():
+def test_a_150_A_particle_at_2_A_per_px_is_picked_16_px_wide_and_three_quarters_of_it_apart():
     p = topaz_params(PickParams(diameter_a=150.0), pixel_size_a=2.0, threads=2)
-    assert (p.scale, p.radius_px, p.threshold, p.threads) == (5, 8, topaz.DEFAULT_THRESHOLD, 2)
+    assert (p.scale, p.radius_px, p.threshold, p.threads) == (5, 11, topaz.DEFAULT_THRESHOLD, 2)  # 75 px / 5; 0.75 × 15
     preprocess, extract = build_command(p, executable="topaz", micrograph="e1.mrc", preprocessed_dir="pre", output="e1_topaz.txt")
     assert preprocess == ["topaz", "preprocess", "-s", "5", "-d", "-1", "-j", "2", "-o", "pre", "e1.mrc"]
     assert extract == [
-        "topaz", "extract", "-m", "resnet16", "-r", "8", "-t", "-1", "-x", "5", "-d", "-1", "-j", "2",
+        "topaz", "extract", "-m", "resnet16", "-r", "11", "-t", "-1", "-x", "5", "-d", "-1", "-j", "2",
         "-o", "e1_topaz.txt", "pre/e1.mrc",
     ]
 

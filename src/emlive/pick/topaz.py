@@ -50,6 +50,7 @@ from emlive.tools import ExternalTool, Version, find_version
 
 __all__ = [
     "DEFAULT_EXECUTABLE",
+    "DEFAULT_MIN_DISTANCE_D",
     "DEFAULT_THRESHOLD",
     "ENGINE_VERSION",
     "SUPPORTED_VERSIONS",
@@ -79,6 +80,11 @@ TARGET_DIAMETER_PX = 16.0
 # micrographs -1 kept 90-100 % of the particles at 96-100 % precision, and 2-3 candidates in
 # 2048² of empty ice (-2: 4-5, -3: 12).
 DEFAULT_THRESHOLD = -1.0
+# Closest two picks may be, in diameters, unless PickParams.min_distance_a says otherwise (the
+# native engine's default too). topaz's advice, the particle's radius (0.5), let it pick 100 Å
+# particles twice: 404 picks for 387 particles in a normal micrograph, 1109 for 868 crowded ones;
+# 0.75 picked each once and lost none (crowded particles are 1.05 diameters apart).
+DEFAULT_MIN_DISTANCE_D = 0.75
 _PREPROCESSED_DIR = "pre"
 _HEADER = ["image_name", "x_coord", "y_coord", "score"]
 
@@ -100,8 +106,8 @@ def topaz_params(params: PickParams, *, pixel_size_a: float, threads: int = 1) -
     """topaz's parameters for a micrograph of ``pixel_size_a`` Å/px and the step's params.
 
     The scale brings the diameter to about :data:`TARGET_DIAMETER_PX` downsampled pixels; the
-    suppression radius is ``min_distance_a`` if given, else half the diameter (topaz's advice:
-    the particle's radius); the threshold is ``params.threshold`` or :data:`DEFAULT_THRESHOLD`.
+    suppression radius is ``min_distance_a`` if given, else :data:`DEFAULT_MIN_DISTANCE_D`
+    diameters; the threshold is ``params.threshold`` or :data:`DEFAULT_THRESHOLD`.
     """
     if params.diameter_a is None:
         raise ValueError("picking with topaz needs the particle diameter (diameter_a, --particle-diameter)")
@@ -109,7 +115,7 @@ def topaz_params(params: PickParams, *, pixel_size_a: float, threads: int = 1) -
         raise ValueError(f"the micrograph's pixel size must be positive, got {pixel_size_a} Å")
     diameter_px = params.diameter_a / pixel_size_a
     scale = max(1, round(diameter_px / TARGET_DIAMETER_PX))
-    distance_a = params.min_distance_a if params.min_distance_a is not None else params.diameter_a / 2
+    distance_a = params.min_distance_a or DEFAULT_MIN_DISTANCE_D * params.diameter_a
     return TopazParams(
         scale=scale,
         radius_px=max(1, round(distance_a / (pixel_size_a * scale))),
