@@ -56,7 +56,10 @@ def populate(url: str, root: Path, n_exposures: int) -> tuple[int, str]:
     from django.db import transaction
 
     from emlive.acquisition import Acquisition
+    from emlive.db import models
     from emlive.db.models import CtfEstimate, Exposure, MotionCorrection
+
+    StepResult = getattr(models, "StepResult", None)  # None in emlive before the step table (to compare)
     from emlive.web import control
     from emlive.web.access import add_user, create_token
 
@@ -111,6 +114,21 @@ def populate(url: str, root: Path, n_exposures: int) -> tuple[int, str]:
                 )
                 for e in processed
             )  # fmt: skip
+            if StepResult is not None:  # every step's result in the generic table, as the pipeline stores them
+                StepResult.objects.bulk_create(
+                    StepResult(
+                        exposure=e, step=step, engine="native", engine_version="bench", finished_at=e.processed_at,
+                        result={"n_particles": n} if step == "pick" else {}, metrics=metrics,
+                    )
+                    for e in processed
+                    for n in [int(rng.integers(0, 400))]
+                    for step, metrics in (
+                        ("motion", {"total_drift_a": 5.0, "early_drift_a": 1.0, "late_drift_a": 1.0}),
+                        ("ctf", {"defocus_u_a": 15000.0, "fit_resolution_a": 3.5, "cross_correlation": 0.2}),
+                        ("thumbnail", {}),
+                        ("pick", {"n_particles": n, "masked_fraction": 0.1}),
+                    )
+                )  # fmt: skip
     token = create_token(add_user("ann", projects=("p1",)))
     return int(session.pk), token
 
@@ -249,6 +267,11 @@ def main() -> None:
         help="asgi: as emlive serve runs Django (default); wsgi: Django's WSGI handler in uvicorn's thread pool",
     )  # fmt: skip
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temporary folder")
+    parser.add_argument(
+        "--target", choices=("status", "exposures"), default="status",
+        help="status: the two status routes (default); exposures: pages of the exposures list (first and deep, "
+        "curation applied, with every step's metrics)",
+    )  # fmt: skip
     parser.add_argument("--serve", nargs=4, metavar=("URL", "ROOT", "PORT", "INTERFACE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -272,7 +295,13 @@ def main() -> None:
         )
         try:
             wait_until_up(port, proc)
-            paths = ["/p1/ann/session/grid1", f"/api/v1/sessions/{session_id}/status"]
+            paths = {
+                "status": ["/p1/ann/session/grid1", f"/api/v1/sessions/{session_id}/status"],
+                "exposures": [
+                    f"/api/v1/sessions/{session_id}/exposures?limit=100",
+                    f"/api/v1/sessions/{session_id}/exposures?limit=100&offset=9000&curation=accepted",
+                ],
+            }[args.target]
             cpu_before = cpu_seconds(proc.pid)
             latencies, bad = asyncio.run(
                 load(port, paths, token, args.clients, args.warmup, args.seconds, args.interval)

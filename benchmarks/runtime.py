@@ -79,8 +79,11 @@ def _session(root: Path, database_url: str):
 
 
 def _warm_worker() -> None:
-    """What a worker has done once it has processed its first exposure: import the pipeline."""
-    import emlive.pipeline.exposure  # noqa: F401
+    """What a worker has done once it has processed its first exposure (and what emlive's
+    worker plugin does when a worker starts): import the pipeline and load the installed steps."""
+    from emlive.pipeline.registry import registry
+
+    registry()
 
 
 def overhead(database_url: str, n_exposures: int, workers: int, max_in_flight: int) -> dict[str, float]:
@@ -109,14 +112,14 @@ def overhead(database_url: str, n_exposures: int, workers: int, max_in_flight: i
         watch={"settle_s": 0, "poll_interval_s": 0.2}, cluster={"n_workers": workers},
         scheduler={"max_in_flight": max_in_flight},
     )
+    params = PipelineParams(acquisition=acq)  # planned before the run, as the CLI and the service do
     load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
     with open_cluster(settings.cluster) as cluster:
         t_up = time.perf_counter()
         cluster.client.run(_warm_worker)
         t_warm = time.perf_counter()
-        counts = run_session(session, PipelineParams(acquisition=acq), settings, watch=False, task=noop_result,
-                             cluster=cluster)
+        counts = run_session(session, params, settings, watch=False, task=noop_result, cluster=cluster)
         t_done = time.perf_counter()
     t_closed = time.perf_counter()
     assert counts.get("processed") == n_exposures, counts

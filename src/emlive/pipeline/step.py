@@ -12,6 +12,7 @@ plugin's and found the same way (entry points ``emlive.steps`` and ``emlive.engi
 
 from __future__ import annotations
 
+import functools
 import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -121,6 +122,7 @@ class Step:
         return metrics_of(self.result)
 
 
+@functools.cache
 def metrics_of(result: type[BaseModel]) -> dict[str, Metric]:
     """The declared metrics of a result model: ``{field name: Metric}``, in field order."""
     return {

@@ -21,6 +21,7 @@ from distributed import Client, LocalCluster, SpecCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from emlive.config import ClusterSettings
+from emlive.pipeline.registry import registry
 from emlive.tools import ToolsSettings, configure_tools
 
 _WALLTIME_MARGIN_S = 600.0
@@ -146,7 +147,9 @@ def _lost_worker_replacer(cluster: SpecCluster) -> Callable[[], list[str]]:
 
 
 class ToolsPlugin(WorkerPlugin):
-    """Gives every worker process the ``[tools]`` settings and, on a local GPU worker, its GPU.
+    """Gives every worker process the ``[tools]`` settings and, on a local GPU worker, its GPU,
+    and loads the installed steps (their engines' imports are paid once, when the worker
+    starts, not by its first exposure; a plugin that fails to load is logged there).
 
     Local workers are numbered 0…n-1; worker ``i`` uses ``gpu_ids[i % len(gpu_ids)]``, which
     reaches the tools as ``CUDA_VISIBLE_DEVICES`` (:func:`emlive.tools.run_tool`). Batch-system
@@ -163,3 +166,4 @@ class ToolsPlugin(WorkerPlugin):
         index = worker.name
         gpu_id = self.gpu_ids[index % len(self.gpu_ids)] if self.gpu_ids and isinstance(index, int) else None
         configure_tools(self.tools, gpu_id=gpu_id)
+        registry()
