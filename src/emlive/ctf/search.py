@@ -232,7 +232,7 @@ class _Grid:
         return (self.radius_px / (self.tile * pixel_size_a)) ** 2
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)  # ~10 MB each for a 512 px box
 def _grid(tile: int) -> _Grid:
     ky, kx = (g.ravel() for g in _centred_grid(tile))
     angle = np.arctan2(ky, kx)
@@ -242,7 +242,7 @@ def _grid(tile: int) -> _Grid:
     return _Grid(tile, *arrays)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=16)
 def _band_index(tile: int, pixel_size_a: float, min_res_a: float, max_res_a: float) -> tuple[np.ndarray, float, float]:
     """Flat indices of the half-plane pixels in the fitting band, and its limits (1/Å)."""
     k_min, k_max = _frequency_limits(tile, pixel_size_a, min_res_a, max_res_a)

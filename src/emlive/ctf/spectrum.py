@@ -161,7 +161,7 @@ def radius_grid_px(tile_size_px: int) -> np.ndarray:
     return _radius_grid(int(tile_size_px))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _radius_grid(tile: int) -> np.ndarray:
     c = np.arange(tile, dtype=np.float64) - tile // 2
     grid = np.hypot(c[:, None], c[None, :])
@@ -201,7 +201,7 @@ class _Rings:
         return low + self.frac * (p[self.lower + 1] - low)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)  # ~15 MB each for a 512 px box
 def _rings(tile: int, low_cut_px: float) -> _Rings:
     radius = _radius_grid(tile).ravel()
     n_bins = int(np.ceil(radius.max())) + 2
