@@ -11,10 +11,12 @@ from emlive.optics import ctf_2d
 from emlive.pick.detect import (
     CtfModel,
     PickError,
+    ScoreMap,
     automatic_threshold,
     exclusion_mask,
     expected_noise_peaks,
     find_peaks,
+    noise_threshold,
     phase_flip,
     pick_micrograph,
     score_map,
@@ -93,12 +95,38 @@ def test_score_is_a_z_score_in_white_noise():
     xy, _ = find_peaks(scores.z, min_distance_px=1.0, threshold=2.5)
     expected = expected_noise_peaks(2.5, area_px=noise.size, roughness_per_px2=scores.roughness_per_px2)
     assert len(xy) == pytest.approx(expected, rel=0.3)
-    # the automatic threshold lets through about the noise peaks it allows
-    threshold = automatic_threshold(scores, area_px=noise.size, expected_false_picks=1.0)
-    assert expected_noise_peaks(threshold, area_px=noise.size, roughness_per_px2=scores.roughness_per_px2) == (
+    # the strict threshold lets through about the noise peaks it allows
+    strict = noise_threshold(scores, area_px=noise.size, expected_false_picks=1.0)
+    assert expected_noise_peaks(strict, area_px=noise.size, roughness_per_px2=scores.roughness_per_px2) == (
         pytest.approx(1.0, rel=1e-3)
     )
-    assert len(find_peaks(scores.z, min_distance_px=1.0, threshold=threshold)[0]) <= 5
+    assert len(find_peaks(scores.z, min_distance_px=1.0, threshold=strict)[0]) <= 5
+    # pure noise: the automatic threshold stays strict
+    _, values = find_peaks(scores.z, min_distance_px=12.0, threshold=3.0)
+    assert automatic_threshold(scores, values, area_px=noise.size) == noise_threshold(scores, area_px=noise.size)
+
+
+def test_automatic_threshold_goes_lower_only_for_a_crowd_of_faint_peaks():
+    scores = ScoreMap(z=np.zeros((1, 1), np.float32), noise_sigma=1.0, roughness_per_px2=0.01)
+    area = 500_000.0
+    strict = noise_threshold(scores, area_px=area)
+    assert expected_noise_peaks(strict, area_px=area, roughness_per_px2=0.01) == pytest.approx(0.05, rel=1e-3)
+    noise_at_3 = expected_noise_peaks(3.0, area_px=area, roughness_per_px2=0.01)
+    assert 5 < noise_at_3 < 20  # a handful of noise peaks above 3σ
+    rng = np.random.default_rng(0)
+    # noise peaks as the model has them: the k-th highest where k - 1/2 are expected above it
+    levels = np.linspace(3.0, 8.0, 2001)
+    expected = np.array([expected_noise_peaks(t, area_px=area, roughness_per_px2=0.01) for t in levels])
+    noise_peaks = np.interp(np.arange(round(noise_at_3)) + 0.5, expected[::-1], levels[::-1])
+    # 300 faint particles around 4σ, below the strict threshold: picked down to about 3.5σ
+    faint = rng.normal(4.2, 0.4, 300)
+    chosen = automatic_threshold(scores, np.concatenate([faint, noise_peaks]), area_px=area)
+    assert 3.0 <= chosen < 3.8 < strict
+    # 300 strong particles: no reason to go down among the noise peaks
+    strong = rng.normal(12.0, 2.0, 300)
+    chosen = automatic_threshold(scores, np.concatenate([strong, noise_peaks]), area_px=area)
+    assert (noise_peaks >= chosen).sum() <= 1
+    assert automatic_threshold(scores, np.array([]), area_px=area) == strict
 
 
 def test_score_peaks_on_dark_discs_of_the_diameter():

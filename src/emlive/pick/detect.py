@@ -9,14 +9,16 @@ The native picker in five steps, each a function here:
    differs from the ice by a sharp step, not a smooth ramp as an ice gradient);
    :func:`fill_dark` evens the carbon and contamination out, and :func:`phase_flip` flips
    the phases where the CTF is positive (when the CTF is known).
-3. :func:`score_map` — a matched filter for a dark sphere of the particle's diameter (times
-   the CTF's magnitude when phase-flipped; smooth backgrounds and ice gradients removed by its
-   zero mean), in units of its own noise: the noise of the working image is measured per tile
+3. :func:`score_map` — a matched filter for a dark sphere of the particle's diameter (smooth
+   backgrounds and ice gradients removed by its zero mean), in units of its own noise: the noise of the working image is measured per tile
    in a high-frequency band (median over the tiles not excluded) and propagated through the
    filter, so a score is a z-score (≈ a normal deviate in empty ice).
 4. :func:`find_peaks` — local maxima above a threshold, greedy non-maximum suppression at a
    minimum distance, refined to sub-pixel.
-5. :func:`automatic_threshold` — the threshold from the micrograph's own statistics.
+5. :func:`automatic_threshold` — the threshold from the micrograph's own statistics: strict
+   enough that its noise alone would give no pick (:func:`noise_threshold`), lower where it
+   holds many more peaks than its noise explains (where the F1 score its peak counts and the
+   expected noise count predict is highest).
 
 :func:`pick_micrograph` chains them. Conventions: arrays ``[y, x]`` (row 0 first as stored);
 coordinates ``(x, y)`` in pixels of the given array (x = column); defocus in Å, positive
@@ -50,6 +52,7 @@ __all__ = [
     "expected_noise_peaks",
     "fill_dark",
     "find_peaks",
+    "noise_threshold",
     "phase_flip",
     "pick_micrograph",
     "score_map",
@@ -60,7 +63,7 @@ __all__ = [
 WORKING_PIXELS_PER_DIAMETER = 16.0
 # Default minimum distance between picks, in particle diameters.
 DEFAULT_MIN_DISTANCE_D = 0.75
-# Noise peaks the automatic threshold lets through per micrograph (on average, in pure noise).
+# Noise peaks the strict threshold lets through per micrograph (on average, in pure noise).
 DEFAULT_EXPECTED_FALSE_PICKS = 0.05
 # Lowest automatic threshold, in noise standard deviations of the score map.
 MIN_Z_THRESHOLD = 3.0
@@ -468,18 +471,18 @@ def score_map(
     working: WorkingImage,
     *,
     diameter_px: float,
-    ctf: CtfModel | None = None,
     excluded: np.ndarray | None = None,
     workers: int = 2,
 ) -> ScoreMap:
     """Matched-filter score of a dark particle of ``diameter_px`` (working pixels), as a z-score.
 
     The filter is the transform of a uniform sphere of the particle's diameter up to its
-    first zero, high-passed (nothing larger than about two diameters: smooth backgrounds and
-    ice gradients go) and,
-    when ``ctf`` is given (and the image was phase-flipped with it), weighted by ``|CTF|``:
-    the optimal linear filter for a sphere in white noise. The sign makes dark particles
-    score high. The noise of the working image is measured per tile (about two diameters
+    first zero (the matched filter of a sphere's low-resolution image in white noise),
+    high-passed (nothing larger than about two diameters: smooth backgrounds and ice
+    gradients go). The sign makes dark particles score high: phase-flip the image first
+    (:func:`phase_flip`) when its CTF is known. Weighting the filter by ``|CTF|`` as well (the
+    strict matched filter) gains little and rings: faint side peaks a diameter from strong
+    particles. The noise of the working image is measured per tile (about two diameters
     across) in the band above 0.7 of Nyquist, where particles have almost no power; the
     median over the tiles not ``excluded`` is propagated through the filter (white noise
     assumed) to give the score's σ.
@@ -489,7 +492,7 @@ def score_map(
     # the periodic FFT would wrap the right edge onto the left.
     pad = min(int(math.ceil(diameter_px)), my - 1, mx - 1)
     padded = np.pad(working.image - working.background, pad, mode="reflect")
-    filt, kx = _matched_filter(padded.shape, diameter_px=diameter_px, pixel_size_a=working.pixel_size_a, ctf=ctf)
+    filt, kx = _matched_filter(padded.shape, diameter_px=diameter_px)
     padded_ft = scipy.fft.rfft2(padded, workers=workers)
     padded_ft *= filt
     score = scipy.fft.irfft2(padded_ft, s=padded.shape, workers=workers)[pad : pad + my, pad : pad + mx]
@@ -520,33 +523,17 @@ def score_map(
     )
 
 
-def _matched_filter(
-    shape: tuple[int, int], *, diameter_px: float, pixel_size_a: float, ctf: CtfModel | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _matched_filter(shape: tuple[int, int], *, diameter_px: float) -> tuple[np.ndarray, np.ndarray]:
     """The filter of :func:`score_map` on the rfft2 grid of ``shape``, and its kx (cycles/px)."""
     ky = np.fft.fftfreq(shape[0]).astype(np.float32)[:, None]  # cycles per working px
     kx = np.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
     k = np.sqrt(kx * kx + ky * ky)
     kc = 0.5 / diameter_px
     high_pass = 1.0 - np.exp(-0.5 * (k / kc) ** 2)
-    # the sphere's first lobe only: finer detail (the particle's own structure, stronger
-    # with the |CTF| weight at high defocus) pulls the peak off the particle's centre
+    # the sphere's first lobe only: finer detail (the particle's own structure) pulls the
+    # peak off the particle's centre
     first_lobe = k * diameter_px < _SPHERE_FIRST_ZERO_KD
     filt = np.where(first_lobe, -_sphere_transform(math.pi * k * diameter_px) * high_pass, 0.0)
-    if ctf is not None:
-        kx_a, ky_a = kx / pixel_size_a, ky / pixel_size_a
-        chi = ctf_chi(
-            kx_a * kx_a + ky_a * ky_a,
-            np.arctan2(ky_a, kx_a),
-            voltage_kv=ctf.voltage_kv,
-            cs_mm=ctf.cs_mm,
-            defocus_u_a=ctf.defocus_u_a,
-            defocus_v_a=ctf.defocus_v_a,
-            azimuth_deg=ctf.azimuth_deg,
-            phase_shift_rad=ctf.phase_shift_rad,
-            amplitude_contrast=ctf.amplitude_contrast,
-        )
-        filt = filt * np.abs(np.sin(chi))
     return filt.astype(np.float32), kx
 
 
@@ -610,14 +597,14 @@ def expected_noise_peaks(threshold: float, *, area_px: float, roughness_per_px2:
     return area_px * roughness_per_px2 / (2.0 * math.pi) ** 1.5 * max(u, 0.0) * math.exp(-0.5 * u * u)
 
 
-def automatic_threshold(
+def noise_threshold(
     scores: ScoreMap,
     *,
     area_px: float,
     expected_false_picks: float = DEFAULT_EXPECTED_FALSE_PICKS,
     floor: float = MIN_Z_THRESHOLD,
 ) -> float:
-    """The z-score a pick must reach so that noise alone gives ``expected_false_picks``.
+    """The z-score that noise alone exceeds ``expected_false_picks`` times in ``area_px``.
 
     ``area_px`` is the area picks may lie in (working pixels). The noise level behind the
     z-scores is the micrograph's own (see :func:`score_map`); the threshold then follows from
@@ -637,6 +624,48 @@ def automatic_threshold(
     return float(hi)
 
 
+def automatic_threshold(
+    scores: ScoreMap,
+    peak_values: np.ndarray,
+    *,
+    area_px: float,
+    expected_false_picks: float = DEFAULT_EXPECTED_FALSE_PICKS,
+    floor: float = MIN_Z_THRESHOLD,
+) -> float:
+    """The threshold of one micrograph, from its own noise and its own peaks.
+
+    At most :func:`noise_threshold` (where noise alone would give ``expected_false_picks``),
+    and lower where the micrograph holds many more peaks than its noise explains: above a
+    threshold ``t`` it has ``N(t)`` peaks of which about ``E(t)`` (:func:`expected_noise_peaks`)
+    are noise, so ``N(t) - E(t)`` particles; taking all particles to be those above ``floor``,
+    ``t`` is the peak value that maximises the F1 score this predicts,
+    ``2 (N(t) - E(t)) / (N(t) + N(floor) - E(floor))``. Faint particles are then picked in a
+    micrograph full of them, strong ones without the noise beside them, and a micrograph with
+    no more peaks above ``floor`` than its noise explains (within three standard deviations
+    of the expected count) keeps the strict threshold. ``peak_values`` are the scores of the micrograph's peaks after
+    non-maximum suppression (any order), found down to ``floor``.
+    """
+    strict = noise_threshold(scores, area_px=area_px, expected_false_picks=expected_false_picks, floor=floor)
+    values = np.sort(np.asarray(peak_values, dtype=np.float64))[::-1]
+    values = values[values >= floor]
+    if not values.size:
+        return strict
+    found = np.arange(1, values.size + 1, dtype=np.float64)
+    noise = np.array(
+        [expected_noise_peaks(v, area_px=area_px, roughness_per_px2=scores.roughness_per_px2) for v in values]
+    )
+    particles = found - noise
+    total = particles[-1]
+    if total < 3.0 * math.sqrt(noise[-1]) + 3.0:
+        # no more peaks than noise gives, within its Poisson scatter: empty ice
+        return strict
+    f1 = 2.0 * particles / (found + total)
+    best = int(np.argmax(f1))
+    if particles[best] <= 0:
+        return strict
+    return float(min(strict, values[best]))
+
+
 def pick_micrograph(
     image: np.ndarray,
     *,
@@ -651,7 +680,7 @@ def pick_micrograph(
 
     ``min_distance_a`` defaults to 0.75 diameters; ``threshold`` (z-score, see
     :func:`score_map`) to :func:`automatic_threshold`. With ``ctf`` the image is phase-flipped
-    and the filter weighted by the CTF. Raises :class:`PickError` when more than 90 % of the
+    (after carbon and contamination are evened out). Raises :class:`PickError` when more than 90 % of the
     image is excluded (carbon, contamination, edges).
     """
     if not diameter_a > 0:
@@ -676,13 +705,19 @@ def pick_micrograph(
     filtered = fill_dark(working, mask, workers=workers)
     if ctf is not None:
         filtered = phase_flip(filtered, ctf, workers=workers)
-    scores = score_map(filtered, diameter_px=diameter_px, ctf=ctf, excluded=mask.excluded, workers=workers)
+    scores = score_map(filtered, diameter_px=diameter_px, excluded=mask.excluded, workers=workers)
     min_distance_px = (min_distance_a or DEFAULT_MIN_DISTANCE_D * diameter_a) / working.pixel_size_a
     if threshold is None:
-        chosen = automatic_threshold(scores, area_px=float((~mask.excluded).sum()))
+        # greedy suppression keeps the same peaks above any threshold: find them once, low
+        xy, values = find_peaks(
+            scores.z, min_distance_px=min_distance_px, threshold=MIN_Z_THRESHOLD, excluded=mask.excluded
+        )
+        chosen = automatic_threshold(scores, values, area_px=float((~mask.excluded).sum()))
+        keep = values >= chosen
+        xy, values = xy[keep], values[keep]
     else:
         chosen = float(threshold)
-    xy, values = find_peaks(scores.z, min_distance_px=min_distance_px, threshold=chosen, excluded=mask.excluded)
+        xy, values = find_peaks(scores.z, min_distance_px=min_distance_px, threshold=chosen, excluded=mask.excluded)
     return Picks(
         xy_px=filtered.to_input_px(xy),
         scores=values,
