@@ -69,7 +69,9 @@ def test_phase_flip_makes_a_ctf_filtered_particle_dark_again():
     shape, px = (256, 256), 2.0
     ctf = CtfModel(defocus_u_a=25000.0, defocus_v_a=24000.0, azimuth_deg=30.0)
     disc = -gaussian_spot(shape, 128, 128, sigma=1.5)
-    transfer = ctf_2d(shape, pixel_size_a=px, voltage_kv=300, cs_mm=2.7, defocus_u_a=25000, defocus_v_a=24000, azimuth_deg=30)
+    transfer = ctf_2d(
+        shape, pixel_size_a=px, voltage_kv=300, cs_mm=2.7, defocus_u_a=25000, defocus_v_a=24000, azimuth_deg=30
+    )
     # image = 1 + 2 · CTF ⊛ phase; a dark particle has positive phase, -disc
     imaged = 1.0 + 2.0 * np.fft.irfft2(np.fft.rfft2(-disc * 0.1) * transfer, s=shape)
     w = working_image(imaged.astype(np.float32), pixel_size_a=px, working_pixel_size_a=px)

@@ -114,6 +114,7 @@ def test_engine_version_and_optics_without_ctf(normal, tmp_path):
     m, path = normal
     assert ENGINE_VERSION == "native-1"
     # optics alone (no CTF result): no phase flip, still finds the particles
-    result = pick_particles(path, tmp_path, PickParams(diameter_a=150.0), pixel_size_a=2.0, optics=Optics(pixel_size_a=9.9))
+    params = PickParams(diameter_a=150.0)
+    result = pick_particles(path, tmp_path, params, pixel_size_a=2.0, optics=Optics(pixel_size_a=9.9))
     xy = starfile.read(result.coordinates_path)[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
     assert match_picks(xy, m.positions_px, max_distance_px=0.3 * m.diameter_px).f1 >= 0.9

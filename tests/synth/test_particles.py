@@ -46,7 +46,9 @@ def test_positions_keep_their_distance_and_margin(seed):
     # random sequential adsorption jams at about 55 % of the area in discs of the separation
     coverage = len(xy) * np.pi * 20.0**2 / ((600 - 60) * (800 - 60))
     assert 0.45 < coverage < 0.6
-    capped = particle_positions(np.random.default_rng(seed), (600, 800), min_separation_px=40.0, margin_px=30.0, n_max=7)
+    capped = particle_positions(
+        np.random.default_rng(seed), (600, 800), min_separation_px=40.0, margin_px=30.0, n_max=7
+    )
     assert len(capped) == 7
 
 

@@ -10,9 +10,10 @@ The native picker in five steps, each a function here:
    :func:`fill_dark` evens the carbon and contamination out, and :func:`phase_flip` flips
    the phases where the CTF is positive (when the CTF is known).
 3. :func:`score_map` — a matched filter for a dark sphere of the particle's diameter (smooth
-   backgrounds and ice gradients removed by its zero mean), in units of its own noise: the noise of the working image is measured per tile
-   in a high-frequency band (median over the tiles not excluded) and propagated through the
-   filter, so a score is a z-score (≈ a normal deviate in empty ice).
+   backgrounds and ice gradients removed by its zero mean), in units of its own noise: the
+   noise of the working image is measured per tile in a high-frequency band (median over the
+   tiles not excluded) and propagated through the filter, so a score is a z-score (≈ a
+   normal deviate in empty ice).
 4. :func:`find_peaks` — local maxima above a threshold, greedy non-maximum suppression at a
    minimum distance, refined to sub-pixel.
 5. :func:`automatic_threshold` — the threshold from the micrograph's own statistics: strict
@@ -261,10 +262,9 @@ def working_image(
     px_x = binned_px_a * nx / mx
     small = scipy.fft.irfft2(cropped, s=(my, mx), workers=workers).astype(np.float32)
     # the plane on the working grid: working pixel i sits at binned pixel i * n / m
-    plane = (
-        np.float32(slope_x) * (np.arange(mx, dtype=np.float32) * np.float32(nx / mx) - np.float32(0.5 * (nx - 1)))[None, :]
-        + np.float32(slope_y) * (np.arange(my, dtype=np.float32) * np.float32(ny / my) - np.float32(0.5 * (ny - 1)))[:, None]
-    )
+    at_x = np.arange(mx, dtype=np.float32) * np.float32(nx / mx) - np.float32(0.5 * (nx - 1))
+    at_y = np.arange(my, dtype=np.float32) * np.float32(ny / my) - np.float32(0.5 * (ny - 1))
+    plane = np.float32(slope_x) * at_x[None, :] + np.float32(slope_y) * at_y[:, None]
     return WorkingImage(
         image=small + plane,
         background=plane,
@@ -612,12 +612,15 @@ def noise_threshold(
     so a bigger micrograph or a smaller particle needs a slightly higher score. Never below
     ``floor``.
     """
+    def expected(u: float) -> float:
+        return expected_noise_peaks(u, area_px=area_px, roughness_per_px2=scores.roughness_per_px2)
+
     lo, hi = floor, 40.0
-    if expected_noise_peaks(lo, area_px=area_px, roughness_per_px2=scores.roughness_per_px2) <= expected_false_picks:
+    if expected(lo) <= expected_false_picks:
         return float(lo)
     for _ in range(60):  # the expected count falls monotonically above u = 1
         mid = 0.5 * (lo + hi)
-        if expected_noise_peaks(mid, area_px=area_px, roughness_per_px2=scores.roughness_per_px2) > expected_false_picks:
+        if expected(mid) > expected_false_picks:
             lo = mid
         else:
             hi = mid

@@ -7,7 +7,8 @@ with the template-free kernels of :mod:`emlive.pick.detect` and writes, each ato
   with each pick circled at the particle diameter, excluded regions (carbon, contamination)
   tinted; written first;
 - ``OUT/<stem>_autopick.star``: a RELION coordinate file as RELION's autopicking writes it
-  (:func:`emlive.pick.outputs.write_autopick_star`, shared by every engine), one ``data_`` block with a loop of rlnCoordinateX, rlnCoordinateY (pixels of the given
+  (:func:`emlive.pick.outputs.write_autopick_star`, shared by every engine), one ``data_``
+  block with a loop of rlnCoordinateX, rlnCoordinateY (pixels of the given
   micrograph: x = column, y = row as stored in the MRC array, row 0 first; the centre of
   pixel ``[j, i]`` is ``(i, j)``), rlnClassNumber (0: no template), rlnAutopickFigureOfMerit
   (the pick's score in noise σ, see :func:`emlive.pick.detect.score_map`) and rlnAnglePsi
@@ -134,7 +135,10 @@ def pick_particles(
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
     if data.ndim != 2:
-        raise PickError(f"{micrograph}: a micrograph must be a single 2D image, got shape {data.shape}; pick a summed micrograph, not a movie")
+        raise PickError(
+            f"{micrograph}: a micrograph must be a single 2D image, got shape {data.shape}; "
+            "pick a summed micrograph, not a movie"
+        )
     read_s = time.perf_counter() - started
     try:
         picks = pick_micrograph(

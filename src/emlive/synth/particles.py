@@ -379,7 +379,8 @@ def particle_micrograph(
         angle = rng.uniform(0.0, 2.0 * math.pi)
         y = np.arange(ny, dtype=np.float32)[:, None] - np.float32(ny / 2)
         x = np.arange(nx, dtype=np.float32)[None, :] - np.float32(nx / 2)
-        ramp = (np.float32(math.cos(angle)) * x + np.float32(math.sin(angle)) * y) / np.float32(0.5 * math.hypot(nx, ny))
+        half_diagonal = np.float32(0.5 * math.hypot(nx, ny))
+        ramp = (np.float32(math.cos(angle)) * x + np.float32(math.sin(angle)) * y) / half_diagonal
         transmission = (0.85 - 0.15 * ramp).astype(np.float32)
     elif kind == "contamination":
         transmission, discs = _contamination(rng, shape, diameter_px=diameter_px, n_blobs=int(rng.integers(1, 3)))
