@@ -212,3 +212,17 @@ def test_pick_micrograph_checks_its_arguments():
         pick_micrograph(np.ones((64, 64), np.float32), pixel_size_a=1.0, diameter_a=0.0)
     with pytest.raises(ValueError, match="2D"):
         pick_micrograph(np.ones((4, 64, 64), np.float32), pixel_size_a=1.0, diameter_a=50.0)
+
+
+def test_non_finite_pixels_are_ignored():
+    rng = np.random.default_rng(3)
+    image = np.full((512, 512), 100.0)
+    for x, y in [(100.0, 120.0), (300.0, 340.0), (400.0, 100.0)]:
+        image -= gaussian_spot(image.shape, x, y, sigma=10.0, amplitude=15.0)
+    image = rng.poisson(image).astype(np.float32)
+    image[200:203, :] = np.nan
+    image[5, 5] = np.inf
+    picks = pick_micrograph(image, pixel_size_a=1.0, diameter_a=32.0)
+    assert len(picks.xy_px) == 3 and np.isfinite(picks.scores).all()
+    with pytest.raises(PickError, match="no finite"):
+        pick_micrograph(np.full((64, 64), np.nan, np.float32), pixel_size_a=1.0, diameter_a=20.0)

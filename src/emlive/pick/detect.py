@@ -203,7 +203,7 @@ def _ice_plane(image: np.ndarray, *, blocks: int = 32, keep_above: float = 0.9) 
 
     Fitted to block means at least ``keep_above`` times the 90th percentile of them: carbon
     and contamination (darker) do not tilt it, and a linear ice gradient, being a plane, is
-    fitted exactly by any part of it.
+    fitted exactly by any part of it. Non-finite pixels are replaced by the median first.
     """
     ny, nx = image.shape
     by, bx = max(1, ny // blocks), max(1, nx // blocks)
@@ -211,8 +211,9 @@ def _ice_plane(image: np.ndarray, *, blocks: int = 32, keep_above: float = 0.9) 
     gy, gx = np.mgrid[: means.shape[0], : means.shape[1]]
     centre_x = (gx + 0.5) * bx - 0.5 - 0.5 * (nx - 1)
     centre_y = (gy + 0.5) * by - 0.5 - 0.5 * (ny - 1)
-    keep = means >= keep_above * np.percentile(means, 90)
-    if keep.sum() < 8:
+    reference = np.percentile(means, 90)
+    keep = means >= keep_above * reference
+    if reference <= 0 or keep.sum() < 8:  # not counts (a normalised image): fit it all
         keep = np.ones(means.shape, dtype=bool)
     design = np.column_stack([np.ones(keep.sum()), centre_x[keep], centre_y[keep]])
     coef, *_ = np.linalg.lstsq(design, means[keep].astype(np.float64), rcond=None)
@@ -234,6 +235,11 @@ def working_image(
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2 or min(img.shape) < 8:
         raise ValueError(f"a micrograph must be a 2D image of at least 8×8 pixels, got shape {img.shape}")
+    finite = np.isfinite(img)
+    if not finite.all():
+        if not finite.any():
+            raise PickError("the micrograph holds no finite pixel values")
+        img = np.where(finite, img, np.float32(np.median(img[finite])))
     factor = max(1.0, working_pixel_size_a / pixel_size_a)
     # Box-average by an integer factor first (a third of the way): a smaller FFT, and what it
     # folds into the working band is attenuated 5-fold by the box; white noise stays white.
