@@ -64,6 +64,19 @@ def test_ctf_writes_ctffind_outputs_that_recover_the_defocus(session, tmp_path):
     assert (tmp_path / "ctf" / f"{micrograph.stem}.png").stat().st_size > 0
 
 
+def test_a_batch_goes_on_past_a_bad_input_and_says_which_failed(tmp_path):
+    write_session(tmp_path, n_movies=2, formats=("mrc",), seed=6, shape=(256, 256), n_frames=4)
+    broken = tmp_path / "raw" / "broken.mrc"
+    broken.write_bytes(b"\0" * 100)
+    movies = sorted((tmp_path / "raw").glob("movie_*.mrc"))
+    proc = run_emlive("motioncorr", movies[0], broken, movies[1], "-o", tmp_path / "out", "--apix", 1, "--dose-per-frame", 1,
+                      "--patches", 1, 1)
+    assert proc.returncode == 2, proc.stderr
+    assert [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("movie_")] == [m.name for m in movies]
+    assert "broken.mrc" in proc.stderr and "1 of 3 failed" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_DW.mrc")) == [f"{m.stem}_DW.mrc" for m in movies]
+
+
 def test_bad_input_and_bad_parameters_are_clear_errors(tmp_path):
     broken = tmp_path / "broken.mrc"
     broken.write_bytes(b"\0" * 100)

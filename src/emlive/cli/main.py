@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -153,22 +154,53 @@ def _detector_fields(
     }
 
 
-def _run_engine(step: str, source: Path, out_dir: Path, acquisition: Optics, params: BaseModel) -> Any:
-    """Run the engine named in ``params`` of ``step`` on one file (the step reads it itself)."""
+def _run_batch(
+    step: str,
+    sources: list[Path],
+    out_dir: Path,
+    acquisition: Optics,
+    params: BaseModel,
+    describe: Callable[[Path, Any], list[str]],
+) -> None:
+    """Run the engine named in ``params`` of ``step`` on each file (the step reads it itself),
+    one after the other in this process: start-up is paid once. Prints the lines ``describe``
+    gives for each result, or why the file failed; the others are still done, and the command
+    exits 1 if any failed (2 before starting, for a bad engine or output folder)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from emlive.pipeline.registry import registry
     from emlive.pipeline.step import Inputs
 
     try:
         run = registry().step(step).engine(str(getattr(params, "engine"))).run
         out_dir.mkdir(parents=True, exist_ok=True)
-        return run(Inputs(source_path=source, stem=source.stem, acquisition=acquisition), out_dir, params)
-    except (ValueError, OSError, ToolError) as err:  # bad input or a failing tool: the message says which
+    except (ValueError, OSError) as err:
         raise _fail(str(err)) from None
+    failed: list[Path] = []
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=len(sources) < 2) as progress:
+        task = progress.add_task(step, total=len(sources))
+        for source in sources:
+            try:
+                result = run(Inputs(source_path=source, stem=source.stem, acquisition=acquisition), out_dir, params)
+            except (ValueError, OSError, ToolError) as err:  # bad input or a failing tool: the message says which
+                failed.append(source)
+                console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
+            else:
+                for line in describe(source, result):
+                    out.print(line, highlight=False)
+            progress.advance(task)
+    if failed:
+        console.print(
+            f"[red]{len(failed)} of {len(sources)} failed:[/red] {escape(', '.join(str(path) for path in failed))}",
+            highlight=False,
+        )
+        raise typer.Exit(2)
 
 
 @app.command()
 def motioncorr(
-    movie: Annotated[Path, typer.Argument(help="Movie: MRC/MRCS, TIFF (incl. LZW) or EER")],
+    movies: Annotated[list[Path], typer.Argument(help="Movies: MRC/MRCS, TIFF (incl. LZW) or EER (one or more)")],
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder")],
     apix: Apix,
     dose_per_frame: Dose,
@@ -187,8 +219,8 @@ def motioncorr(
     engine: Annotated[str, typer.Option("--engine", help="Motion-correction engine")] = "native",
     config: ConfigOption = None,
 ) -> None:
-    """Align one movie: writes OUT/<stem>.mrc, OUT/<stem>_DW.mrc, OUT/<stem>.star (RELION 3.1) and
-    OUT/<stem>_shifts.png."""
+    """Align movies: writes OUT/<stem>.mrc, OUT/<stem>_DW.mrc, OUT/<stem>.star (RELION 3.1) and
+    OUT/<stem>_shifts.png for each."""
     settings = _settings(config)
     acq = _valid(
         Acquisition, pixel_size_a=apix, dose_per_frame_e_a2=dose_per_frame, voltage_kv=kv, gain_path=gain,
@@ -203,17 +235,19 @@ def motioncorr(
     if float16:
         update["float16"] = True
     params = _valid(MotionParams, **settings.motion.model_dump() | update)
-    result = _run_engine("motion", movie, out_dir, acq, params)
-    out.print(
-        f"{movie.name}: {result.n_frames} frames, total drift {result.total_drift_a:.1f} Å "
-        f"(early {result.early_drift_a:.1f}, late {result.late_drift_a:.1f}) → {result.micrograph_path}",
-        highlight=False,
-    )
+
+    def describe(movie: Path, result: Any) -> list[str]:
+        return [
+            f"{movie.name}: {result.n_frames} frames, total drift {result.total_drift_a:.1f} Å "
+            f"(early {result.early_drift_a:.1f}, late {result.late_drift_a:.1f}) → {result.micrograph_path}"
+        ]
+
+    _run_batch("motion", movies, out_dir, acq, params, describe)
 
 
 @app.command()
 def ctf(
-    micrograph: Annotated[Path, typer.Argument(help="Micrograph (MRC)")],
+    micrographs: Annotated[list[Path], typer.Argument(help="Micrographs (MRC; one or more)")],
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder")],
     apix: Apix,
     kv: Kv = 300.0,
@@ -231,7 +265,7 @@ def ctf(
     engine: Annotated[str, typer.Option("--engine", help="CTF engine")] = "native",
     config: ConfigOption = None,
 ) -> None:
-    """Estimate the CTF of one micrograph: writes OUT/<stem>.txt (ctffind 4.1), _avrot.txt, .png."""
+    """Estimate the CTF of micrographs: writes OUT/<stem>.txt (ctffind 4.1), _avrot.txt, .png for each."""
     settings = _settings(config)
     update = {
         "min_res_a": min_res, "max_res_a": max_res, "min_defocus_a": min_defocus,
@@ -240,15 +274,17 @@ def ctf(
     }
     optics = _valid(Optics, pixel_size_a=apix, voltage_kv=kv, cs_mm=cs, amplitude_contrast=amp)
     params = _valid(CtfParams, **settings.ctf.model_dump() | {k: v for k, v in update.items() if v is not None})
-    result = _run_engine("ctf", micrograph, out_dir, optics, params)
-    out.print(
-        f"{micrograph.name}: defocus {result.defocus_u_a:.0f} / {result.defocus_v_a:.0f} Å, "
-        f"azimuth {result.azimuth_deg:.1f}°, CC {result.cross_correlation:.3f}, "
-        f"fit to {result.fit_resolution_a:.1f} Å → {result.output_txt_path}",
-        highlight=False,
-    )
-    if not result.fit_ok:
-        out.print(f"{micrograph.name}: NO FIT — no Thon rings found; the defocus above is a guess", highlight=False)
+
+    def describe(micrograph: Path, result: Any) -> list[str]:
+        line = (
+            f"{micrograph.name}: defocus {result.defocus_u_a:.0f} / {result.defocus_v_a:.0f} Å, "
+            f"azimuth {result.azimuth_deg:.1f}°, CC {result.cross_correlation:.3f}, "
+            f"fit to {result.fit_resolution_a:.1f} Å → {result.output_txt_path}"
+        )
+        no_fit = f"{micrograph.name}: NO FIT — no Thon rings found; the defocus above is a guess"
+        return [line] if result.fit_ok else [line, no_fit]
+
+    _run_batch("ctf", micrographs, out_dir, optics, params, describe)
 
 
 @app.command()
@@ -331,7 +367,7 @@ def _pipeline(acq: Acquisition, settings: Settings, steps: str | None) -> Pipeli
 
 @app.command()
 def pick(
-    micrograph: Annotated[Path, typer.Argument(help="Micrograph (MRC)")],
+    micrographs: Annotated[list[Path], typer.Argument(help="Micrographs (MRC; one or more)")],
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder")],
     apix: Apix,
     diameter: Annotated[float, typer.Option("--diameter", help="Particle diameter, Å")],
@@ -344,20 +380,20 @@ def pick(
     engine: Annotated[str, typer.Option("--engine", help="Picking engine: native, topaz")] = "native",
     config: ConfigOption = None,
 ) -> None:
-    """Pick particles on one micrograph: writes OUT/<stem>_autopick.star (RELION coordinates) and
-    OUT/<stem>_picks.png."""
+    """Pick particles on micrographs: writes OUT/<stem>_autopick.star (RELION coordinates) and
+    OUT/<stem>_picks.png for each."""
     from emlive.pick.types import PickParams
 
     settings = _settings(config)
     update = {"diameter_a": diameter, "min_distance_a": min_distance, "threshold": threshold, "engine": engine}
     params = _valid(PickParams, **settings.steps.get("pick", {}) | {k: v for k, v in update.items() if v is not None})
     optics = _valid(Optics, pixel_size_a=apix)
-    result = _run_engine("pick", micrograph, out_dir, optics, params)
-    out.print(
-        f"{micrograph.name}: {result.n_particles} particles ({result.masked_fraction:.0%} masked) → "
-        f"{result.coordinates_path}",
-        highlight=False,
-    )
+
+    def describe(micrograph: Path, result: Any) -> list[str]:
+        return [f"{micrograph.name}: {result.n_particles} particles ({result.masked_fraction:.0%} masked) → "
+                f"{result.coordinates_path}"]
+
+    _run_batch("pick", micrographs, out_dir, optics, params, describe)
 
 
 @app.command("steps")
