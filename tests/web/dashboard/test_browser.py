@@ -102,6 +102,8 @@ def server(browser_db: None) -> Iterator[str]:
 
 
 def n_particles(i: int) -> int:
+    """Particles picked on exposure i: picking is enabled from the LATER exposures on (its
+    column and plots appear while the page is open)."""
     return 40 + 7 * i
 
 
@@ -134,7 +136,7 @@ def _pictures(out_dir: Path, name: str, acquisition: Acquisition, defocus_a: flo
 
 def _store_one(session, i: int, acquisition: Acquisition, out_dir: Path) -> None:
     """What the controller does for one movie: record it, then store every step's result
-    (motion, CTF, thumbnail and particle picking)."""
+    (motion, CTF, thumbnail, and from exposure FIRST on particle picking)."""
     from types import SimpleNamespace
 
     from django.utils import timezone
@@ -166,7 +168,7 @@ def _store_one(session, i: int, acquisition: Acquisition, out_dir: Path) -> None
         coordinates_path=out_dir / "pick" / f"{name}_autopick.star", picks_png_path=picks, n_particles=n_particles(i),
         masked_fraction=0.1,
     )
-    results = {"motion": motion, "ctf": ctf, "thumbnail": Thumbnail(png_path=thumbnail), "pick": pick}
+    results = {"motion": motion, "ctf": ctf, "thumbnail": Thumbnail(png_path=thumbnail), **({"pick": pick} if i >= FIRST else {})}
     now = timezone.now()
     records = [
         SimpleNamespace(step=step, engine=ENGINES.get(f"{step}_engine", "native"),
@@ -247,12 +249,9 @@ def test_a_live_session_in_the_browser(server: str, tmp_path: Path, artifacts: P
             thumbs = page.locator("#exposures img.thumb")
             expect(thumbs).to_have_count(FIRST)
             assert page.evaluate("document.getElementById('plot-resolution').data[0].x.length") == FIRST
-            # the pick step's declared metric: a column and a plot of its own
-            expect(page.locator("#exposures th[data-metric='pick.n_particles']")).to_have_text("Particles")
-            particles_column = page.locator("#exposures thead th").all_inner_texts().index("Particles")
-            cells = page.locator(f"#exposures tbody tr td:nth-child({particles_column + 1})")
-            assert sorted(cells.all_inner_texts()) == sorted(str(n_particles(i)) for i in range(FIRST))
-            expect(page.locator("#plot-pick-n_particles .main-svg").first).to_be_visible()
+            # no step besides motion, CTF and thumbnails yet: no column or plot of a step metric
+            assert page.locator("#exposures th[data-metric]").count() == 0
+            assert page.locator("#plot-pick-n_particles").count() == 0
             _shot(page, artifacts, "02_session_start")
 
             # Results arrive while the page is open: the table and the plots follow, no reload.
@@ -263,11 +262,16 @@ def test_a_live_session_in_the_browser(server: str, tmp_path: Path, artifacts: P
                 timeout=15_000,
             )
             expect(page.locator("#n-processed")).to_have_text(str(FIRST + LATER), timeout=10_000)
+            # the pick step's results arrived: its declared metric has a column and plots of its own
+            expect(page.locator("#exposures th[data-metric='pick.n_particles']")).to_have_text("Particles")
+            particles_column = page.locator("#exposures thead th").all_inner_texts().index("Particles")
+            cells = page.locator(f"#exposures tbody tr td:nth-child({particles_column + 1})").all_inner_texts()
+            assert sorted(cells) == sorted([""] * FIRST + [str(n_particles(i)) for i in range(FIRST, FIRST + LATER)])
             page.wait_for_function(
-                f"document.getElementById('plot-pick-n_particles').data.reduce((n, t) => n + t.x.length, 0) === {FIRST + LATER}",
+                f"document.getElementById('plot-pick-n_particles').data.reduce((n, t) => n + t.x.length, 0) === {LATER}",
                 timeout=15_000,
             )
-            expect(cells).to_have_count(FIRST + LATER)
+            expect(page.locator("#plot-pick-n_particles-hist .main-svg").first).to_be_visible()
             producer.join(timeout=30)
             assert producer.error is None, producer.error
             page.locator("#exposures").scroll_into_view_if_needed()  # thumbnails load lazily, when near the view
