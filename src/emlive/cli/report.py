@@ -54,24 +54,37 @@ def _exposures(session: Session) -> list[Exposure]:
 
 
 def print_exposures(console: Console, session: Session) -> None:
-    """One row per exposure: drift, defocus, fit resolution, or why it failed."""
+    """One row per exposure: drift, defocus, fit resolution, particles when picked, or why it
+    (or its picking) failed."""
+    from emlive.db.models import StepResult
+
     exposures = _exposures(session)
+    picks = {
+        exposure_id: (state, metrics.get("n_particles"), error)
+        for exposure_id, state, metrics, error in StepResult.objects.filter(
+            exposure__session=session, step="pick"
+        ).values_list("exposure_id", "state", "metrics", "error")
+    }
+    columns = ["frames", "drift Å", "defocus U Å", "defocus V Å", "azimuth °", "fit Å", "CC"] + (["particles"] if picks else [])
     table = Table(title=f"{session.raw_dir}", title_justify="left")
     table.add_column("exposure", min_width=max((len(e.path) for e in exposures), default=8))
     table.add_column("state", min_width=9)
-    for name in ("frames", "drift Å", "defocus U Å", "defocus V Å", "azimuth °", "fit Å", "CC"):
+    for name in columns:
         table.add_column(name, justify="right")
     table.add_column("reason", max_width=48, overflow="ellipsis", no_wrap=True)
     for exposure in exposures:
         if exposure.state != "processed":
             reason = exposure.fail_reason.replace(str(exposure.movie_path), exposure.path)
-            table.add_row(exposure.path, exposure.state, *[""] * 7, reason)
+            table.add_row(exposure.path, exposure.state, *[""] * len(columns), reason)
             continue
         motion, ctf = exposure.motion, exposure.ctf
+        picked = picks.get(exposure.pk)
+        particles = [] if not picks else ["" if picked is None or picked[1] is None else str(picked[1])]
+        reason = f"picking failed: {picked[2]}" if picked and picked[0] == "failed" else ""
         table.add_row(
             exposure.path, exposure.state, str(motion.n_frames), f"{motion.total_drift_a:.1f}",
             f"{ctf.defocus_u_a:.0f}", f"{ctf.defocus_v_a:.0f}", f"{ctf.azimuth_deg:.1f}",
-            f"{ctf.fit_resolution_a:.1f}", f"{ctf.cross_correlation:.3f}", "",
+            f"{ctf.fit_resolution_a:.1f}", f"{ctf.cross_correlation:.3f}", *particles, reason,
         )
     console.print(table)
     console.print(f"exports: {Path(session.out_dir) / 'exports'}", highlight=False)
