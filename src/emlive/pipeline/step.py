@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from emlive.acquisition import Optics
 from emlive.metric import Metric
 
-__all__ = ["check_storable", "Engine", "ExportRow", "Exporter", "Inputs", "Step", "metrics_of", "output_paths"]
+__all__ = ["Engine", "ExportRow", "Exporter", "Inputs", "Step", "check_storable", "metrics_of", "output_paths", "path_fields"]
 
 
 @dataclass(frozen=True)
