@@ -280,3 +280,18 @@ def test_tiff_tiles_without_a_tile_length_are_refused(tmp_path):
     _movie_error(_patch_tags(path, 258, new_code=322), "ZeroDivisionError")
     gain_error = check_call(lambda: read_gain(path), allowed=(GainError,), path=path)
     assert "ZeroDivisionError" in str(gain_error)
+
+
+@pytest.mark.parametrize("kind, count", [(12, 2**61), (4, 2**62), (2, 2**64 - 1)])
+def test_bigtiff_tag_count_that_wraps_around_is_refused(tmp_path, kind, count):
+    """StripByteCounts with 2⁶¹ doubles (2⁶⁴ bytes, 0 after wrapping in uint64): the chain walk's
+    bounds check passed it, tifffile dropped the tag with a log line and read the movie anyway."""
+    path = tmp_path / "wrap.tif"
+    tifffile.imwrite(path, np.ones((2, 8, 8), np.uint16), bigtiff=True, photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        entries = [page.tags[279].offset for page in tif.pages]
+    data = bytearray(path.read_bytes())
+    for at in entries:
+        data[at + 2 : at + 12] = struct.pack("<HQ", kind, count)
+    path.write_bytes(bytes(data))
+    _movie_error(path, "tag 279 has its value up to byte")

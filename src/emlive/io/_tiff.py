@@ -68,15 +68,23 @@ def _check_tag_values(
     """Raise if a tag's value stored outside the IFD reaches past the end of the file."""
     types = entries["type"].astype(np.intp)
     sizes = np.where(types < len(_TYPE_SIZES), _TYPE_SIZES[np.minimum(types, len(_TYPE_SIZES) - 1)], 0)
-    nbytes = entries["count"].astype(np.uint64) * sizes
-    outside = nbytes > inline_size
-    ends = entries["value"].astype(np.uint64) + nbytes
-    bad = np.flatnonzero(outside & (ends > file_size))
+    counts = entries["count"].astype(np.uint64)
+    values = entries["value"].astype(np.uint64)
+    # a count beyond the file size cannot fit, and an offset beyond it is outside: compared
+    # first, so that count × size and offset + bytes cannot wrap around 2⁶⁴ (a BigTIFF count of
+    # 2⁶¹ doubles is 0 bytes)
+    too_many = (sizes > 0) & (counts > file_size)
+    nbytes = np.where(too_many, 0, counts) * sizes
+    outside = too_many | (nbytes > inline_size)  # else the value is stored in the entry itself
+    far = values > file_size
+    ends = np.where(far, 0, values) + nbytes
+    bad = np.flatnonzero(too_many | (outside & (far | (ends > file_size))))
     if bad.size:
         i = int(bad[0])
+        end = int(entries["value"][i]) + int(entries["count"][i]) * int(sizes[i])  # Python ints
         raise MovieFormatError(
             f"{path}: TIFF page {page} tag {int(entries['tag'][i])} has its value up to byte "
-            f"{int(ends[i])} but the file has {file_size} bytes; {_INCOMPLETE}"
+            f"{end} but the file has {file_size} bytes; {_INCOMPLETE}"
         )
 
 
