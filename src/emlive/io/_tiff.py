@@ -280,7 +280,8 @@ def check_page_size(path: Path, page_index: int, page: tifffile.TiffPage | tifff
 
 
 def open_tiff_checked(path: Path, file_size: int, *, eer: bool = False) -> tuple[tifffile.TiffFile, int]:
-    """Walk the page chain, open with tifffile, check every strip lies inside the file.
+    """Walk the page chain, open with tifffile, check every strip lies inside the file and every
+    page's image can be decoded from its strips (:func:`check_page_size`).
 
     Frames are read as TiffFrames (offsets and byte counts only) sharing the first page's
     tags; for EER the keyframe is the first EER page (some files start with an uncompressed

@@ -7,9 +7,10 @@ is the watcher's cheap integrity check. Frames come back as float32 ``(n, ny, nx
 [frame, y, x], multiplied by the gain reference when one is given.
 
 Readers are strict: opening a movie checks its structure against the file size (MRC header
-versus bytes on disk; TIFF/EER page chain and every strip inside the file) without decoding any
-pixel, and any damage found then or while decoding raises :class:`MovieFormatError` naming the
-file, the problem and what to do. A missing file raises :class:`FileNotFoundError`.
+versus bytes on disk; TIFF/EER page chain and every strip inside the file, and each page's
+size one its strips can decode to) without decoding any pixel, so that a header claiming
+terabytes is refused before anything is allocated; any damage found then or while decoding
+raises :class:`MovieFormatError` naming the file, the problem and what to do. A missing file raises :class:`FileNotFoundError`.
 
 EER movies are rendered at the sensor's native size (``eer_upsampling=1``: 4096² on Falcon 4)
 or at twice it (``eer_upsampling=2``: 8192², using the events' sub-pixel bits), and their raw
