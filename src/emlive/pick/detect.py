@@ -67,7 +67,7 @@ DEFAULT_MIN_DISTANCE_D = 0.75
 # Noise peaks the strict threshold lets through per micrograph (on average, in pure noise).
 DEFAULT_EXPECTED_FALSE_PICKS = 0.05
 # Lowest automatic threshold, in noise standard deviations of the score map.
-MIN_Z_THRESHOLD = 3.0
+MIN_Z_THRESHOLD = 2.5
 # A micrograph with less than this fraction left to pick in is refused (PickError).
 MAX_MASKED_FRACTION = 0.9
 
