@@ -110,11 +110,12 @@ def pick_particles(
 
     ``micrograph`` is an MRC image ``[y, x]`` of ``pixel_size_a`` Å per pixel (the argument
     wins over the header). ``params.diameter_a`` (Å) is required; ``params.min_distance_a``
-    (default 0.75 diameters) and ``params.threshold`` (a z-score; default chosen per
-    micrograph so that pure noise gives about 0.05 picks) override the engine's choices.
-    ``optics`` gives the voltage, Cs and amplitude contrast (its pixel size is ignored) and
-    ``ctf`` the defocus for phase flipping; without ``ctf`` the micrograph is not flipped.
-    ``stem`` defaults to the micrograph's.
+    (default 0.75 diameters) and ``params.threshold`` (a z-score, the score's noise σ;
+    default chosen per micrograph, see :func:`emlive.pick.detect.automatic_threshold`)
+    override the engine's choices. ``optics`` gives the voltage, Cs and amplitude contrast
+    (its pixel size is ignored; default 300 kV, 2.7 mm, 0.07) and ``ctf`` the defocus and
+    phase shift for phase flipping; without ``ctf`` the micrograph is not flipped. ``stem``
+    defaults to the micrograph's.
 
     Raises ValueError when the diameter is missing, :class:`emlive.io.errors.MovieFormatError`
     when the file cannot be read, :class:`PickError` when the micrograph cannot be picked
