@@ -294,10 +294,11 @@ def spectrum_geometry(
 ) -> tuple[int, int, float]:
     """Tile size (px), spectrum box (px) and the pixel size (Å) the spectrum is fitted at.
 
+    The spectrum is sampled as a tile's would be (:func:`emlive.ctf.spectrum.average_amplitude_spectrum`).
     Micrographs with pixels smaller than :data:`FIT_PIXEL_SIZE_A` (or than ``max_res_a / 2.2``,
-    whichever is smaller) are tiled with proportionally larger tiles (rounded up to an even,
-    FFT-friendly size), whose spectra are cropped to ``box_px``: the fitted spectrum then has
-    bins of ``1 / (tile · pixel_size_a)``. Both shrink to fit a small micrograph.
+    whichever is smaller) get proportionally larger tiles (rounded up to an even, FFT-friendly
+    size), whose spectra are cropped to ``box_px``: the fitted spectrum then has bins of
+    ``1 / (tile · pixel_size_a)``. Both shrink to fit a small micrograph.
     """
     target_a = max(pixel_size_a, min(FIT_PIXEL_SIZE_A, max_res_a / 2.2))
     limit = min(shape) // 2 * 2

@@ -13,8 +13,8 @@ The method follows ctffind's published one (Rohou & Grigorieff 2015), with its o
 2. an exhaustive search of the mean defocus (and phase shift) on radial profiles, vectorised
    over a grid — ctffind's 1D search, done per angular sector so that it covers the
    astigmatism too (:func:`search_defocus_grid`);
-3. a local refinement of (mean defocus, astigmatism vector[, phase shift]) with L-BFGS-B and
-   the analytic gradient of the score (:func:`fit_ctf`);
+3. a local refinement of (mean defocus, astigmatism vector[, phase shift]) by damped Newton
+   steps on the exact gradient and Hessian of the score (:func:`fit_ctf`);
 4. with that fit, the background is estimated again, smoothing over the fitted ring spacing
    with the fitted rings taken out, and the fit is refined once more from the first CTF zero
    outwards (inside it a ring is too wide to tell from the background), the model multiplied
@@ -641,7 +641,7 @@ def fit_ctf(
 
     1. :func:`search_defocus_grid` gives a few candidates (mean defocus, astigmatism, phase).
     2. From each candidate scoring at least half the best, and from the best without
-       astigmatism, L-BFGS-B maximises the band score over (mean, a, b[, phase]) where the
+       astigmatism, damped Newton steps maximise the band score over (mean, a, b[, phase]) where the
        defocus along direction θ is ``mean + a·cos2θ + b·sin2θ`` (smooth through zero
        astigmatism).
 
