@@ -156,7 +156,8 @@ class Picks:
     ``xy_px`` ``(n, 2)`` float64 ``(x, y)`` in pixels of the input image (x = column, y = row);
     ``scores`` ``(n,)`` their z-scores, in decreasing order; ``threshold`` the score they had
     to reach; ``masked_fraction`` the fraction of the image excluded from picking;
-    ``working`` and ``mask`` the working image and exclusion mask (for pictures).
+    ``working`` and ``mask`` the working image (low-passed, as it was: not flipped, carbon
+    not evened out) and the exclusion mask, for pictures.
     """
 
     xy_px: np.ndarray
@@ -732,6 +733,6 @@ def pick_micrograph(
         scores=values,
         threshold=chosen,
         masked_fraction=mask.masked_fraction,
-        working=filtered,
+        working=working,
         mask=mask,
     )

@@ -50,7 +50,7 @@ def picks_picture(picks: Picks, *, diameter_a: float, max_size_px: int = PICKS_P
     """An RGB picture of the low-passed micrograph with the picks circled (pure: no file).
 
     The working image (already low-passed to about a sixteenth of the diameter) is shown at
-    most ``max_size_px`` on its long side, contrast-stretched; excluded carbon and
+    most ``max_size_px`` on its long side, contrast-stretched on the ice; excluded carbon and
     contamination are tinted orange; each pick is a green circle of the particle's diameter
     (the colour of :mod:`emlive.pick.outputs`' pictures).
     """
@@ -60,9 +60,12 @@ def picks_picture(picks: Picks, *, diameter_a: float, max_size_px: int = PICKS_P
     if factor > 1:
         cy, cx = image.shape[0] // factor, image.shape[1] // factor
         image = image[: cy * factor, : cx * factor].reshape(cy, factor, cx, factor).mean(axis=(1, 3))
-    grey = to_uint8(image)
+    excluded = (picks.mask.carbon | picks.mask.contamination)[::factor, ::factor][: image.shape[0], : image.shape[1]]
+    # contrast from the ice: carbon and contamination are darker and would flatten it
+    ice = image[~excluded] if (~excluded).sum() > 16 else image.ravel()
+    lo, hi = np.percentile(ice, [0.5, 99.5])
+    grey = to_uint8(np.clip(image, lo, hi)) if hi > lo else to_uint8(image)
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
-    excluded = (picks.mask.carbon | picks.mask.contamination)[::factor, ::factor][: rgb.shape[0], : rgb.shape[1]]
     if excluded.any():
         tint = np.array([255, 140, 0], dtype=np.float32)
         rgb[excluded] = (0.6 * rgb[excluded] + 0.4 * tint).astype(np.uint8)
