@@ -145,3 +145,14 @@ def test_the_ice_ring_ratio_needs_the_band_inside_nyquist():
     spectrum = np.ones((256, 256), np.float32)
     assert ice_ring_ratio(spectrum, pixel_size_a=1.5) == pytest.approx(1.0)
     assert ice_ring_ratio(spectrum, pixel_size_a=1.8) is None
+
+
+def test_each_bin_averages_all_the_frequencies_within_a_bin_of_it():
+    # white noise, an image 8× the tile: each bin takes the 8 × 8 frequencies within a bin of
+    # it along each axis with triangle weights, i.e. (8 · 3/2)² = 144 independent amplitudes
+    # (Rayleigh: relative SD √(4/π − 1) = 0.523 each), so the spectrum's relative SD is 0.523/12
+    image = np.random.default_rng(3).normal(0.0, 1.0, (2048, 2048)).astype(np.float32)
+    spectrum = average_amplitude_spectrum(image, tile_size_px=256).astype(np.float64)
+    ring = (radius_grid_px(256) > 20) & (radius_grid_px(256) < 120)
+    relative_sd = spectrum[ring].std() / spectrum[ring].mean()
+    assert relative_sd == pytest.approx(np.sqrt(4 / np.pi - 1) / 12, rel=0.1)
