@@ -183,3 +183,25 @@ def test_watch_processes_a_growing_file_once_complete_and_sigterm_exits_cleanly(
     assert _rows(db, "SELECT fail_count FROM emlive_exposure") == [(0,), (0,)]
     assert len(starfile.read(out / "exports" / "micrographs_ctf.star", always_dict=True)["micrographs"]) == 2
     _no_half_written_files(out)
+
+
+def test_ctrl_c_in_a_terminal_finishes_in_flight_work_without_worker_tracebacks(tmp_path):
+    """SIGINT to the whole foreground process group, as a terminal's Ctrl+C sends it: the local
+    workers ignore it, the controller finishes the exposures in flight and exits 0."""
+    write_session(tmp_path, n_movies=2, formats=("mrc",), seed=11, **SMALL)
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    db = out / "emlive.sqlite3"
+    proc = subprocess.Popen(
+        emlive_command("process", raw, "-o", out, *ACQ, "--watch", "--settle-s", "0", "--workers", "2"),
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: _counts(db).get("submitted", 0) >= 1, timeout_s=180, what="an exposure in flight")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # the process group: controller and its local workers
+        stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "finishing exposures in flight" in stderr
+    assert _counts(db).get("submitted", 0) == 0 and _counts(db).get("processed", 0) >= 1
+    _no_half_written_files(out)

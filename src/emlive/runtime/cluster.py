@@ -11,7 +11,9 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +111,7 @@ def open_cluster(settings: ClusterSettings) -> Iterator[Cluster]:
             memory_limit=settings.memory_limit,
             dashboard_address=":0",  # a free port: several controllers (and their tests) on one machine
             silence_logs=logging.ERROR,
+            preload=[__name__],  # dask_setup: workers ignore the terminal's Ctrl+C
         )
         scale = None
         replace_lost = None
@@ -120,6 +123,20 @@ def open_cluster(settings: ClusterSettings) -> Iterator[Cluster]:
             yield Cluster(client, scale, settings.threads_per_worker, replace_lost)
     finally:
         cluster.close()
+
+
+def dask_setup(worker: Any) -> None:
+    """Run in each local worker process as it starts (this module is its Dask ``preload``):
+    SIGINT is ignored there, so only the controller decides when to stop.
+
+    Ctrl+C in a terminal sends SIGINT to the whole foreground process group, the local Dask
+    workers included: each would die with a KeyboardInterrupt traceback while the controller
+    was finishing their tasks (and then waited for ever). Runs in the worker's main thread,
+    before any task. Tools a worker runs get SIGINT too (they are in the terminal's process
+    group) unless they ignore it themselves; SIGTERM and SIGKILL still reach every process.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _lost_worker_replacer(cluster: SpecCluster) -> Callable[[], list[str]]:
