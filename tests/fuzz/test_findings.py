@@ -295,3 +295,17 @@ def test_bigtiff_tag_count_that_wraps_around_is_refused(tmp_path, kind, count):
         data[at + 2 : at + 12] = struct.pack("<HQ", kind, count)
     path.write_bytes(bytes(data))
     _movie_error(path, "tag 279 has its value up to byte")
+
+
+def test_a_version_with_a_long_run_of_digits_is_refused_at_once():
+    """Version.parse (reached from a ToolSpec's configured version) took about 45 s to refuse
+    '1.' + 20,000 digits + spaces + 'x': its pattern backtracked over the digits."""
+    import time
+
+    from emlive.tools.spec import Version
+
+    started = time.process_time()
+    with pytest.raises(ValueError, match="not a version number"):
+        Version.parse("1." + "1" * 20_000 + "   x")
+    assert time.process_time() - started < 0.5
+    assert Version.parse(" v4.1.14 ") == Version(4, 1, 14)

@@ -40,7 +40,8 @@ class Version(NamedTuple):
     @classmethod
     def parse(cls, text: str) -> Version:
         """``"1.6.4"`` → ``Version(1, 6, 4)``; ``"v1.06"`` → ``Version(1, 6, 0)``."""
-        match = re.fullmatch(r"\s*v?(\d+)(?:\.(\d+))?(?:\.(\d+))?\S*\s*", text)
+        # possessive quantifiers: linear time on any text (a long run of digits backtracked for minutes)
+        match = re.fullmatch(r"v?(\d++)(?:\.(\d++))?(?:\.(\d++))?\S*+", text.strip())
         if match is None:
             raise ValueError(f"{text!r} is not a version number like 1.6.4")
         return cls(*(int(part) if part else 0 for part in match.groups()))
