@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -209,3 +210,43 @@ def test_a_session_whose_folders_break_does_not_stop_the_others(tmp_path, caplog
     messages = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("cannot write the exports" in m and "no_out" in m for m in messages), messages
     assert any("cannot scan" in m and "no_raw" in m for m in messages), messages
+
+
+def test_a_start_removes_the_temporaries_killed_writers_left_and_keeps_a_live_ones(tmp_path, caplog):
+    """A SIGKILL while a step writes leaves its temporary behind; the next start removes it (its
+    process is gone) and a tool's work folder with it, but not a temporary being written now."""
+    import subprocess
+    import sys
+
+    from emlive.io.atomic import temporary_prefix
+
+    activate(sqlite_url(tmp_path / "emlive.sqlite3"))
+    from emlive.db import store
+
+    acq = Acquisition(pixel_size_a=1.0, dose_per_frame_e_a2=1.0)
+    session = store.get_or_create_session(tmp_path / "raw", tmp_path / "out", acq)
+    _movies(tmp_path / "raw", ["m0.mrc"])
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_prefix = temporary_prefix("m0").replace(f"-{os.getpid()}@", f"-{int(gone.stdout)}@")
+    left = tmp_path / "out" / "thumbnail" / f"{dead_prefix}0a1b2c3d.png"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"half a picture")
+    work = tmp_path / "out" / "ctf" / f"{dead_prefix.replace('.tmp-', '.ctffind.tmp-')}k3j_x9qz"
+    work.mkdir(parents=True)
+    (work / "m0.txt").write_text("partial")
+    live = tmp_path / "out" / "motion" / f"{temporary_prefix('m1')}0a1b2c3d.mrc"  # this process: alive
+    live.parent.mkdir(parents=True)
+    live.write_bytes(b"being written")
+    settings = load_settings(watch={"settle_s": 0, "poll_interval_s": 0.1}, cluster={"n_workers": 1})
+
+    caplog.set_level("INFO", logger="emlive.runtime.loop")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local:
+        with Client(local) as client:
+            counts = run_sessions(
+                [(session, PipelineParams(acquisition=acq))], settings, watch=False,
+                cluster=Cluster(client, None, 1), task=timed_result,
+            )
+    assert counts[session.pk]["processed"] == 1
+    assert not left.exists() and not work.exists() and live.exists()
+    removed = [r.getMessage() for r in caplog.records if "left half-written" in r.getMessage()]
+    assert len(removed) == 2 and any(str(left) in m for m in removed), removed

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from distributed import Client, Future
 
 from emlive.config import ClusterSettings, Settings
+from emlive.io.atomic import remove_abandoned_temporaries
 from emlive.pipeline.exposure import (
     ExposureResult,
     ExposureSpec,
@@ -162,6 +163,7 @@ class _Run:
         )
         if (reset := store.reset_in_flight(session)) > 0:
             log.info("%s: %d exposures left in flight by an earlier run will be redone", session, reset)
+        _remove_abandoned_temporaries(session)
         if self.follow is None:
             store.set_session_state(session, "processing")
         self.lives[session.pk] = _Live(session, params, watcher, resources)
@@ -430,6 +432,18 @@ def _poll(live: _Live, *, now_s: float, final: bool) -> list[Found]:
         log.error("%s: cannot scan %s (%s); fix the folder's permissions or mount — tried again next poll",
                   live.session, live.session.raw_dir, err)
         return []
+
+
+def _remove_abandoned_temporaries(session: Session) -> None:
+    """Remove the half-written files that killed writers left in the session's output folder
+    (:func:`emlive.io.atomic.remove_abandoned_temporaries`: a live worker's are kept)."""
+    try:
+        removed = remove_abandoned_temporaries(session.out_dir, skip=[session.raw_dir])
+    except OSError as err:
+        log.warning("%s: cannot look for abandoned temporary files in %s (%s)", session, session.out_dir, err)
+        return
+    for path in removed:
+        log.info("%s: removed %s, left half-written by a writer that is gone", session, path)
 
 
 def _write_exports(session: Session) -> bool:

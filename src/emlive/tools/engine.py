@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emlive.io.atomic import temporary_prefix
 from emlive.tools.call import (
     Completed, ToolError, ToolOutputError, check_version, detect_version, run_tool, tail, tool_spec,
 )
@@ -73,7 +74,7 @@ class ExternalTool:
         spec = spec or tool_spec(self.name)
         version = self.version(spec)
         out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{stem}.tmp-{self.name}-", dir=out_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix=temporary_prefix(f"{stem}.{self.name}"), dir=out_dir) as tmp:
             yield ToolRun(self, source, out_dir, stem, spec, version, Path(tmp).resolve())
 
 
