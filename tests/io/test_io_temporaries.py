@@ -39,10 +39,10 @@ def test_a_dead_writers_temporaries_on_this_host_go_at_once_a_live_ones_stay(tmp
     dead.write_bytes(b"half a picture")
     live = thumbs / f"{temporary_prefix('m1')}0a1b2c3d.png"  # this process: alive
     live.write_bytes(b"being written")
-    work = tmp_path / "ctf" / f".m2.ctffind.tmp-{_dead_pid()}@{here}k3j_x9qz"  # a tool's work folder
+    work = tmp_path / "ctf" / f".m2.tmp-ctffind-{_dead_pid()}@{here}k3j_x9qz"  # a tool's work folder
     work.mkdir(parents=True)
     (work / "out.txt").write_text("partial")
-    with tempfile.TemporaryDirectory(prefix=temporary_prefix("m3.relion"), dir=tmp_path) as running:
+    with tempfile.TemporaryDirectory(prefix=temporary_prefix("m3", "relion"), dir=tmp_path) as running:
         removed = remove_abandoned_temporaries(tmp_path, now_s=NOW_S)
         assert os.path.isdir(running)
     assert sorted(removed) == sorted([dead, work])

@@ -231,7 +231,7 @@ def test_a_start_removes_the_temporaries_killed_writers_left_and_keeps_a_live_on
     left = tmp_path / "out" / "thumbnail" / f"{dead_prefix}0a1b2c3d.png"
     left.parent.mkdir(parents=True)
     left.write_bytes(b"half a picture")
-    work = tmp_path / "out" / "ctf" / f"{dead_prefix.replace('.tmp-', '.ctffind.tmp-')}k3j_x9qz"
+    work = tmp_path / "out" / "ctf" / f"{dead_prefix.replace('.tmp-', '.tmp-ctffind-')}k3j_x9qz"
     work.mkdir(parents=True)
     (work / "m0.txt").write_text("partial")
     live = tmp_path / "out" / "motion" / f"{temporary_prefix('m1')}0a1b2c3d.mrc"  # this process: alive

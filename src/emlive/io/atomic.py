@@ -51,18 +51,18 @@ def _host() -> str:
     return socket.gethostname().split(".")[0] or "localhost"
 
 
-def temporary_prefix(stem: str) -> str:
+def temporary_prefix(stem: str, tag: str = "") -> str:
     """The start of a temporary name for ``stem`` written by this process:
-    ``.<stem>.tmp-<pid>@<host>-`` (a random part and the suffix follow). Folders made with
-    ``tempfile`` take it as their ``prefix``."""
-    return f".{stem}{_TMP_MARK}{os.getpid()}@{_host()}-"
+    ``.<stem>.tmp-[<tag>-]<pid>@<host>-`` (a random part and the suffix follow). Folders made
+    with ``tempfile`` take it as their ``prefix`` (``tag``: the tool's name)."""
+    return f".{stem}{_TMP_MARK}{f'{tag}-' if tag else ''}{os.getpid()}@{_host()}-"
 
 
 def _writer(name: str) -> tuple[int, str] | None:
     """``(pid, host)`` of the process that made a temporary name, None when it does not say."""
     rest = name.rpartition(_TMP_MARK)[2]
-    pid, at, tail = rest.partition("@")
-    host = tail.rpartition("-")[0]
+    head, at, tail = rest.partition("@")
+    pid, host = head.rpartition("-")[2], tail.rpartition("-")[0]
     if not at or not pid.isdigit() or not host:
         return None
     return int(pid), host

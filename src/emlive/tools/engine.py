@@ -74,7 +74,7 @@ class ExternalTool:
         spec = spec or tool_spec(self.name)
         version = self.version(spec)
         out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=temporary_prefix(f"{stem}.{self.name}"), dir=out_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix=temporary_prefix(stem, self.name), dir=out_dir) as tmp:
             yield ToolRun(self, source, out_dir, stem, spec, version, Path(tmp).resolve())
 
 
