@@ -1,12 +1,14 @@
-"""Data-plane fixtures: every test that takes ``db`` runs on SQLite and on PostgreSQL.
+"""Data-plane fixtures: every test that takes ``db`` runs on SQLite, PostgreSQL and MariaDB/MySQL.
 
 Django is configured programmatically (no pytest-django): the first database used calls
 ``setup_database``; later ones ``switch_database`` (the test-only re-pointing of the default
 connection). SQLite lives in the session's tmp folder. PostgreSQL is reached at
 ``EMLIVE_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``); the run
 creates a database of its own there (dropped at the end) so parallel runs never share tables.
-Unreachable PostgreSQL skips those tests with the reason, or fails them when
-``EMLIVE_REQUIRE_SERVICES=1``. Every test starts from empty emlive tables.
+MariaDB (or MySQL) likewise at ``EMLIVE_TEST_MYSQL_URL`` (default
+``mysql://root@127.0.0.1:3306/test``), through PyMySQL. An unreachable server skips its tests
+with the reason, or fails them when ``EMLIVE_REQUIRE_SERVICES=1``. Every test starts from empty
+emlive tables.
 
 Modules that use Django models are imported only after Django is configured, so tests reach
 them through the ``db`` fixture (``db.store``, ``db.queries``, ``db.export``, ``db.models``).
@@ -24,6 +26,7 @@ from types import ModuleType
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pymysql
 import pytest
 from psycopg import sql
 
@@ -33,6 +36,7 @@ from emlive.db.setup import current_database_url, redact_url, setup_database, sq
 from emlive.motion.types import MotionResult
 
 POSTGRES_URL = os.environ.get("EMLIVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("EMLIVE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 REQUIRE_SERVICES = os.environ.get("EMLIVE_REQUIRE_SERVICES") == "1"
 
 
@@ -59,10 +63,7 @@ def postgres_database_url() -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
-        reason = f"PostgreSQL unreachable at {redact_url(POSTGRES_URL)} (set EMLIVE_TEST_POSTGRES_URL): {exc}".strip()
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{reason}; EMLIVE_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
-        pytest.skip(reason)
+        _unreachable(f"PostgreSQL unreachable at {redact_url(POSTGRES_URL)} (set EMLIVE_TEST_POSTGRES_URL): {exc}".strip())
     name = f"emlive_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin:
         try:
@@ -80,7 +81,55 @@ def postgres_database_url() -> Iterator[str]:
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def _unreachable(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason}; EMLIVE_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
+    pytest.skip(reason)
+
+
+def _mysql_admin(url: str) -> pymysql.connections.Connection:
+    from emlive.db.setup import database_settings
+
+    db = database_settings(url)
+    return pymysql.connect(
+        host=db["HOST"] or "localhost", port=int(db["PORT"] or 3306), user=db["USER"], password=db["PASSWORD"],
+        charset="utf8mb4", autocommit=True, connect_timeout=5,
+    )
+
+
+@pytest.fixture(scope="session")
+def mysql_database_url() -> Iterator[str]:
+    try:
+        admin = _mysql_admin(MYSQL_URL)
+    except (pymysql.Error, ValueError) as exc:
+        _unreachable(f"MariaDB/MySQL unreachable at {redact_url(MYSQL_URL)} (set EMLIVE_TEST_MYSQL_URL): {exc}".strip())
+    name = f"emlive_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin, admin.cursor() as cursor:
+        try:
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] not in (1044, 1227):  # access denied: use the given database
+                raise
+            name = ""
+    try:
+        yield _with_database(MYSQL_URL, name) if name else MYSQL_URL
+    finally:
+        if name:
+            from django.db import connections
+
+            connections.close_all()
+            with _mysql_admin(MYSQL_URL) as admin, admin.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture(
+    scope="session",
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+)
 def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{request.param}_database_url"))
 
@@ -97,7 +146,7 @@ class DataPlane:
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[DataPlane]:
-    """The data plane on a clean database (SQLite or PostgreSQL)."""
+    """The data plane on a clean database (SQLite, PostgreSQL or MariaDB/MySQL)."""
     activate(database_url)
     from django.db import connection
 

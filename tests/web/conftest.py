@@ -1,4 +1,4 @@
-"""Web tests use the data-plane fixtures (``db`` on SQLite and PostgreSQL, ``acquisition``,
+"""Web tests use the data-plane fixtures (``db`` on SQLite, PostgreSQL and MariaDB, ``acquisition``,
 ``store_processed`` …) of tests/db/conftest.py."""
 
 from tests.db.conftest import (  # noqa: F401  (fixtures are found by name)
@@ -8,6 +8,7 @@ from tests.db.conftest import (  # noqa: F401  (fixtures are found by name)
     db,
     engines,
     make_results,
+    mysql_database_url,
     postgres_database_url,
     sqlite_database_url,
     store_processed,

@@ -9,6 +9,7 @@ controller writes these tables, through :mod:`emlive.db.store`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -26,7 +27,7 @@ if not apps.apps_ready:  # imported before Django was configured
     )
 
 PATH_MAX_CHARS = 1024
-"""Longest path stored in a uniquely indexed column (raw_dir, exposure path)."""
+"""Longest path stored in a column that identifies a row (raw_dir, exposure path)."""
 
 OUTPUT_PATH_MAX_CHARS = 4096
 
@@ -34,6 +35,50 @@ OUTPUT_PATH_MAX_CHARS = 4096
 def canonical_dir(path: str | os.PathLike[str]) -> str:
     """The form in which a session folder is stored and looked up: absolute, symlinks resolved."""
     return str(Path(path).resolve())
+
+
+def path_digest(path: str) -> str:
+    """SHA-256 (hex) of a stored path's UTF-8 text: the value of its :class:`DigestField`."""
+    return hashlib.sha256(path.encode()).hexdigest()
+
+
+class PathField(models.CharField):
+    """A path that identifies a row. On MySQL/MariaDB its column compares and sorts byte-exact
+    (``utf8mb4_bin``) as on SQLite and PostgreSQL, whatever the database's default collation:
+    ``a.tif`` and ``A.tif`` are two movies. Elsewhere it is a plain CharField."""
+
+    def db_parameters(self, connection):  # type: ignore[no-untyped-def]
+        params = super().db_parameters(connection)
+        if connection.vendor == "mysql" and self.db_collation is None:
+            params["collation"] = "utf8mb4_bin"
+        return params
+
+
+class DigestField(models.CharField):
+    """The SHA-256 of the path field ``of``, set whenever the row is saved or bulk-created.
+
+    It carries the path's uniqueness and index: a path of up to :data:`PATH_MAX_CHARS`
+    characters is too long for a MySQL/MariaDB index (3072 bytes, 4 bytes a character in
+    utf8mb4), its 64-character digest is not. Look rows up by it (:func:`path_digest`)."""
+
+    def __init__(self, *args, of: str, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.of = of
+        kwargs.setdefault("max_length", 64)
+        kwargs.setdefault("editable", False)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self):  # type: ignore[no-untyped-def]
+        name, path, args, kwargs = super().deconstruct()
+        kwargs["of"] = self.of
+        kwargs.pop("editable", None)
+        if kwargs.get("max_length") == 64:
+            del kwargs["max_length"]
+        return name, path, args, kwargs
+
+    def pre_save(self, model_instance: models.Model, add: bool) -> str:
+        value = path_digest(getattr(model_instance, self.of))
+        setattr(model_instance, self.attname, value)
+        return value
 
 
 class Project(models.Model):
@@ -61,7 +106,8 @@ class Session(models.Model):
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="sessions")
     name = models.CharField(max_length=200)
-    raw_dir = models.CharField(max_length=PATH_MAX_CHARS, unique=True, help_text="Absolute path of the movies' folder")
+    raw_dir = PathField(max_length=PATH_MAX_CHARS, help_text="Absolute path of the movies' folder")
+    raw_dir_sha256 = DigestField(of="raw_dir", unique=True, help_text="SHA-256 of raw_dir: unique")
     out_dir = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, help_text="Absolute path of the outputs' folder")
 
     pixel_size_a = models.FloatField(help_text="Movie pixel size, Å")
@@ -124,7 +170,8 @@ class Exposure(models.Model):
         FAILED = "failed", "failed"
 
     session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="exposures")
-    path = models.CharField(max_length=PATH_MAX_CHARS, help_text="Movie path relative to the session's raw_dir (POSIX separators)")
+    path = PathField(max_length=PATH_MAX_CHARS, help_text="Movie path relative to the session's raw_dir (POSIX separators)")
+    path_sha256 = DigestField(of="path", help_text="SHA-256 of path: unique in the session")
     size_bytes = models.BigIntegerField(help_text="File size when found, bytes")
     mtime_ns = models.BigIntegerField(help_text="File modification time when found, ns since the epoch")
 
@@ -142,7 +189,7 @@ class Exposure(models.Model):
     class Meta:
         ordering = ["found_at", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["session", "path"], name="emlive_exposure_unique_path"),
+            models.UniqueConstraint(fields=["session", "path_sha256"], name="emlive_exposure_unique_path_sha256"),
         ]
         indexes = [
             models.Index(fields=["session", "state"], name="emlive_exposure_state_idx"),

@@ -12,7 +12,7 @@ from django.db.models.functions import Abs
 from django.db.models.lookups import GreaterThanOrEqual, LessThanOrEqual
 
 from emlive.curation import Curation
-from emlive.db.models import Exposure, Session, StepResult, canonical_dir
+from emlive.db.models import Exposure, Session, StepResult, canonical_dir, path_digest
 
 __all__ = [
     "ProcessedRow",
@@ -53,7 +53,7 @@ def sessions(project: str | None = None) -> QuerySet[Session]:
 
 def session_by_raw_dir(raw_dir: str | os.PathLike[str]) -> Session | None:
     """The session recorded for the movie folder ``raw_dir`` (any spelling of it), or None."""
-    return Session.objects.select_related("project").filter(raw_dir=canonical_dir(raw_dir)).first()
+    return Session.objects.select_related("project").filter(raw_dir_sha256=path_digest(canonical_dir(raw_dir))).first()
 
 
 def exposures(session: Session | int, state: str | None = None) -> QuerySet[Exposure]:

@@ -13,7 +13,13 @@ Supported URLs (parsed by ``dj-database-url``):
   transactions and a busy timeout, so the API can read while the controller writes.
 - ``postgres://USER:PASSWORD@HOST:PORT/NAME`` (also ``postgresql://``), via psycopg 3 and a
   connection pool (psycopg_pool, 1–20 connections; ``?pool=`` in the URL cannot turn it off).
-- ``mysql://USER:PASSWORD@HOST:PORT/NAME`` (needs ``mysqlclient``; not tested here).
+- ``mysql://USER:PASSWORD@HOST:PORT/NAME`` (also ``mariadb://``): MySQL 8.0.11+ or MariaDB
+  10.5+, through mysqlclient where it is installed, else PyMySQL (pure Python, a dependency).
+  Connections use utf8mb4, strict mode (``STRICT_TRANS_TABLES``: a value too long is an error,
+  never cut) and READ COMMITTED, like PostgreSQL, so a ``select_for_update`` that finds no row
+  takes no gap lock and a retry after an IntegrityError sees the row that won. Create the
+  database with ``CHARACTER SET utf8mb4`` (the path columns compare byte-exact whatever its
+  collation: see :class:`emlive.db.models.PathField`).
 
 Query parameters of the URL become the backend's ``OPTIONS`` and win over the defaults here
 (for example ``sqlite:////data/emlive.sqlite3?timeout=60``).
@@ -45,6 +51,7 @@ SUPPORTED_URLS = (
     "sqlite:///ABSOLUTE/PATH.sqlite3",
     "postgres://USER:PASSWORD@HOST:PORT/NAME",
     "mysql://USER:PASSWORD@HOST:PORT/NAME",
+    "mariadb://USER:PASSWORD@HOST:PORT/NAME",
 )
 
 _ENGINES = {
@@ -53,6 +60,7 @@ _ENGINES = {
     "postgresql": "django.db.backends.postgresql",
     "pgsql": "django.db.backends.postgresql",
     "mysql": "django.db.backends.mysql",
+    "mariadb": "django.db.backends.mysql",
 }
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -70,6 +78,18 @@ _SQLITE_OPTIONS: dict[str, Any] = {
 
 _POSTGRES_POOL: dict[str, Any] = {"min_size": 1, "max_size": 20, "timeout": 30.0}
 """psycopg_pool options: connections kept open, most at once, seconds to wait for one."""
+
+_MYSQL_OPTIONS: dict[str, Any] = {
+    # Four bytes a character: paths and names may hold any Unicode (MySQL's "utf8" cannot).
+    "charset": "utf8mb4",
+    # Strict: a too-long or invalid value is an error as on PostgreSQL, not cut with a warning;
+    # never a silent fallback to a storage engine without transactions.
+    "init_command": "SET sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'",
+    # PostgreSQL's default: no gap locks under select_for_update, each statement sees what
+    # other transactions committed (the store's "created meanwhile" retries rely on it).
+    "isolation_level": "read committed",
+    "connect_timeout": 10,
+}
 
 _lock = threading.RLock()
 _active_url: str | None = None
@@ -112,8 +132,10 @@ def database_settings(url: str) -> dict[str, Any]:
     if scheme not in _ENGINES:
         problem = f"unsupported scheme {scheme!r}" if scheme else "not a URL (no scheme://)"
         raise _bad_url(url, problem)
+    # dj-database-url knows MariaDB as mysql
+    parsed = "mysql" + url[len(scheme):] if scheme == "mariadb" else url
     try:
-        db: dict[str, Any] = dict(dj_database_url.parse(url))
+        db: dict[str, Any] = dict(dj_database_url.parse(parsed))
     except ValueError as exc:  # dj-database-url's ParseError/UnknownSchemeError are ValueErrors
         raise _bad_url(url, str(exc) or "cannot be parsed") from exc
     if db["ENGINE"] != _ENGINES[scheme]:
@@ -128,6 +150,8 @@ def database_settings(url: str) -> dict[str, Any]:
     else:
         if not db.get("NAME"):
             raise _bad_url(url, "no database name after the host")
+    if db["ENGINE"] == _ENGINES["mysql"]:
+        options = {**_MYSQL_OPTIONS, **options}
     # Connections are checked before reuse, so close_old_connections reconnects a long-running
     # controller after a database restart. PostgreSQL: a pool (psycopg_pool), since the service
     # answers each request in a thread of its own and a new server process per request costs
@@ -198,6 +222,19 @@ def _django_settings(db: dict[str, Any], secret_key: str) -> dict[str, Any]:
 def _prepare_storage(db: dict[str, Any]) -> None:
     if db["ENGINE"] == _ENGINES["sqlite"] and db["NAME"] != ":memory:":
         Path(db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    if db["ENGINE"] == _ENGINES["mysql"]:
+        _mysql_driver()
+
+
+def _mysql_driver() -> None:
+    """Django's MySQL backend imports ``MySQLdb``: mysqlclient's where it is installed (a C
+    extension, built against the MySQL client library), else PyMySQL standing in for it."""
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
 
 
 def current_database_url() -> str | None:

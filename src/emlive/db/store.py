@@ -20,21 +20,34 @@ Timestamps are timezone-aware (UTC); a naive datetime given to a function is an 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 from pydantic import BaseModel
 
 from emlive.acquisition import Acquisition
 from emlive.ctf.types import CtfResult
-from emlive.db.models import CtfEstimate, Exposure, MotionCorrection, Project, Session, StepResult, canonical_dir
+from emlive.db.models import (
+    PATH_MAX_CHARS,
+    CtfEstimate,
+    Exposure,
+    MotionCorrection,
+    Project,
+    Session,
+    StepResult,
+    canonical_dir,
+    path_digest,
+)
 from emlive.motion.types import MotionResult
 from emlive.pipeline.step import check_storable, metrics_of
 
@@ -82,6 +95,39 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
         yield items[start : start + size]
 
 
+_DEADLOCK_RETRIES = 5
+"""MySQL/MariaDB: how often a transaction that InnoDB rolled back as a deadlock victim is run again."""
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _retry_deadlocks(function: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Run ``function`` (one idempotent transaction) again when MySQL/MariaDB ends it as a
+    deadlock victim (error 1213), as InnoDB asks of its clients.
+
+    Two writers inserting the same new unique key there each keep a shared lock on it from
+    the duplicate-key check, and both then want it exclusively (PostgreSQL and SQLite make
+    the second writer wait instead). Not retried inside a caller's transaction, which the
+    deadlock has rolled back as a whole.
+    """
+
+    @functools.wraps(function)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        for attempt in range(_DEADLOCK_RETRIES + 1):
+            try:
+                return function(*args, **kwargs)
+            except OperationalError as exc:
+                deadlock = connection.vendor == "mysql" and exc.args[:1] == (1213,)
+                if not deadlock or connection.in_atomic_block or attempt == _DEADLOCK_RETRIES:
+                    raise
+                logger.debug("%s: deadlock, running it again (%s)", function.__name__, exc)
+                time.sleep(random.uniform(0.0, 0.02 * (attempt + 1)))
+        raise AssertionError("unreachable")
+
+    return run
+
+
 class InvalidTransition(ValueError):
     """An exposure was asked to move to a state it cannot reach from where it is."""
 
@@ -124,6 +170,7 @@ def _default_session_name(raw_dir: str) -> str:
     return folder.parent.name if folder.name == "raw" and folder.parent.name else folder.name
 
 
+@_retry_deadlocks
 def get_or_create_session(
     raw_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -141,10 +188,13 @@ def get_or_create_session(
     """
     raw = canonical_dir(raw_dir)
     out = canonical_dir(out_dir)
+    if len(raw) > PATH_MAX_CHARS:
+        raise ValueError(f"session folder {raw[:80]!r}… has {len(raw)} characters; at most {PATH_MAX_CHARS} are stored")
     fields = acquisition_fields(acquisition)
     check_storable("acquisition", fields)
     with transaction.atomic():
-        existing = Session.objects.select_for_update().select_related("project").filter(raw_dir=raw).first()
+        by_dir = Session.objects.select_for_update().select_related("project")
+        existing = by_dir.filter(raw_dir_sha256=path_digest(raw)).first()
         if existing is None:
             proj, _ = Project.objects.get_or_create(name=project)
             try:
@@ -157,7 +207,7 @@ def get_or_create_session(
                         **fields,
                     )
             except IntegrityError:  # created concurrently by another process: compare with it
-                existing = Session.objects.select_for_update().select_related("project").get(raw_dir=raw)
+                existing = by_dir.get(raw_dir_sha256=path_digest(raw))
             else:
                 logger.info("new session %s in project %s: %s", session.name, project, raw)
                 return session
@@ -182,9 +232,13 @@ def _relative_path(rel_path: str | os.PathLike[str]) -> str:
     posix = PurePosixPath(text)
     if not text or posix.is_absolute() or Path(text).is_absolute() or ".." in posix.parts or text in (".", "./"):
         raise ValueError(f"exposure path {text!r} must be relative to the session's raw_dir, without '..'")
-    return posix.as_posix()
+    rel = posix.as_posix()
+    if len(rel) > PATH_MAX_CHARS:  # never cut: MySQL's INSERT IGNORE would store it shortened
+        raise ValueError(f"exposure path {rel[:80]!r}… has {len(rel)} characters; at most {PATH_MAX_CHARS} are stored")
+    return rel
 
 
+@_retry_deadlocks
 def record_exposure(
     session: Session | int,
     rel_path: str | os.PathLike[str],
@@ -205,8 +259,8 @@ def record_exposure(
     with transaction.atomic():
         exposure, created = Exposure.objects.select_for_update().get_or_create(
             session_id=_pk(session),
-            path=rel,
-            defaults={"size_bytes": int(size_bytes), "mtime_ns": int(mtime_ns), "found_at": now},
+            path_sha256=path_digest(rel),
+            defaults={"path": rel, "size_bytes": int(size_bytes), "mtime_ns": int(mtime_ns), "found_at": now},
         )
         if created:
             return exposure, True
@@ -214,6 +268,7 @@ def record_exposure(
         return exposure, False
 
 
+@_retry_deadlocks
 def record_exposures(
     session: Session | int,
     found: Sequence[tuple[str | os.PathLike[str], int, int]],
@@ -232,12 +287,13 @@ def record_exposures(
         items.setdefault(rel, (int(size_bytes), int(mtime_ns)))
     session_id = _pk(session)
     paths = list(items)
+    digests = [path_digest(path) for path in paths]  # the indexed, unique column
     now = timezone.now()
     with transaction.atomic():
         of_session = Exposure.objects.filter(session_id=session_id).order_by()
         existing: dict[str, Exposure] = {}
-        for chunk in _chunks(paths):
-            existing.update((e.path, e) for e in of_session.select_for_update().filter(path__in=chunk))
+        for chunk in _chunks(digests):
+            existing.update((e.path, e) for e in of_session.select_for_update().filter(path_sha256__in=chunk))
         new = [path for path in paths if path not in existing]
         # ignore_conflicts: a row inserted meanwhile by another process is kept, not duplicated
         rows = [
@@ -246,8 +302,8 @@ def record_exposures(
         ]
         Exposure.objects.bulk_create(rows, ignore_conflicts=True)
         created: dict[str, Exposure] = {}
-        for chunk in _chunks(new):
-            created.update((e.path, e) for e in of_session.filter(path__in=chunk))
+        for chunk in _chunks([path_digest(path) for path in new]):
+            created.update((e.path, e) for e in of_session.filter(path_sha256__in=chunk))
         for path, exposure in existing.items():
             _rewritten(exposure, *items[path], now=now)
         recorded = existing | created
@@ -432,6 +488,13 @@ def _result_row(
 _STEP_COLUMNS = ["state", "engine", "engine_version", "result", "metrics", "error", "finished_at", "updated_at"]
 
 
+def _conflict_target(fields: list[str]) -> list[str] | None:
+    """``unique_fields`` of an upsert: the constraint a conflict is on (ON CONFLICT (...)), or
+    None on MySQL/MariaDB, whose ON DUPLICATE KEY UPDATE takes any unique key and refuses a
+    target (each table upserted here has one unique key besides its primary key)."""
+    return fields if connection.features.supports_update_conflicts_with_target else None
+
+
 def _store_rows(rows: Sequence[_ResultRow], *, now: datetime, skip_missing: bool = False) -> list[Exposure]:
     """Store results and mark their exposures processed: six statements however many rows
     (upserts keep one result row per step and exposure; the last of an id given twice wins)."""
@@ -455,13 +518,13 @@ def _store_rows(rows: Sequence[_ResultRow], *, now: datetime, skip_missing: bool
                     for row in stored
                 ],
                 update_conflicts=True,
-                unique_fields=["exposure"],
+                unique_fields=_conflict_target(["exposure"]),
                 update_fields=[*columns, "updated_at"],
             )
         StepResult.objects.bulk_create(
             [StepResult(exposure_id=row.exposure_id, **step) for row in stored for step in row.steps],
             update_conflicts=True,
-            unique_fields=["exposure", "step"],
+            unique_fields=_conflict_target(["exposure", "step"]),
             update_fields=_STEP_COLUMNS,
         )
         newly: list[int] = []

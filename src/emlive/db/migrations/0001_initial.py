@@ -3,6 +3,8 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+from emlive.db.migrations._vendor import NotOnMySQL
+
 
 class Migration(migrations.Migration):
 
@@ -89,7 +91,8 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('name', models.CharField(max_length=200)),
-                ('raw_dir', models.CharField(help_text="Absolute path of the movies' folder", max_length=1024, unique=True)),
+                # unique below: not on MySQL, which cannot index 1024 utf8mb4 characters (see 0006)
+                ('raw_dir', models.CharField(help_text="Absolute path of the movies' folder", max_length=1024)),
                 ('out_dir', models.CharField(help_text="Absolute path of the outputs' folder", max_length=4096)),
                 ('pixel_size_a', models.FloatField(help_text='Movie pixel size, Å')),
                 ('voltage_kv', models.FloatField(help_text='Accelerating voltage, kV')),
@@ -117,8 +120,13 @@ class Migration(migrations.Migration):
             model_name='exposure',
             index=models.Index(fields=['session', 'state'], name='emlive_exposure_state_idx'),
         ),
-        migrations.AddConstraint(
+        NotOnMySQL(migrations.AlterField(
+            model_name='session',
+            name='raw_dir',
+            field=models.CharField(help_text="Absolute path of the movies' folder", max_length=1024, unique=True),
+        )),
+        NotOnMySQL(migrations.AddConstraint(
             model_name='exposure',
             constraint=models.UniqueConstraint(fields=('session', 'path'), name='emlive_exposure_unique_path'),
-        ),
+        )),
     ]
