@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import starfile
 
@@ -26,6 +28,7 @@ CORRECTED_COLUMNS = [
     "rlnAccumMotionEarly",
     "rlnAccumMotionLate",
 ]
+CTF_STAR, CORRECTED_STAR = "micrographs_ctf.star", "corrected_micrographs.star"
 CTF_COLUMNS = [
     *CORRECTED_COLUMNS,
     "rlnDefocusU",
@@ -212,3 +215,89 @@ def test_when_every_micrograph_is_rejected_the_tables_are_empty(db, three_proces
     for path in db.export.write_exports(three_processed, tmp_path / "exports"):
         blocks = starfile.read(path, always_dict=True)
         assert len(blocks["optics"]) == 1 and len(blocks["micrographs"]) == 0
+
+
+# --- all files replaced together -------------------------------------------------------------
+
+
+def _micrographs(path: Path) -> list[str]:
+    return starfile.read(path, always_dict=True)["micrographs"]["rlnMicrographName"].tolist()
+
+
+def test_a_reader_never_sees_one_new_file_and_one_old(db, three_processed, tmp_path, store_processed):
+    """A reader polling both files while the exports are rewritten (a micrograph more each time)
+    reads matched pairs only: it resolves the folder once, as ``export_generation`` does."""
+    import threading
+
+    exports = tmp_path / "out" / "exports"
+    db.export.write_exports(three_processed, exports)
+    stop, pairs, mismatched = threading.Event(), [], []
+
+    def read_pairs() -> None:
+        while not stop.is_set():
+            generation = db.export.export_generation(exports)
+            try:
+                ctf, corrected = (_micrographs(generation / name) for name in (CTF_STAR, CORRECTED_STAR))
+            except FileNotFoundError:  # two rewrites came while it read: that generation is gone
+                continue
+            (pairs if ctf == corrected else mismatched).append((len(ctf), len(corrected)))
+
+    reader = threading.Thread(target=read_pairs)
+    reader.start()
+    try:
+        for i in range(12):
+            exposure, _ = db.store.record_exposure(three_processed, f"more{i}.tif", 10, 20)
+            store_processed(exposure.pk, f"more{i}")
+            db.export.write_exports(three_processed, exports)
+    finally:
+        stop.set()
+        reader.join()
+    assert mismatched == []
+    assert len({n for n, _ in pairs}) > 1, "the reader never saw a rewrite"
+    assert len(_micrographs(exports / CTF_STAR)) == 15
+
+
+def test_exports_is_a_link_to_the_newest_generation_and_only_the_one_before_is_kept(db, three_processed, tmp_path):
+    exports = tmp_path / "out" / "exports"
+    for _ in range(4):
+        db.export.write_exports(three_processed, exports)
+    assert exports.is_symlink() and not os.path.isabs(os.readlink(exports))
+    beside = sorted(p.name for p in (tmp_path / "out").iterdir() if "exports" in p.name)
+    assert beside == [".exports-3", ".exports-4", ".exports.lock", "exports"]
+    assert os.readlink(exports) == ".exports-4"
+    assert sorted(p.name for p in exports.iterdir()) == [CORRECTED_STAR, CTF_STAR]
+
+
+def test_an_older_versions_exports_folder_becomes_the_first_generation(db, three_processed, tmp_path):
+    exports = tmp_path / "out" / "exports"
+    exports.mkdir(parents=True)
+    (exports / CTF_STAR).write_text("written by an older version")
+    db.export.write_exports(three_processed, exports)
+    assert exports.is_symlink() and len(_micrographs(exports / CTF_STAR)) == 3
+    assert (tmp_path / "out" / ".exports-1" / CTF_STAR).read_text() == "written by an older version"
+
+
+def test_coordinate_files_listed_in_autopick_star_stay_valid_after_later_rewrites(db, three_processed, tmp_path):
+    """Picking's exporter writes absolute paths of its coordinate files: they name them through
+    ``exports/``, never through a generation folder that a later rewrite removes."""
+    from emlive.pick.outputs import write_autopick_star
+    from emlive.pick.types import PickResult
+
+    for exposure in db.models.Exposure.objects.filter(session=three_processed, state="processed"):
+        stem = Path(exposure.path).stem
+        picked = tmp_path / "out" / "pick" / f"{stem}_autopick.star"
+        picked.parent.mkdir(parents=True, exist_ok=True)
+        write_autopick_star(picked, np.array([[10.0, 20.0], [30.0, 40.0]]), np.array([5.0, 6.0]))
+        result = PickResult(coordinates_path=picked, picks_png_path=picked.with_suffix(".png"), n_particles=2)
+        db.models.StepResult.objects.create(exposure=exposure, step="pick", result=result.model_dump(mode="json"))
+    exports = tmp_path / "out" / "exports"
+    for _ in range(3):
+        db.export.write_exports(three_processed, exports)
+        listed = starfile.read(exports / "autopick.star", always_dict=True)["coordinate_files"]
+        paths = [Path(p) for p in listed["rlnMicrographCoordinates"]]
+        assert paths == [exports / "coordinates" / f"m{i}_autopick.star" for i in range(3)]
+        assert all(len(starfile.read(p)) == 2 for p in paths)
+    # unchanged coordinate files were carried over (hard links), not written anew
+    generations = sorted((tmp_path / "out").glob(".exports-*"))
+    assert os.path.samefile(generations[0] / "coordinates" / "m0_autopick.star",
+                            generations[1] / "coordinates" / "m0_autopick.star")

@@ -36,13 +36,41 @@ Conventions chosen here:
 - One optics group per distinct micrograph pixel size (normally one, ``opticsGroup1``);
   rlnMicrographOriginalPixelSize is the movie's pixel size, rlnMicrographPixelSize the
   written micrograph's (they differ when motion correction bins).
+
+All the files are replaced together: a reader never finds one new and one old.
+``OUT/exports`` is a symbolic link to a generation folder beside it, ``OUT/.exports-<n>``.
+A rewrite builds generation n+1 in a temporary folder (the files of generation n carried over
+by hard links, so an exporter's unchanged files are not copied again: exporters replace files,
+they never write into them), renames it ``.exports-<n+1>`` and swaps the link with one
+``rename`` (atomic on POSIX file systems, NFS included). So at every instant ``exports/`` is one
+complete generation, and:
+
+- a reader that resolves the folder once (``os.path.realpath(OUT/exports)``, or
+  :func:`export_generation`) and reads its files from there reads one matched set; the
+  generation before the current one is kept (older ones are removed), so such a reader has a
+  whole export interval to open its files;
+- a reader that opens ``exports/a`` and later ``exports/b`` sees each file complete, and the
+  same generation unless a rewrite fell between its two opens (no file layout can prevent that
+  without the reader's help);
+- absolute paths that exporters write into their tables (picking's ``autopick.star`` lists its
+  coordinate files) name the files through ``exports/``, never through the generation folder,
+  so they stay valid after later rewrites;
+- a rewrite that fails leaves the published generation as it was. Writers (the controller,
+  the API, the dashboard) take turns through a lock file, ``OUT/.exports.lock``.
+
+An ``exports`` folder written by an older version is moved aside to the first generation
+(there ``exports/`` is missing for the instant between two renames, once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Iterable
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -50,11 +78,12 @@ from pydantic import BaseModel, ValidationError
 
 from emlive.db.models import Exposure, Session, StepResult
 from emlive.db.queries import accepted_exposures
+from emlive.io.atomic import atomic_write_bytes, is_temporary_name, sync_folder, temporary_prefix
 from emlive.io.star import write_star_atomic
 from emlive.pipeline.registry import registry
 from emlive.pipeline.step import ExportRow
 
-__all__ = ["CORRECTED_STAR", "CTF_STAR", "export_tables", "write_exports"]
+__all__ = ["CORRECTED_STAR", "CTF_STAR", "export_generation", "export_tables", "write_exports"]
 
 CORRECTED_STAR = "corrected_micrographs.star"
 CTF_STAR = "micrographs_ctf.star"
@@ -206,12 +235,121 @@ def write_exports(
     picking's coordinate files).
 
     Only micrographs the session's curation thresholds accept are written (see the module
-    doc). Each file is replaced atomically (a reader sees the old or the new file, never a part);
-    the folder is created if missing. A session with nothing processed yet gets both STAR files
-    with the optics table and an empty micrographs table. Returns the paths written.
+    doc). All files are replaced together (a new generation of the folder, see the module doc):
+    a reader sees the old set or the new one, never a part; a failed rewrite leaves the old set.
+    The folder is created if missing. A session with nothing processed yet gets both STAR files
+    with the optics table and an empty micrographs table. Returns the paths written, under
+    ``exports_dir``.
     """
-    folder = Path(exports_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    published = Path(exports_dir).absolute()
+    parent = published.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with _writers_lock(parent / f".{published.name}.lock"):
+        previous = _current_generation(published)
+        staging = parent / f"{temporary_prefix(published.name)}{secrets.token_hex(4)}"
+        staging.mkdir()  # (not mkdtemp: readers other than its owner must be able to enter it)
+        try:
+            if previous is not None:
+                shutil.copytree(previous, staging, symlinks=True, dirs_exist_ok=True, copy_function=_link_or_copy,
+                                ignore=lambda _folder, names: [n for n in names if is_temporary_name(n)])
+            written = _write_exports_into(session, staging, relative_to=relative_to)
+            _name_files_by_published_path(written, staging, published)
+            generation = parent / f".{published.name}-{_next_generation(parent, published.name)}"
+            os.rename(staging, generation)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _publish(generation, published)
+        for old in _generations(parent, published.name):
+            if old not in (generation, previous):
+                shutil.rmtree(old, ignore_errors=True)
+    return [Path(exports_dir) / path.relative_to(staging) for path in written]
+
+
+def export_generation(exports_dir: str | os.PathLike[str]) -> Path:
+    """The folder ``exports_dir`` stands for now: read a matched set of exports from there (it
+    stays in place through the next rewrite, see the module doc)."""
+    return Path(os.path.realpath(exports_dir))
+
+
+@contextlib.contextmanager
+def _writers_lock(path: Path) -> Iterator[None]:
+    """One writer of a session's exports at a time, across processes (``flock``)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no other process to wait for is assumed
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _generations(parent: Path, name: str) -> list[Path]:
+    pattern = re.compile(rf"\.{re.escape(name)}-(\d+)")
+    return [entry for entry in parent.iterdir() if pattern.fullmatch(entry.name) and entry.is_dir()]
+
+
+def _next_generation(parent: Path, name: str) -> int:
+    return max((int(path.name.rpartition("-")[2]) for path in _generations(parent, name)), default=0) + 1
+
+
+def _current_generation(published: Path) -> Path | None:
+    """The generation ``published`` links to (None: nothing published yet). A real folder (an
+    older version's exports) becomes the first generation."""
+    if published.is_symlink():
+        target = Path(os.path.realpath(published))
+        return target if target.is_dir() else None
+    if not published.is_dir():
+        return None
+    generation = published.parent / f".{published.name}-{_next_generation(published.parent, published.name)}"
+    os.rename(published, generation)
+    _publish(generation, published)
+    return generation
+
+
+def _publish(generation: Path, published: Path) -> None:
+    """Point ``published`` at ``generation`` in one rename (a relative link: the output folder
+    may be moved or mounted elsewhere)."""
+    link = published.parent / f"{temporary_prefix(published.name)}link"
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    os.symlink(generation.name, link)
+    try:
+        os.replace(link, published)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        raise
+    sync_folder(published.parent)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
+
+
+def _name_files_by_published_path(written: list[Path], staging: Path, published: Path) -> None:
+    """In the STAR files written, paths into the generation being built become paths through
+    the published folder (they must stay valid after the next rewrite)."""
+    building, final = f"{staging}{os.sep}".encode(), f"{published}{os.sep}".encode()
+    for path in written:
+        if path.suffix != ".star" or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if building in data:
+            atomic_write_bytes(path, data.replace(building, final))
+
+
+def _write_exports_into(
+    session: Session | int, folder: Path, *, relative_to: str | os.PathLike[str] | None
+) -> list[Path]:
+    """Write every export file of the session into ``folder``; the paths written."""
     written = []
     for name, blocks in export_tables(session, relative_to=relative_to).items():
         path = folder / name

@@ -38,6 +38,7 @@ __all__ = [
     "atomic_write_text",
     "is_temporary_name",
     "remove_abandoned_temporaries",
+    "sync_folder",
     "temporary_prefix",
 ]
 
@@ -90,6 +91,11 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_folder(folder: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (a rename or link made in it) to disk, where the platform can."""
+    _fsync_dir(Path(folder))
 
 
 def _fsync_dir(folder: Path) -> None:
