@@ -174,6 +174,7 @@ class _Run:
 
         session = live.session
         del self.lives[session.pk]
+        live.watcher.close()
         for exposure_id in [e for e, of in self.live_of.items() if of is live]:  # waiting when it was dropped
             del self.specs[exposure_id], self.live_of[exposure_id]
         if left := store.reset_in_flight(session):
