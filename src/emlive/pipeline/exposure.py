@@ -26,8 +26,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
 from emlive.acquisition import Acquisition
-from emlive.ctf.types import CtfResult
-from emlive.motion.types import MotionResult
 from emlive.pipeline.registry import registry
 from emlive.pipeline.step import Inputs, check_storable
 from emlive.pipeline.steps import NeedsCompute, StepRecord, run_step
@@ -91,18 +89,6 @@ class ExposureResult(BaseModel):
     results: dict[str, SerializeAsAny[BaseModel]]
     steps: list[StepRecord]
     failures: dict[str, str] = {}
-
-    @property
-    def motion(self) -> MotionResult:
-        result = self.results["motion"]
-        assert isinstance(result, MotionResult)
-        return result
-
-    @property
-    def ctf(self) -> CtfResult:
-        result = self.results["ctf"]
-        assert isinstance(result, CtfResult)
-        return result
 
 
 def process_exposure(spec: ExposureSpec, params: PipelineParams) -> ExposureResult:
