@@ -73,3 +73,63 @@ def test_motion_and_ctf_results_move_into_step_results(tmp_path):
 
     MotionResult.model_validate(rows["motion"][3])
     CtfResult.model_validate(rows["ctf"][3])
+
+
+def test_path_digests_are_filled_for_existing_rows_and_carry_the_uniqueness(tmp_path):
+    """0006: existing sessions and exposures get the SHA-256 of their paths, and a duplicate
+    path is still refused (now by the digest's constraint; the old index on the path is gone)."""
+    script = textwrap.dedent(
+        f"""
+        import json
+        from django.core.management import call_command
+        from django.db import IntegrityError, connection
+        from emlive.db.setup import configure_django, sqlite_url
+
+        configure_django(sqlite_url({str(tmp_path / "old.sqlite3")!r}))
+        call_command("migrate", "emlive", "0005", verbosity=0)
+        with connection.cursor() as c:
+            c.execute("INSERT INTO emlive_project (name, created_at) VALUES ('p', '2026-11-01 00:00:00')")
+            c.execute(
+                "INSERT INTO emlive_session (project_id, name, raw_dir, out_dir, pixel_size_a, voltage_kv, cs_mm, "
+                "amplitude_contrast, dose_per_frame_e_a2, pre_exposure_e_a2, gain_path, eer_fractions, acquisition_json, "
+                "owner, params_json, curation_json, state, created_at, updated_at) VALUES (1, 's', '/r/é', '/o', 1, 300, "
+                "2.7, 0.07, 1, 0, '', 40, '{{}}', '', '{{}}', '{{}}', 'complete', '2026-11-01', '2026-11-01')"
+            )
+            for path in ("a.tif", "A.tif"):
+                c.execute(
+                    "INSERT INTO emlive_exposure (session_id, path, size_bytes, mtime_ns, state, fail_count, "
+                    "fail_reason, found_at) VALUES (1, %s, 1, 1, 'found', 0, '', '2026-11-01')", [path]
+                )
+        call_command("migrate", verbosity=0)
+        from emlive.db.models import Exposure, Session
+        from django.db import transaction
+        out = {{"session": Session.objects.get().raw_dir_sha256,
+                "exposures": dict(Exposure.objects.values_list("path", "path_sha256"))}}
+        try:
+            with transaction.atomic():
+                c = connection.cursor()
+                c.execute(
+                    "INSERT INTO emlive_exposure (session_id, path, path_sha256, size_bytes, mtime_ns, state, "
+                    "fail_count, fail_reason, found_at) VALUES (1, 'a.tif', %s, 1, 1, 'found', 0, '', '2026-11-01')",
+                    [out["exposures"]["a.tif"]],
+                )
+        except IntegrityError as exc:
+            out["duplicate"] = str(exc)
+        with connection.cursor() as c:
+            out["indexes"] = sorted(
+                name for name, info in connection.introspection.get_constraints(c, "emlive_exposure").items()
+                if info["unique"] and not info["primary_key"]
+            )
+        print(json.dumps(out))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    import hashlib
+    import json
+
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["session"] == hashlib.sha256("/r/é".encode()).hexdigest()
+    assert out["exposures"] == {p: hashlib.sha256(p.encode()).hexdigest() for p in ("a.tif", "A.tif")}
+    assert "UNIQUE" in out["duplicate"] and "path_sha256" in out["duplicate"]
+    assert out["indexes"] == ["emlive_exposure_unique_path_sha256"]

@@ -48,6 +48,31 @@ def test_postgres_url_uses_the_postgresql_backend():
     assert (db["ENGINE"], db["HOST"], db["PORT"], db["NAME"]) == ("django.db.backends.postgresql", "db.example", 5433, "emlive")
 
 
+@pytest.mark.parametrize("scheme", ["mysql", "mariadb"])
+def test_mysql_url_is_utf8mb4_strict_read_committed_and_health_checked(scheme):
+    db = database_settings(f"{scheme}://emlive:pw@db.example:3307/emlive")
+    assert (db["ENGINE"], db["HOST"], db["PORT"], db["NAME"]) == ("django.db.backends.mysql", "db.example", 3307, "emlive")
+    options = db["OPTIONS"]
+    assert options["charset"] == "utf8mb4"
+    assert "STRICT_TRANS_TABLES" in options["init_command"]
+    assert options["isolation_level"] == "read committed"
+    assert db["CONN_HEALTH_CHECKS"] is True
+    assert database_settings(f"{scheme}://u@h/n?charset=utf8mb3")["OPTIONS"]["charset"] == "utf8mb3"  # the URL wins
+
+
+@pytest.mark.mysql
+def test_mysql_connection_is_strict_utf8mb4_and_read_committed(mysql_database_url):
+    (setup_database if current_database_url() is None else switch_database)(mysql_database_url)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@SESSION.sql_mode, @@SESSION.character_set_connection")
+        sql_mode, charset = cursor.fetchone()
+        assert "STRICT_TRANS_TABLES" in sql_mode.split(",") and charset == "utf8mb4"
+        cursor.execute("SELECT @@SESSION.tx_isolation" if connection.mysql_is_mariadb else "SELECT @@SESSION.transaction_isolation")
+        assert cursor.fetchone()[0] == "READ-COMMITTED"
+
+
 def test_setup_twice_is_a_no_op_and_another_database_is_an_error(db, tmp_path):
     setup_database(db.url)  # already configured for it: nothing happens
     with pytest.raises(RuntimeError, match="already uses the database"):

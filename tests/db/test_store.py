@@ -49,6 +49,61 @@ def test_record_twice_gives_one_row(db, session):
     assert again.movie_path == Path(session.raw_dir) / "movies" / "a.tif"
 
 
+def test_long_paths_and_paths_that_differ_in_case_or_trailing_space_are_kept_apart(db, tmp_path, acquisition):
+    """A session folder and movie paths of PATH_MAX_CHARS characters (too long for a MySQL
+    index: the digest columns carry the uniqueness) are unique; ``a.tif``, ``A.tif`` and
+    ``a.tif `` are three movies on every database (MySQL's default collation would say one)."""
+    limit = db.models.PATH_MAX_CHARS
+    raw = tmp_path / "r"
+    raw = raw.parent / (raw.name + "é" * (limit - len(str(raw))))  # 2 bytes a character in UTF-8
+    assert len(str(raw)) == limit
+    session = db.store.get_or_create_session(raw, tmp_path / "out", acquisition, name="long")
+    assert db.store.get_or_create_session(raw, tmp_path / "out", acquisition).pk == session.pk
+    assert db.queries.session_by_raw_dir(raw).pk == session.pk
+    assert db.queries.session_by_raw_dir(str(raw).upper()) is None
+    long_a, long_b = "d/" + "x" * (limit - 3) + "a", "d/" + "x" * (limit - 3) + "b"
+    names = ["a.tif", "A.tif", "a.tif ", long_a, long_b]
+    recorded = db.store.record_exposures(session, [(name, 1, 1) for name in names])
+    assert [created for _, created in recorded] == [True] * 5
+    assert [e.path for e, _ in recorded] == names
+    again = db.store.record_exposures(session, [(name, 1, 1) for name in reversed(names)])
+    assert [(e.pk, created) for e, created in again] == [(e.pk, False) for e, _ in reversed(recorded)]
+    for exposure, _ in recorded:
+        assert db.store.record_exposure(session, exposure.path, 1, 1) == (exposure, False)
+    assert sorted(db.models.Exposure.objects.values_list("path", flat=True)) == sorted(names)
+
+
+def test_paths_too_long_to_store_are_a_clear_error(db, session, tmp_path, acquisition):
+    limit = db.models.PATH_MAX_CHARS
+    with pytest.raises(ValueError, match=f"has {limit + 1} characters; at most {limit} are stored"):
+        db.store.record_exposures(session, [("x" * (limit + 1), 1, 1)])
+    with pytest.raises(ValueError, match="at most"):
+        db.store.record_exposure(session, "x" * (limit + 1), 1, 1)
+    raw = tmp_path / ("y" * (limit + 1 - len(str(tmp_path)) - 1))
+    with pytest.raises(ValueError, match=f"session folder .* at most {limit} are stored"):
+        db.store.get_or_create_session(raw, tmp_path / "out", acquisition)
+    assert db.models.Exposure.objects.count() == 0
+
+
+def test_a_session_path_digest_is_unique_however_the_row_is_written(db, session):
+    """The digest is set by every write (save, create, bulk_create), so a second row for the
+    same folder or movie is refused by the database itself."""
+    from django.db import IntegrityError, transaction
+
+    assert session.raw_dir_sha256 == db.models.path_digest(session.raw_dir)
+    exposure, _ = db.store.record_exposure(session, "a.tif", 1, 1)
+    assert exposure.path_sha256 == db.models.path_digest("a.tif")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        db.models.Exposure.objects.bulk_create(
+            [db.models.Exposure(session=session, path="a.tif", size_bytes=1, mtime_ns=1, found_at=timezone.now())]
+        )
+    with pytest.raises(IntegrityError), transaction.atomic():
+        db.models.Session.objects.create(
+            project=session.project, name="again", raw_dir=session.raw_dir, out_dir="/o", pixel_size_a=1, voltage_kv=300,
+            cs_mm=2.7, amplitude_contrast=0.07, dose_per_frame_e_a2=1,
+        )
+
+
 @pytest.mark.parametrize("bad", ["/abs/a.mrc", "../a.mrc", "a/../../b.mrc", ""])
 def test_record_rejects_paths_outside_raw_dir(db, session, bad):
     with pytest.raises(ValueError, match="relative to the session's raw_dir"):

@@ -1,7 +1,7 @@
 """API test fixtures: a facility data root, users with tokens, and Django's test client.
 
 Behaviour tests use ``web`` (SQLite); the security tests use ``web_any``, which also runs
-them on PostgreSQL (skipped where unreachable, a failure with EMLIVE_REQUIRE_SERVICES=1).
+them on PostgreSQL and MariaDB (skipped where unreachable, a failure with EMLIVE_REQUIRE_SERVICES=1).
 Requests go through the whole Django stack (URLs, middleware, both APIs).
 """
 
@@ -83,7 +83,7 @@ def web(sqlite_database_url: str, tmp_path: Path) -> Iterator[Facility]:
 
 @pytest.fixture
 def web_any(db: DataPlane, tmp_path: Path) -> Iterator[Facility]:
-    """A facility on SQLite and on PostgreSQL."""
+    """A facility on SQLite, PostgreSQL and MariaDB/MySQL."""
     _clean(db)
     yield from _facility(tmp_path)
 
