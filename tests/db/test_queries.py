@@ -210,3 +210,36 @@ def test_sessions_carry_their_progress(db, session, store_processed):
     db.store.mark_failed(ids[1], "truncated")
     row = db.queries.with_progress(db.queries.sessions()).get(pk=session.pk)
     assert (row.n_exposures, row.n_processed, row.n_failed) == (3, 1, 1)
+
+
+_PICKED = {"m0.mrc": 5, "m1.mrc": 50, "m2.mrc": 50.5, "m3.mrc": None, "m4.mrc": "missing", "m5.mrc": "no row"}
+"""The pick step's n_particles per exposure: numbers (int and float), a JSON null, a result
+without the metric, and no pick result at all."""
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [{}, {"min": 10}, {"max": 50}, {"min": 50, "max": 50}, {"min": 50.5}, {"max": 4.5}, {"min": -1e9, "max": 1e9}],
+)
+def test_limits_on_a_declared_metric_agree_with_the_reference(db, curated, bounds):
+    """``metrics__<name>__gte/lte`` on the JSON column compare numbers on every database
+    (MariaDB's JSON is text), and an exposure whose metric is null or missing is rejected."""
+    by_path = {e.path: e for e in db.queries.processed_exposures(curated)}
+    for path, value in _PICKED.items():
+        if value == "no row":
+            continue
+        metrics = {} if value == "missing" else {"n_particles": value}
+        db.models.StepResult.objects.create(exposure=by_path[path], step="pick", metrics=metrics)
+    curation = Curation(metrics={"pick.n_particles": bounds})
+    expected = {
+        path
+        for i, (path, value) in enumerate(_PICKED.items())
+        if accepts(
+            curation, fit_resolution_a=RESULTS[i][0], total_drift_a=RESULTS[i][1], defocus_u_a=RESULTS[i][2],
+            defocus_v_a=RESULTS[i][3], fit_ok=RESULTS[i][4], ice_ring_ratio=RESULTS[i][5],
+            metrics={"pick.n_particles": value if isinstance(value, (int, float)) else None},
+        )
+    }
+    assert {e.path for e in db.queries.accepted_exposures(curated, curation)} == expected
+    assert {e.path for e in db.queries.rejected_exposures(curated, curation)} == set(_PICKED) - expected
+    assert db.queries.curation_counts(curated, curation)["accepted"] == len(expected)

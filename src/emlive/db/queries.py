@@ -199,7 +199,9 @@ def accepted_q(curation: Curation) -> Q:
         if bounds.max is not None:
             within[f"metrics__{metric}__lte"] = bounds.max
         done = StepResult.objects.filter(exposure=OuterRef("pk"), step=step, state=StepResult.State.DONE)
-        q &= Q(Exists(done.filter(**within)))
+        # a JSON null is a key that is there (isnull=False) and, as JSON, compares with numbers
+        # (PostgreSQL: below all of them; MariaDB: as 0); the reference rejects it
+        q &= Q(Exists(done.filter(**within).exclude(**{f"metrics__{metric}": None})))
     return q
 
 
