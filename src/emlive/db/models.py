@@ -55,7 +55,8 @@ class PathField(models.CharField):
 
 
 class DigestField(models.CharField):
-    """The SHA-256 of the path field ``of``, set whenever the row is saved or bulk-created.
+    """The SHA-256 of the path field ``of``, set whenever the row is saved or bulk-created
+    (not by ``QuerySet.update``/``bulk_update`` of the path: save the rows instead).
 
     It carries the path's uniqueness and index: a path of up to :data:`PATH_MAX_CHARS`
     characters is too long for a MySQL/MariaDB index (3072 bytes, 4 bytes a character in
