@@ -179,3 +179,22 @@ def _movie_bytes(tmp_path, n=3):
     data = (tmp_path / ".bytes.mrc").read_bytes()
     (tmp_path / ".bytes.mrc").unlink()
     return data
+
+
+@pytest.mark.parametrize("events", [False, True], ids=["scan", "events"])
+def test_a_movie_that_grew_before_it_was_reported_is_not_reported_again_by_a_full_scan(tmp_path, events):
+    data = _movie_bytes(tmp_path)
+    watcher = new_watcher(tmp_path, settle_s=0, incomplete_timeout_s=60, events=events, full_rescan_s=100)
+    try:
+        watcher.poll(now_s=2e9, final=False)
+        with open(tmp_path / "g.mrc", "wb") as fh:  # written in two goes, seen half way
+            fh.write(data[:100])
+            fh.flush()
+            watcher.poll(now_s=2e9, final=False)
+            fh.write(data[100:])
+        os.utime(tmp_path / "g.mrc", (1_000_000_000, 1_000_000_000))
+        assert _found_within(watcher, now_s=2e9 + 1) == ["g.mrc"]
+        watcher.poll(now_s=2e9 + 200, final=False)  # a full scan
+        assert watcher.poll(now_s=2e9 + 201, final=False) == [] and watcher.tracked == {}
+    finally:
+        watcher.close()

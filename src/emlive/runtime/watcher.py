@@ -155,7 +155,7 @@ class Watcher:
         """One scan. ``final``: report settled-but-broken files now (one-shot runs)."""
         changed = self._changes(now_s)
         observed = {path: stat for path, stat in changed.items() if stat is not None}
-        for rel_path in self.tracked.keys() - changed.keys():
+        for rel_path in self.tracked.keys() - changed.keys():  # not settled yet: looked at each poll
             if (stat := self._stat(rel_path)) is not None:
                 observed[rel_path] = stat
         self.tracked, settled = settle(self.tracked, observed, now_s=now_s, settle_s=self.settle_s)
@@ -242,11 +242,15 @@ class Watcher:
         return os.path.join(self.raw_dir, rel_path) if rel_path else os.fspath(self.raw_dir)
 
     def _stat(self, rel_path: str) -> FileStat | None:
+        """A file's stat now (None: gone), which becomes what is known of it."""
         try:
             st = os.stat(self._abs(rel_path))
         except (FileNotFoundError, NotADirectoryError):
+            self.known.pop(rel_path, None)
             return None
-        return FileStat(st.st_size, st.st_mtime_ns)
+        stat = FileStat(st.st_size, st.st_mtime_ns)
+        self.known[rel_path] = (st.st_ino, stat)
+        return stat
 
     def _look_at(self, rel_path: str, changes: dict[str, FileStat | None]) -> None:
         """One file an event named: a change if it differs from what is known."""
