@@ -34,3 +34,20 @@ def test_walltimes_are_read_as_batch_systems_write_them(text, seconds):
 def test_a_bad_walltime_is_a_clear_error():
     with pytest.raises(ValueError, match="not \\[D-\\]HH:MM:SS"):
         walltime_s("two hours")
+
+
+def test_local_workers_keep_glibcs_malloc_thresholds_and_skip_dasks_profiler(monkeypatch):
+    """Dask's MALLOC_TRIM_THRESHOLD_=65536 doubled a worker's CPU on small movies (mmap per array)."""
+    import os
+
+    import dask
+
+    from emlive.runtime.cluster import open_cluster
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with open_cluster(ClusterSettings(n_workers=1)) as cluster:
+        seen = cluster.client.run(
+            lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled"))
+        )
+    assert list(seen.values()) == [(None, False)]
+    assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_") == 65536  # only there

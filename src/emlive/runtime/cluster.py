@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster, SpecCluster
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -27,6 +28,16 @@ from emlive.pipeline.registry import registry
 from emlive.tools import ToolsSettings, configure_tools
 
 _WALLTIME_MARGIN_S = 600.0
+_LOCAL_WORKER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
+"""Dask settings of local workers. Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``;
+setting it turns off glibc's dynamic mmap threshold, so every array over 128 kB is mmapped and
+unmapped anew (page faults each time): on 128x128 movies that doubled a worker's CPU per
+exposure (benchmarks/tiny.py). Local workers get glibc's defaults, as ``emlive motioncorr`` has
+(a MALLOC_TRIM_THRESHOLD_ in the environment still reaches them). Dask's statistical profiler
+(its dashboard's profile page) sampled each task's stack every 10 ms."""
 
 
 @dataclass(frozen=True)
@@ -103,16 +114,17 @@ def open_cluster(settings: ClusterSettings) -> Iterator[Cluster]:
             yield Cluster(client, None, settings.threads_per_worker)
         return
     if settings.kind == "local":
-        cluster = LocalCluster(
-            n_workers=worker_count(settings),
-            threads_per_worker=settings.threads_per_worker,
-            processes=True,
-            resources={"GPU": 1} if settings.gpu_ids else None,
-            memory_limit=settings.memory_limit,
-            dashboard_address=":0",  # a free port: several controllers (and their tests) on one machine
-            silence_logs=logging.ERROR,
-            preload=[__name__],  # dask_setup: workers ignore the terminal's Ctrl+C
-        )
+        with dask.config.set(_LOCAL_WORKER_CONFIG):
+            cluster = LocalCluster(
+                n_workers=worker_count(settings),
+                threads_per_worker=settings.threads_per_worker,
+                processes=True,
+                resources={"GPU": 1} if settings.gpu_ids else None,
+                memory_limit=settings.memory_limit,
+                dashboard_address=":0",  # a free port: several controllers (and their tests) on one machine
+                silence_logs=logging.ERROR,
+                preload=[__name__],  # dask_setup: workers ignore the terminal's Ctrl+C
+            )
         scale = None
         replace_lost = None
     else:
