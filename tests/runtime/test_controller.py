@@ -178,3 +178,12 @@ def test_scaling_never_exceeds_its_bounds():
     assert [a for a in actions if isinstance(a, ScaleTo)] == [ScaleTo(1), ScaleTo(2), ScaleTo(3)]
     state, _ = feed(state, *(TaskFinished(i, None) for i in range(50)))
     assert state.workers == 0
+
+
+def test_in_flight_follows_the_tasks_length_between_two_and_eight_per_worker_thread():
+    from emlive.runtime.controller import in_flight_for
+
+    assert in_flight_for(2, None) == 4  # not known yet: one running, one queued per thread
+    assert in_flight_for(2, 60.0) == 4  # long tasks: a new movie never waits behind many
+    assert in_flight_for(2, 0.25) == 2 * 3  # the queue behind each running task covers 0.5 s
+    assert in_flight_for(2, 0.07) == 2 * 8 == in_flight_for(2, 0.0)  # tiny tasks: at most 8 per thread

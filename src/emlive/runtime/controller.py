@@ -154,6 +154,24 @@ class ControllerState:
         return not self.in_flight and (self.stopping or not self.pending)
 
 
+QUEUE_COVER_S = 0.5
+"""How long the tasks queued behind each running one should last: long enough that a worker
+never waits for the controller's next turn (a turn, its linger and the Dask round trips)."""
+MAX_QUEUED_PER_SLOT = 8
+
+
+def in_flight_for(slots: int, task_s: float | None) -> int:
+    """``max_in_flight`` when it is not configured: two tasks per worker thread (one running, one
+    queued), more when tasks are short (``task_s``, a typical task's seconds; None: not known
+    yet), so their queue covers :data:`QUEUE_COVER_S`; at most :data:`MAX_QUEUED_PER_SLOT` per
+    thread. Long tasks keep the shallow queue, so a new movie (``order = newest``) or another
+    session never waits behind many long ones."""
+    if task_s is None:
+        return 2 * slots
+    per_slot = 1 + math.ceil(QUEUE_COVER_S / max(task_s, QUEUE_COVER_S / MAX_QUEUED_PER_SLOT))
+    return slots * max(2, min(MAX_QUEUED_PER_SLOT, per_slot))
+
+
 def decide(state: ControllerState, event: Event) -> tuple[ControllerState, list[Action]]:
     """Apply one event; return the new state and the actions to perform, in order."""
     actions: list[Action] = []

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -51,6 +51,7 @@ from emlive.runtime.controller import (
     TaskFinished,
     Tick,
     decide,
+    in_flight_for,
 )
 from emlive.runtime.metrics import PrometheusMetrics, session_metrics
 from emlive.runtime.watcher import Found, Watcher, new_watcher
@@ -62,6 +63,8 @@ if TYPE_CHECKING:  # Django models can be imported only once the database is set
 log = logging.getLogger(__name__)
 
 _WAKE_S = 0.1  # longest wait for a task to end before the watcher and clock are looked at again
+_TURN_SHARE = 0.1  # the most of the time a stream of ending tasks may keep the loop turning (see _Tasks.wait)
+_MAX_LINGER_S = 0.25  # the longest a result that came back waits for the next turn because of it
 _WORKER_CHECK_S = 2.0  # how often lost batch-system workers are looked for
 _METRICS_S = 5.0  # how often Prometheus metrics are recomputed
 _EXPORT_TIME_SHARE = 0.1  # the most of the loop's time a session's periodic exports may take
@@ -142,6 +145,10 @@ class _Run:
     refused: set[int] = field(default_factory=set)  # followed sessions that cannot run (no GPU worker)
     next_poll_s: float = 0.0
     next_follow_s: float = 0.0
+    slots: int | None = None  # worker threads, when max_in_flight follows the tasks' length (not configured)
+    task_s: float | None = None  # a typical task's seconds, from how fast they end (moving average)
+    ends_since_s: float | None = None  # since when (monotonic) ``ends`` tasks ended, every worker thread busy
+    ends: int = 0
 
     # --- sessions taken up and let go ------------------------------------------------------
 
@@ -223,6 +230,7 @@ class _Run:
 
         results = [(a.exposure_id, a.result) for a in actions if isinstance(a, Store)]
         if results:
+            self._time_tasks(len(results))
             for exposure in store.store_exposure_results(results, skip_missing=self.follow is not None):
                 self.live_of[exposure.pk].exports_dirty = True
             for exposure_id, _ in results:
@@ -237,6 +245,24 @@ class _Run:
                         raise
                     log.warning("exposure %d no longer exists (session deleted?)", action.exposure_id)
                 self._done_with(action.exposure_id)
+
+    def _time_tasks(self, ended: int) -> None:
+        """Follow how long tasks take — worker threads x seconds / tasks ended, over a second or
+        more with every thread busy — and size the tasks in flight to it (:func:`in_flight_for`)."""
+        if self.slots is None:
+            return
+        now_s = time.monotonic()
+        if len(self.state.in_flight) + ended < self.slots or self.ends_since_s is None:
+            self.ends_since_s, self.ends = now_s, 0  # (re)start counting once every thread is busy
+            return
+        self.ends += ended
+        if (elapsed_s := now_s - self.ends_since_s) < 1.0:
+            return
+        task_s = self.slots * elapsed_s / self.ends
+        self.task_s = task_s if self.task_s is None else 0.5 * self.task_s + 0.5 * task_s
+        self.ends_since_s, self.ends = now_s, 0
+        if (wanted := in_flight_for(self.slots, self.task_s)) != self.state.max_in_flight:
+            self.state = replace(self.state, max_in_flight=wanted)
 
     def _done_with(self, exposure_id: int) -> None:
         self.live_of[exposure_id].changed = True
@@ -347,11 +373,13 @@ def run_sessions(
     run = _Run(
         settings=settings, cluster=cluster, watch=watch, follow=follow, task=task, on_change=on_change,
         state=_controller_state(settings, cluster), tasks=_Tasks(cluster.client), follow_interval_s=follow_interval_s,
+        slots=None if settings.scheduler.max_in_flight else worker_count(settings.cluster) * cluster.threads_per_worker,
     )
     upkeep = _Upkeep(settings, cluster)
     for session, params in sessions:
         run.take_up(session, params)
     while not signals.abandon.is_set():
+        turn_started_s = time.perf_counter()
         close_old_connections()  # a long-running controller must survive database restarts
         now_s = time.time()
         events: list[Event] = [Tick(time.monotonic()), *run.follow_sessions(now_s)]
@@ -372,7 +400,8 @@ def run_sessions(
         run.export(now_s)
         if run.finished():
             break
-        run.tasks.wait(_WAKE_S)
+        turn_s = time.perf_counter() - turn_started_s
+        run.tasks.wait(_WAKE_S, linger_s=min(_MAX_LINGER_S, turn_s * (1 - _TURN_SHARE) / _TURN_SHARE))
     upkeep.close()
     run.tasks.cancel()
     for live in list(run.lives.values()):
@@ -383,7 +412,7 @@ def run_sessions(
 def _controller_state(settings: Settings, cluster: Cluster) -> ControllerState:
     return ControllerState(
         max_in_flight=settings.scheduler.max_in_flight
-        or 2 * worker_count(settings.cluster) * cluster.threads_per_worker,
+        or in_flight_for(worker_count(settings.cluster) * cluster.threads_per_worker, None),
         max_attempts=settings.scheduler.max_attempts,
         order=settings.scheduler.order,
         backoff_s=settings.scheduler.retry_backoff_s,
@@ -532,9 +561,19 @@ class _Tasks:
             self._ended.append((exposure_id, future))
         self._wake.set()
 
-    def wait(self, timeout_s: float) -> None:
-        """Sleep until a task ends or ``timeout_s`` passes."""
+    def wait(self, timeout_s: float, *, linger_s: float = 0.0) -> None:
+        """Sleep until a task ends or ``timeout_s`` passes, and at least ``linger_s``.
+
+        The loop lingers about nine times as long as its last turn took (``_TURN_SHARE``): when
+        tasks end faster than the loop turns (small movies on a small machine), a turn then
+        stores and replaces several at once instead of paying its fixed cost (a transaction,
+        the Dask round trips) for each, and the controller's CPU stays small beside the
+        workers'. A turn of a few ms lingers a few tens of ms; the tasks queued on each
+        worker (``max_in_flight``) keep it busy meanwhile."""
+        until_s = time.monotonic() + linger_s
         self._wake.wait(timeout_s)
+        if (left_s := until_s - time.monotonic()) > 0:
+            time.sleep(left_s)
 
     def ended(self) -> list[Event]:
         """Events for the tasks that ended since last asked; permanent failures are bad input
