@@ -22,7 +22,7 @@ truth is known at every position and frame. Reported per program and movie:
   with the true specimen image (frame 0's), in three bands (0.05–0.25, 0.25–0.45 and
   0.30–0.45 cycles/px, 0.05 cycles/px rings), after removing any constant offset between them.
 
-Usage: ``.venv/bin/python benchmarks/motion.py [--work DIR] [--threads 2] [--movies mrc tiff eer]``.
+Usage: ``.venv/bin/python benchmarks/motion.py [--work DIR] [--threads 2] [--movies mrc tiff eer small]``.
 Movies are written once into DIR and reused; ``--skip-relion`` times emlive only.
 """
 
