@@ -237,12 +237,13 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
           f"{args.movies} movies 128x128x4, {args.workers} workers")
     print(f"{'round':<6}{'compute/s':>10}{'emlive/s':>10}{'ratio':>7}{'target':>8}{'ctl ms/exp':>11}"
-          f"{'start s':>9}{'warm s':>8}" + (f"{'cli/s':>7}{'cli s':>7}" if args.cli else "") + f"{'load':>11}")
+          f"{'wrk ms/exp':>11}{'pool ms/exp':>12}{'start s':>9}{'warm s':>8}" + (f"{'cli/s':>7}{'cli s':>7}" if args.cli else "") + f"{'load':>11}")
     for i, row in enumerate(rows, 1):
         a, b = row["compute"], row["emlive"]
         cli = row.get("cli")
         print(f"{i:<6}{a['per_s']:>10.1f}{b['per_s']:>10.1f}{b['per_s'] / a['per_s']:>7.2f}{'>= 0.8':>8}"
-              f"{b['controller_cpu_ms_per_exposure']:>11.1f}{b['cluster_start_s']:>9.1f}{b['worker_warmup_s']:>8.1f}"
+              f"{b['controller_cpu_ms_per_exposure']:>11.1f}{b['workers_cpu_ms_per_exposure']:>11.1f}"
+              f"{a['workers_cpu_ms_per_exposure']:>12.1f}{b['cluster_start_s']:>9.1f}{b['worker_warmup_s']:>8.1f}"
               + (f"{cli['per_s']:>7.1f}{cli['seconds']:>7.1f}" if cli else "")
               + f"{a['load_1min']:>5.1f}/{b['load_1min']:<5.1f}")
 

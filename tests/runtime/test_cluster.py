@@ -51,3 +51,30 @@ def test_local_workers_keep_glibcs_malloc_thresholds_and_skip_dasks_profiler(mon
         )
     assert list(seen.values()) == [(None, False)]
     assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_") == 65536  # only there
+
+
+def test_a_worker_shows_each_kind_of_warning_once_then_counts():
+    import logging
+
+    from emlive.runtime.cluster import RepeatedWarnings
+
+    shown: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: shown.append(record.getMessage())  # type: ignore[method-assign]
+    handler.addFilter(RepeatedWarnings())
+    log = logging.getLogger("emlive.test_repeats")
+    log.addHandler(handler)
+    try:
+        for i in range(100):
+            log.warning("%s: patches would be under %d px", f"m{i}.mrc", 48)
+        log.warning("%s: no Thon rings found", "m0.mrc")
+        log.error("%s: failed", "m1.mrc")
+        log.error("%s: failed", "m2.mrc")
+    finally:
+        log.removeHandler(handler)
+    assert shown == [
+        "m0.mrc: patches would be under 48 px",
+        "m9.mrc: patches would be under 48 px (the 10th warning like this; the others are not shown)",
+        "m99.mrc: patches would be under 48 px (the 100th warning like this; the others are not shown)",
+        "m0.mrc: no Thon rings found", "m1.mrc: failed", "m2.mrc: failed",
+    ]

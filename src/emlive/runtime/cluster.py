@@ -149,6 +149,37 @@ def dask_setup(worker: Any) -> None:
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not logging.getLogger("emlive").handlers:  # emlive's warnings in the terminal, each kind once
+        handler = logging.StreamHandler()
+        handler.setLevel(logging.WARNING)
+        handler.addFilter(RepeatedWarnings())
+        logging.getLogger("emlive").addHandler(handler)
+
+
+class RepeatedWarnings(logging.Filter):
+    """Shows a warning the first time its kind (logger and message template) is logged, then only
+    counts: the 10th, 100th, 1000th … say how many there were so far. Errors always pass.
+
+    A worker processing many small movies of one session would otherwise print the same warning
+    for each (``5x5 patches would be under 48 px …``) over the controller's progress bar; each
+    exposure's own outcome is in the database and the tables anyway.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[tuple[str, object], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        key = (record.name, record.msg)
+        n = self._seen[key] = self._seen.get(key, 0) + 1
+        if n == 1:
+            return True
+        if n >= 10 and str(n).rstrip("0") == "1":
+            record.msg, record.args = f"{record.getMessage()} (the {n}th warning like this; the others are not shown)", None
+            return True
+        return False
 
 
 def _lost_worker_replacer(cluster: SpecCluster) -> Callable[[], list[str]]:
