@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # Django models can be imported only once the database is set
 log = logging.getLogger(__name__)
 
 _WAKE_S = 0.1  # longest wait for a task to end before the watcher and clock are looked at again
-_TURN_SHARE = 0.1  # the most of the time a stream of ending tasks may keep the loop turning (see _Tasks.wait)
+_TURN_SHARE = 0.05  # the most of the time a stream of ending tasks may keep the loop turning (see _Tasks.wait)
 _MAX_LINGER_S = 0.25  # the longest a result that came back waits for the next turn because of it
 _WORKER_CHECK_S = 2.0  # how often lost batch-system workers are looked for
 _METRICS_S = 5.0  # how often Prometheus metrics are recomputed
@@ -564,12 +564,12 @@ class _Tasks:
     def wait(self, timeout_s: float, *, linger_s: float = 0.0) -> None:
         """Sleep until a task ends or ``timeout_s`` passes, and at least ``linger_s``.
 
-        The loop lingers about nine times as long as its last turn took (``_TURN_SHARE``): when
-        tasks end faster than the loop turns (small movies on a small machine), a turn then
-        stores and replaces several at once instead of paying its fixed cost (a transaction,
-        the Dask round trips) for each, and the controller's CPU stays small beside the
-        workers'. A turn of a few ms lingers a few tens of ms; the tasks queued on each
-        worker (``max_in_flight``) keep it busy meanwhile."""
+        The loop lingers about 19 times as long as its last turn took (``_TURN_SHARE``; at most
+        ``_MAX_LINGER_S``): when tasks end faster than the loop turns (small movies on a small
+        machine), a turn then stores and replaces several at once instead of paying its fixed
+        cost (a transaction, the Dask round trips) for each, and the controller's CPU stays
+        small beside the workers'. A turn of 5 ms lingers about 0.1 s; the tasks queued on each
+        worker (``max_in_flight``, which covers 0.5 s of tasks) keep it busy meanwhile."""
         until_s = time.monotonic() + linger_s
         self._wake.wait(timeout_s)
         if (left_s := until_s - time.monotonic()) > 0:
