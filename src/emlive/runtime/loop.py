@@ -569,11 +569,17 @@ class _Tasks:
         machine), a turn then stores and replaces several at once instead of paying its fixed
         cost (a transaction, the Dask round trips) for each, and the controller's CPU stays
         small beside the workers'. A turn of 5 ms lingers about 0.1 s; the tasks queued on each
-        worker (``max_in_flight``, which covers 0.5 s of tasks) keep it busy meanwhile."""
+        worker (``max_in_flight``, which covers 0.5 s of tasks) keep it busy meanwhile. It stops
+        lingering once half the tasks in flight have ended: then the controller, not the
+        workers, is what holds the work up (tasks that take no time)."""
         until_s = time.monotonic() + linger_s
         self._wake.wait(timeout_s)
-        if (left_s := until_s - time.monotonic()) > 0:
-            time.sleep(left_s)
+        while (left_s := until_s - time.monotonic()) > 0:
+            with self._lock:
+                if 2 * len(self._ended) >= len(self._futures):
+                    return
+                self._wake.clear()
+            self._wake.wait(left_s)
 
     def ended(self) -> list[Event]:
         """Events for the tasks that ended since last asked; permanent failures are bad input
