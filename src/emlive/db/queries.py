@@ -147,11 +147,11 @@ def metric_inputs(session: Session | int) -> tuple[list[float], list[tuple[float
     return arrivals, results, backlog, failed
 
 
-def step_metrics(exposure_ids: list[int]) -> dict[int, dict[str, float | None]]:
-    """Every declared metric of these exposures' finished steps, ``{id: {"step.metric": value}}``
-    (one query)."""
+def step_metrics(exposure_ids: list[int], *, skip: tuple[str, ...] = ()) -> dict[int, dict[str, float | None]]:
+    """Every declared metric of these exposures' finished steps (but those of the ``skip``
+    steps), ``{id: {"step.metric": value}}`` (one query)."""
     found: dict[int, dict[str, float | None]] = {}
-    rows = StepResult.objects.filter(exposure_id__in=exposure_ids, state=StepResult.State.DONE)
+    rows = StepResult.objects.filter(exposure_id__in=exposure_ids, state=StepResult.State.DONE).exclude(step__in=skip)
     for exposure_id, step, metrics in rows.values_list("exposure_id", "step", "metrics"):
         found.setdefault(exposure_id, {}).update((f"{step}.{name}", value) for name, value in metrics.items())
     return found

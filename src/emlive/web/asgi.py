@@ -21,4 +21,7 @@ if current_database_url() is None:
 
     open_database(load_settings(), migrate=False)
 
+from emlive.pipeline.registry import registry  # noqa: E402
+
+registry()  # the installed steps, loaded at start: the API and dashboard describe them from the first request on
 application = get_asgi_application()

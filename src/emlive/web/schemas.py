@@ -191,7 +191,8 @@ class ExposureSummary(Schema):
     accepted: bool | None = Field(description="Whether it meets the session's curation thresholds (null until processed)")
     metrics: dict[str, float | None] = Field(
         default_factory=dict,
-        description="Every declared metric of the steps that ran, by 'step.metric' (GET /api/v1/steps names them)",
+        description="The declared metrics of the other steps that ran (motion's and CTF's are the fields above), "
+        "by 'step.metric' (GET /api/v1/steps names them)",
     )
 
 
