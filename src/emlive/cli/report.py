@@ -54,18 +54,27 @@ def _exposures(session: Session) -> list[Exposure]:
 
 
 def print_exposures(console: Console, session: Session) -> None:
-    """One row per exposure: drift, defocus, fit resolution, particles when picked, or why it
-    (or its picking) failed."""
+    """One row per exposure: drift, defocus, fit resolution, the metrics of the other steps that
+    ran (e.g. picking's particles), or why it (or one of its steps) failed."""
     from emlive.db.models import StepResult
+    from emlive.pipeline.registry import registry
 
     exposures = _exposures(session)
-    picks = {
-        exposure_id: (state, metrics.get("n_particles"), error)
-        for exposure_id, state, metrics, error in StepResult.objects.filter(
-            exposure__session=session, step="pick"
-        ).values_list("exposure_id", "state", "metrics", "error")
-    }
-    columns = ["frames", "drift Å", "defocus U Å", "defocus V Å", "azimuth °", "fit Å", "CC"] + (["particles"] if picks else [])
+    metrics: dict[int, dict[str, object]] = {}
+    failed: dict[int, list[str]] = {}
+    rows = StepResult.objects.filter(exposure__session=session).exclude(step__in=("motion", "ctf"))
+    for exposure_id, step, state, values, error in rows.values_list("exposure_id", "step", "state", "metrics", "error"):
+        if state == StepResult.State.FAILED:
+            failed.setdefault(exposure_id, []).append(f"{step} failed: {error}")
+        metrics.setdefault(exposure_id, {}).update((f"{step}.{name}", value) for name, value in values.items())
+    installed = registry().steps
+    keys = sorted({key for values in metrics.values() for key in values})
+    labels = []
+    for key in keys:
+        step, name = key.split(".", 1)
+        metric = installed[step].metrics.get(name) if step in installed else None
+        labels.append(metric.label if metric is not None and metric.label else key)
+    columns = ["frames", "drift Å", "defocus U Å", "defocus V Å", "azimuth °", "fit Å", "CC", *labels]
     table = Table(title=f"{session.raw_dir}", title_justify="left")
     table.add_column("exposure", min_width=max((len(e.path) for e in exposures), default=8))
     table.add_column("state", min_width=9)
@@ -78,13 +87,12 @@ def print_exposures(console: Console, session: Session) -> None:
             table.add_row(exposure.path, exposure.state, *[""] * len(columns), reason)
             continue
         motion, ctf = exposure.motion, exposure.ctf
-        picked = picks.get(exposure.pk)
-        particles = [] if not picks else ["" if picked is None or picked[1] is None else str(picked[1])]
-        reason = f"picking failed: {picked[2]}" if picked and picked[0] == "failed" else ""
+        values = metrics.get(exposure.pk, {})
+        extra = ["" if values.get(key) is None else f"{values[key]:.4g}" for key in keys]
         table.add_row(
             exposure.path, exposure.state, str(motion.n_frames), f"{motion.total_drift_a:.1f}",
             f"{ctf.defocus_u_a:.0f}", f"{ctf.defocus_v_a:.0f}", f"{ctf.azimuth_deg:.1f}",
-            f"{ctf.fit_resolution_a:.1f}", f"{ctf.cross_correlation:.3f}", *particles, reason,
+            f"{ctf.fit_resolution_a:.1f}", f"{ctf.cross_correlation:.3f}", *extra, "; ".join(failed.get(exposure.pk, [])),
         )
     console.print(table)
     console.print(f"exports: {Path(session.out_dir) / 'exports'}", highlight=False)
