@@ -298,6 +298,112 @@ class StepResult(models.Model):
         return f"{self.step} of exposure {self.exposure_id} ({self.state})"
 
 
+class TiltSeries(models.Model):
+    """A tilt series: the exposures a SerialEM ``.mdoc`` names (its :class:`Tilt` rows), and the
+    series' own result (alignment, tomogram, pictures) once its group step ran.
+
+    States::
+
+        collecting ──(every tilt named is processed, and the expected count reached or no new
+            │          tilt for the settle time)──▶ complete ──▶ processing ──▶ done | partial | failed
+            └── a tilt arrives after the series was processed: back to collecting, processed again
+
+    ``partial``: reconstructed without some tilts the mdoc names (their movies never came, or
+    failed); ``error`` says which and why. Angles in degrees; the tilt axis as SerialEM's
+    "Tilt axis angle" (in the image plane from +y, counter-clockwise positive).
+    """
+
+    class State(models.TextChoices):
+        COLLECTING = "collecting", "collecting"
+        COMPLETE = "complete", "complete"
+        PROCESSING = "processing", "processing"
+        DONE = "done", "done"
+        PARTIAL = "partial", "partial"
+        FAILED = "failed", "failed"
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="tilt_series")
+    name = models.CharField(max_length=255, help_text="The mdoc's stem (TS_01 for TS_01.mrc.mdoc): unique in the session")
+    mdoc_path = PathField(max_length=PATH_MAX_CHARS, help_text="Absolute path of the mdoc")
+    mdoc_path_sha256 = DigestField(of="mdoc_path", help_text="SHA-256 of mdoc_path: unique in the session")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.COLLECTING)
+
+    tilt_min_deg = models.FloatField(null=True, blank=True, help_text="Lowest nominal tilt angle named, °")
+    tilt_max_deg = models.FloatField(null=True, blank=True, help_text="Highest nominal tilt angle named, °")
+    n_tilts_expected = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tilts the series will have, when known (configuration); else null"
+    )
+    n_tilts_received = models.PositiveIntegerField(default=0, help_text="Tilts whose movies have come")
+    n_tilts_processed = models.PositiveIntegerField(default=0, help_text="Tilts whose motion and CTF are done")
+    excluded_json = models.JSONField(
+        default=list,
+        help_text="Tilts left out of the reconstruction: [{z_value, tilt_angle_deg, movie_name, reason}]",
+    )
+    problems_json = models.JSONField(default=list, help_text="The mdoc's malformed lines, as read_mdoc reports them")
+
+    tilt_axis_nominal_deg = models.FloatField(null=True, blank=True, help_text="Tilt axis angle from the mdoc, °")
+    tilt_axis_refined_deg = models.FloatField(null=True, blank=True, help_text="Tilt axis angle after alignment, °")
+    alignment_residual_px = models.FloatField(
+        null=True, blank=True, help_text="RMS alignment residual, px of the aligned stack (pixel_size_a)"
+    )
+    pixel_size_a = models.FloatField(null=True, blank=True, help_text="Pixel size of the aligned stack and tomogram, Å")
+    tomogram_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, blank=True, default="")
+    central_slice_png_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, blank=True, default="")
+    montage_png_path = models.CharField(max_length=OUTPUT_PATH_MAX_CHARS, blank=True, default="")
+    result_json = models.JSONField(default=dict, help_text="The group step's result (every output path, timings)")
+    input_hash = models.CharField(
+        max_length=64, blank=True, default="",
+        help_text="SHA-256 of the members' results and the parameters the stored result was made from",
+    )
+    error = models.TextField(blank=True, default="", help_text="Why the series failed, or what a partial one lacks")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_tilt_at = models.DateTimeField(null=True, blank=True, help_text="When the last new tilt was named or came")
+    completed_at = models.DateTimeField(null=True, blank=True, help_text="When the series was taken as complete")
+    processed_at = models.DateTimeField(null=True, blank=True, help_text="When its result was stored")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        verbose_name_plural = "tilt series"
+        constraints = [
+            models.UniqueConstraint(fields=["session", "name"], name="emlive_tilt_series_unique_name"),
+            models.UniqueConstraint(fields=["session", "mdoc_path_sha256"], name="emlive_tilt_series_unique_mdoc"),
+        ]
+
+    def __str__(self) -> str:
+        return f"tilt series {self.name} ({self.state})"
+
+
+class Tilt(models.Model):
+    """One tilt of a :class:`TiltSeries` as its mdoc names it, and the exposure of its movie
+    (null until the movie has come). Doses in e/Å², angles in degrees."""
+
+    series = models.ForeignKey(TiltSeries, on_delete=models.CASCADE, related_name="tilts")
+    exposure = models.OneToOneField(
+        Exposure, null=True, blank=True, on_delete=models.SET_NULL, related_name="tilt",
+        help_text="The tilt's movie once found (one exposure belongs to at most one series)",
+    )
+    z_value = models.PositiveIntegerField(help_text="The mdoc's [ZValue = n]: the section in the stack")
+    movie_name = models.CharField(max_length=512, help_text="Basename of the mdoc's SubFramePath")
+    tilt_angle_deg = models.FloatField(help_text="Nominal stage tilt angle, °")
+    acquisition_index = models.PositiveIntegerField(
+        default=0, help_text="0 for the tilt acquired first (DateTime, else ZValue order)"
+    )
+    acquired_at = models.DateTimeField(null=True, blank=True, help_text="The mdoc's DateTime, when given")
+    dose_e_a2 = models.FloatField(null=True, blank=True, help_text="The tilt's own exposure (ExposureDose), e/Å²")
+    pre_exposure_e_a2 = models.FloatField(default=0.0, help_text="Exposure accumulated before this tilt, e/Å²")
+    excluded_reason = models.TextField(
+        blank=True, default="", help_text="Why the tilt is left out of the reconstruction; empty if used"
+    )
+
+    class Meta:
+        ordering = ["series", "tilt_angle_deg", "z_value"]
+        constraints = [models.UniqueConstraint(fields=["series", "z_value"], name="emlive_tilt_unique_z")]
+
+    def __str__(self) -> str:
+        return f"tilt {self.z_value} ({self.tilt_angle_deg:+.1f}°) of series {self.series_id}"
+
+
 class ProjectMember(models.Model):
     """A user who may see and control a project's sessions (staff users see every project)."""
 

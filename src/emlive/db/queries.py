@@ -12,7 +12,7 @@ from django.db.models.functions import Abs
 from django.db.models.lookups import GreaterThanOrEqual, LessThanOrEqual
 
 from emlive.curation import Curation
-from emlive.db.models import Exposure, Session, StepResult, canonical_dir, path_digest
+from emlive.db.models import Exposure, Session, StepResult, Tilt, TiltSeries, canonical_dir, path_digest
 
 __all__ = [
     "ProcessedRow",
@@ -367,3 +367,52 @@ def stored_metric_names(session: Session | int, step: str) -> list[str]:
         .first()
     )
     return sorted(metrics or {})
+
+
+# --- Tilt series ---------------------------------------------------------------------------
+
+
+def tilt_series(session: Session | int, state: str | None = None) -> QuerySet[TiltSeries]:
+    """A session's tilt series in the order they were found, optionally only those in ``state``."""
+    qs = TiltSeries.objects.filter(session_id=_pk(session))
+    if state is not None:
+        try:
+            qs = qs.filter(state=TiltSeries.State(state))
+        except ValueError:
+            raise ValueError(f"tilt series state {state!r} is not one of: {', '.join(TiltSeries.State.values)}") from None
+    return qs.order_by("created_at", "id")
+
+
+def tilt_series_by_name(session: Session | int, name: str) -> TiltSeries | None:
+    """The session's tilt series called ``name`` (its mdoc's stem), or None."""
+    return TiltSeries.objects.filter(session_id=_pk(session), name=name).first()
+
+
+def series_tilts(series: TiltSeries | int) -> QuerySet[Tilt]:
+    """A series' tilts by nominal tilt angle, with their exposure and its motion and CTF rows
+    loaded (one query; a tilt whose movie has not come has ``exposure`` None)."""
+    series_id = int(series) if isinstance(series, int) else int(series.pk)
+    return (
+        Tilt.objects.filter(series_id=series_id)
+        .select_related("exposure", "exposure__motion", "exposure__ctf")
+        .order_by("tilt_angle_deg", "z_value")
+    )
+
+
+def tilt_series_counts(session: Session | int) -> dict[str, int]:
+    """Number of tilt series in each state, every state present (zero when none)."""
+    counts = dict.fromkeys(TiltSeries.State.values, 0)
+    grouped = TiltSeries.objects.filter(session_id=_pk(session)).values("state").annotate(n=Count("id")).order_by()
+    for row in grouped:
+        counts[row["state"]] = row["n"]
+    return counts
+
+
+def tilt_exposure_ids(session: Session | int) -> set[int]:
+    """The ids of a session's exposures that are tilts of a tilt series."""
+    return set(
+        Tilt.objects.filter(series__session_id=_pk(session), exposure__isnull=False).values_list("exposure_id", flat=True)
+    )
+
+
+__all__ += ["series_tilts", "tilt_exposure_ids", "tilt_series", "tilt_series_by_name", "tilt_series_counts"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import random
 import time
@@ -45,6 +46,8 @@ from emlive.db.models import (
     Project,
     Session,
     StepResult,
+    Tilt,
+    TiltSeries,
     canonical_dir,
     path_digest,
 )
@@ -672,3 +675,214 @@ def set_session_state(session: Session | int, state: str) -> Session:
         if not updated:
             raise Session.DoesNotExist(f"no session with id {_pk(session)}")
         return Session.objects.select_related("project").get(pk=_pk(session))
+
+
+# --- tilt series (groups of exposures named by a SerialEM mdoc) ------------------------------
+
+
+@dataclass(frozen=True)
+class TiltRow:
+    """One tilt as the mdoc names it (see :class:`~emlive.db.models.Tilt` for the units)."""
+
+    z_value: int
+    movie_name: str
+    tilt_angle_deg: float
+    acquisition_index: int = 0
+    acquired_at: datetime | None = None
+    dose_e_a2: float | None = None
+    pre_exposure_e_a2: float = 0.0
+
+
+_TILT_COLUMNS = ["movie_name", "tilt_angle_deg", "acquisition_index", "acquired_at", "dose_e_a2", "pre_exposure_e_a2"]
+_SERIES_AGAIN = (TiltSeries.State.COMPLETE, TiltSeries.State.DONE, TiltSeries.State.PARTIAL, TiltSeries.State.FAILED)
+
+
+@_retry_deadlocks
+def record_tilt_series(
+    session: Session | int,
+    *,
+    name: str,
+    mdoc_path: str | os.PathLike[str],
+    tilts: Sequence[TiltRow],
+    tilt_axis_nominal_deg: float | None = None,
+    problems: Sequence[str] = (),
+    n_tilts_expected: int | None = None,
+) -> tuple[TiltSeries, list[int]]:
+    """Record a tilt series as its mdoc reads now (it grows while SerialEM collects); returns
+    the series and the z values of the tilts new since last recorded.
+
+    Idempotent: the series is unique on (session, mdoc path), a tilt on (series, z value); a
+    tilt named again is updated (its exposure and exclusion kept). A series that gains tilts
+    after it was complete or processed goes back to ``collecting`` (it is processed again).
+    """
+    mdoc = str(Path(mdoc_path).absolute())
+    if len(mdoc) > PATH_MAX_CHARS:
+        raise ValueError(f"mdoc path {mdoc[:80]!r}… has {len(mdoc)} characters; at most {PATH_MAX_CHARS} are stored")
+    now = timezone.now()
+    rows = {int(t.z_value): t for t in tilts}
+    for tilt in rows.values():
+        _aware(f"tilt {tilt.z_value} acquired_at", tilt.acquired_at, now)
+        if not all(math.isfinite(v) for v in (tilt.tilt_angle_deg, tilt.pre_exposure_e_a2, tilt.dose_e_a2 or 0.0)):
+            raise ValueError(f"{mdoc}: tilt {tilt.z_value} has a non-finite angle or dose")
+    angles = [t.tilt_angle_deg for t in rows.values()]
+    fields: dict[str, Any] = {
+        "tilt_min_deg": min(angles, default=None), "tilt_max_deg": max(angles, default=None),
+        "tilt_axis_nominal_deg": tilt_axis_nominal_deg, "problems_json": [str(p) for p in problems],
+    }
+    if n_tilts_expected is not None:
+        fields["n_tilts_expected"] = int(n_tilts_expected)
+    with transaction.atomic():
+        series, created = TiltSeries.objects.select_for_update().get_or_create(
+            session_id=_pk(session), mdoc_path_sha256=path_digest(mdoc),
+            defaults={"name": name, "mdoc_path": mdoc, "last_tilt_at": now if rows else None, **fields},
+        )
+        known = set() if created else set(series.tilts.values_list("z_value", flat=True))
+        new = sorted(rows.keys() - known)
+        if not created:
+            for key, value in fields.items():
+                setattr(series, key, value)
+            if new:
+                series.last_tilt_at = now
+                if series.state in _SERIES_AGAIN:
+                    logger.info("tilt series %s grew by %d tilts; it will be processed again", series.name, len(new))
+                    series.state = TiltSeries.State.COLLECTING
+                    series.completed_at = None
+            series.save()
+        Tilt.objects.bulk_create(
+            [
+                Tilt(series=series, z_value=z, movie_name=t.movie_name, tilt_angle_deg=float(t.tilt_angle_deg),
+                     acquisition_index=int(t.acquisition_index), acquired_at=t.acquired_at,
+                     dose_e_a2=None if t.dose_e_a2 is None else float(t.dose_e_a2),
+                     pre_exposure_e_a2=float(t.pre_exposure_e_a2))
+                for z, t in sorted(rows.items())
+            ],
+            update_conflicts=True,
+            unique_fields=_conflict_target(["series", "z_value"]),
+            update_fields=_TILT_COLUMNS,
+        )
+        return series, new
+
+
+def link_tilts(series: TiltSeries | int, exposures: Mapping[int, int]) -> int:
+    """Link tilts (by z value) to the exposures of their movies, ``{z_value: exposure_id}``;
+    returns how many links are new. Updates the series' counts."""
+    series_id = _pk(series)
+    linked = 0
+    with transaction.atomic():
+        tilts = {t.z_value: t for t in Tilt.objects.select_for_update().filter(series_id=series_id, z_value__in=list(exposures))}
+        for z_value, exposure_id in exposures.items():
+            tilt = tilts.get(int(z_value))
+            if tilt is None:
+                raise Tilt.DoesNotExist(f"tilt series {series_id} has no tilt with z value {z_value}")
+            if tilt.exposure_id != int(exposure_id):
+                Tilt.objects.filter(exposure_id=int(exposure_id)).exclude(pk=tilt.pk).update(exposure=None)
+                tilt.exposure_id = int(exposure_id)
+                tilt.save(update_fields=["exposure"])
+                linked += 1
+        update_tilt_series_counts(series_id)
+    return linked
+
+
+def update_tilt_series_counts(series: TiltSeries | int) -> TiltSeries:
+    """Recount a series' received (movie found) and processed (motion and CTF stored) tilts."""
+    series_id = _pk(series)
+    with transaction.atomic():
+        tilts = Tilt.objects.filter(series_id=series_id)
+        received = tilts.filter(exposure__isnull=False).count()
+        processed = tilts.filter(exposure__state=Exposure.State.PROCESSED).count()
+        TiltSeries.objects.filter(pk=series_id).update(
+            n_tilts_received=received, n_tilts_processed=processed, updated_at=timezone.now()
+        )
+        return TiltSeries.objects.get(pk=series_id)
+
+
+def set_tilt_series_state(series: TiltSeries | int, state: str, *, error: str | None = None) -> TiltSeries:
+    """Move a series to ``state`` (one of :class:`TiltSeries.State`), with ``error`` (the reason
+    it failed, or what a partial one lacks) when given."""
+    try:
+        value = TiltSeries.State(state)
+    except ValueError:
+        raise ValueError(f"tilt series state {state!r} is not one of: {', '.join(TiltSeries.State.values)}") from None
+    now = timezone.now()
+    update: dict[str, Any] = {"state": value, "updated_at": now}
+    if value == TiltSeries.State.COMPLETE:
+        update["completed_at"] = now
+    if error is not None:
+        update["error"] = _cut(error).replace("\x00", "") if error else ""
+    with transaction.atomic():
+        if not TiltSeries.objects.filter(pk=_pk(series)).update(**update):
+            raise TiltSeries.DoesNotExist(f"no tilt series with id {_pk(series)}")
+        return TiltSeries.objects.get(pk=_pk(series))
+
+
+def exclude_tilts(series: TiltSeries | int, reasons: Mapping[int, str | None]) -> TiltSeries:
+    """Set why tilts (by z value) are left out of the reconstruction (None or "": used again),
+    and the series' list of excluded tilts."""
+    series_id = _pk(series)
+    with transaction.atomic():
+        for z_value, reason in reasons.items():
+            Tilt.objects.filter(series_id=series_id, z_value=int(z_value)).update(
+                excluded_reason=_cut(reason) if reason else ""
+            )
+        excluded = [
+            {"z_value": t.z_value, "tilt_angle_deg": t.tilt_angle_deg, "movie_name": t.movie_name,
+             "reason": t.excluded_reason}
+            for t in Tilt.objects.filter(series_id=series_id).exclude(excluded_reason="").order_by("tilt_angle_deg", "z_value")
+        ]
+        TiltSeries.objects.filter(pk=series_id).update(excluded_json=excluded, updated_at=timezone.now())
+        return TiltSeries.objects.get(pk=series_id)
+
+
+def store_tilt_series_result(
+    series: TiltSeries | int,
+    *,
+    state: str,
+    result: Mapping[str, Any],
+    input_hash: str,
+    exclusions: Mapping[int, str | None],
+    tilt_axis_refined_deg: float | None,
+    alignment_residual_px: float | None,
+    pixel_size_a: float | None,
+    tomogram_path: str | os.PathLike[str] | None,
+    central_slice_png_path: str | os.PathLike[str] | None,
+    montage_png_path: str | os.PathLike[str] | None,
+    error: str = "",
+) -> TiltSeries:
+    """Store a series' group-step result in one transaction: the alignment, the outputs
+    (absolute paths), which tilts were left out and why, and its state (``done`` or
+    ``partial``; ``error`` says what a partial one lacks). Storing again replaces it."""
+    if state not in (TiltSeries.State.DONE, TiltSeries.State.PARTIAL):
+        raise ValueError(f"a tilt series' result is stored as done or partial, not {state!r}")
+    numbers = {"tilt_axis_refined_deg": tilt_axis_refined_deg, "alignment_residual_px": alignment_residual_px,
+               "pixel_size_a": pixel_size_a}
+    for key, value in numbers.items():
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"tilt series {_pk(series)}: {key} is {value}; a stored number must be finite")
+    check_storable(f"tilt series {_pk(series)}'s result", dict(result))
+
+    def absolute(path: str | os.PathLike[str] | None) -> str:
+        return "" if path is None else str(Path(path).absolute())
+
+    now = timezone.now()
+    with transaction.atomic():
+        exclude_tilts(series, exclusions)
+        updated = TiltSeries.objects.filter(pk=_pk(series)).update(
+            state=state, result_json=dict(result), input_hash=input_hash, error=_cut(error) if error else "",
+            **{k: None if v is None else float(v) for k, v in numbers.items()},
+            tomogram_path=absolute(tomogram_path), central_slice_png_path=absolute(central_slice_png_path),
+            montage_png_path=absolute(montage_png_path), processed_at=now, updated_at=now,
+        )
+        if not updated:
+            raise TiltSeries.DoesNotExist(f"no tilt series with id {_pk(series)}")
+        return TiltSeries.objects.get(pk=_pk(series))
+
+
+__all__ += [
+    "TiltRow",
+    "exclude_tilts",
+    "link_tilts",
+    "record_tilt_series",
+    "set_tilt_series_state",
+    "store_tilt_series_result",
+    "update_tilt_series_counts",
+]
