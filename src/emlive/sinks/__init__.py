@@ -1,0 +1,1 @@
+"""Where results go besides emlive's own database (DESIGN §6): the Appion database."""
