@@ -1,0 +1,1 @@
+"""Tilt series (cryo-ET): pure kernels, file formats and engines side by side."""
