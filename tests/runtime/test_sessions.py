@@ -34,6 +34,10 @@ COMPUTE_S = 0.4
 def timed_result(spec, params) -> ExposureResult:
     """Stands in for processing: takes COMPUTE_S and returns a well-formed result."""
     time.sleep(COMPUTE_S)
+    return well_formed_result(spec)
+
+
+def well_formed_result(spec) -> ExposureResult:
     now = datetime.now(UTC)
     out = spec.out_dir / spec.name
     record = {"engine": "timed", "engine_version": "0", "started_at": now, "finished_at": now, "reused": False}
@@ -250,3 +254,41 @@ def test_a_start_removes_the_temporaries_killed_writers_left_and_keeps_a_live_on
     assert not left.exists() and not work.exists() and live.exists()
     removed = [r.getMessage() for r in caplog.records if "left half-written" in r.getMessage()]
     assert len(removed) == 2 and any(str(left) in m for m in removed), removed
+
+
+def quick_result(spec, params) -> ExposureResult:
+    """Takes 10 ms: exposures this short go to the workers in chunks. ``bad*`` movies are bad input."""
+    if spec.name.startswith("bad"):
+        raise ValueError(f"{spec.movie_path}: truncated")
+    time.sleep(0.01)
+    return well_formed_result(spec)
+
+
+def test_short_exposures_go_in_chunks_and_each_ends_on_its_own(tmp_path):
+    activate(sqlite_url(tmp_path / "emlive.sqlite3"))
+    from emlive.db import store
+
+    acq = Acquisition(pixel_size_a=1.0, dose_per_frame_e_a2=1.0)
+    session = store.get_or_create_session(tmp_path / "raw", tmp_path / "out", acq)
+    names = [f"m{i:03d}.mrc" for i in range(300)] + ["bad1.mrc", "bad2.mrc"]
+    _movies(tmp_path / "raw", names)
+    settings = load_settings(watch={"settle_s": 0, "poll_interval_s": 0.2}, cluster={"n_workers": 2})
+    tasks: list[int] = []  # exposures per Dask task submitted
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as local:
+        with Client(local) as client:
+            submit_many = client.map
+
+            def counting_map(func, *iterables, **kwargs):
+                tasks.extend(len(specs) for specs in iterables[1])
+                return submit_many(func, *iterables, **kwargs)
+
+            client.map = counting_map  # type: ignore[method-assign]
+            counts = run_sessions(
+                [(session, PipelineParams(acquisition=acq))], settings, watch=False,
+                cluster=Cluster(client, None, 1), task=quick_result,
+            )
+    assert counts[session.pk]["processed"] == 300 and counts[session.pk]["failed"] == 2
+    assert sum(tasks) == 302  # every exposure submitted once: none lost, none twice
+    assert max(tasks) > 1, tasks  # once the exposures' length was known, several went in one task
+    failed = {e.path: e.fail_reason for e in session.exposures.filter(state="failed")}
+    assert set(failed) == {"bad1.mrc", "bad2.mrc"} and "truncated" in failed["bad1.mrc"]

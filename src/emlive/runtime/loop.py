@@ -278,18 +278,21 @@ class _Run:
             by_session: dict[int, list[Submit]] = {}
             for submit in submits:
                 by_session.setdefault(self.live_of[submit.exposure_id].session.pk, []).append(submit)
+            size = chunk_size(self.task_s) if self.slots is not None else 1
             for session_id, batch in by_session.items():
                 live = self.lives[session_id]
+                chunks = [batch[i:i + size] for i in range(0, len(batch), size)]
                 futures = self.cluster.client.map(
-                    self.task,
-                    [self.specs[s.exposure_id] for s in batch],
-                    [live.params] * len(batch),
-                    key=[f"exposure-{session_id}-{s.exposure_id}-{s.attempt}" for s in batch],
+                    process_chunk,
+                    [self.task] * len(chunks),
+                    [[self.specs[s.exposure_id] for s in chunk] for chunk in chunks],
+                    [live.params] * len(chunks),
+                    key=[f"exposures-{session_id}-{c[0].exposure_id}-{c[0].attempt}-{len(c)}" for c in chunks],
                     pure=False,
                     resources=live.resources,
                 )
-                for submit, future in zip(batch, futures, strict=True):
-                    self.tasks.add(submit.exposure_id, future)
+                for chunk, future in zip(chunks, futures, strict=True):
+                    self.tasks.add([s.exposure_id for s in chunk], future)
         if scales := [a for a in actions if isinstance(a, ScaleTo)]:
             log.info("asking for %d workers", scales[-1].n_workers)  # the turn's last word counts
             assert self.cluster.scale is not None
@@ -540,25 +543,72 @@ def _admit(live: _Live, found: list[Found], specs: dict[int, ExposureSpec], live
     return events
 
 
+def chunk_size(task_s: float | None) -> int:
+    """How many exposures one Dask task processes: one, unless exposures are short (``task_s``,
+    a typical exposure's seconds on a worker thread; None: not known yet), then as many as last
+    about :data:`CHUNK_S` together, at most :data:`MAX_CHUNK`.
+
+    Each task costs a round of messages between the controller's process (where the local Dask
+    scheduler runs) and a worker, and a wait of the worker thread for its next task; on tiny
+    movies (tens of ms each) that cost was a quarter of the time (benchmarks/tiny.py). A chunk
+    pays it once for several exposures, which still end one by one in the database."""
+    if task_s is None or task_s >= CHUNK_S / 2:
+        return 1
+    return max(1, min(MAX_CHUNK, int(CHUNK_S / task_s)))
+
+
+CHUNK_S = 0.2
+MAX_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    """One exposure of a chunk raised (the others' results are kept): the reason and whether it is
+    bad input (``ValueError``: not retried)."""
+
+    reason: str
+    permanent: bool
+
+
+def process_chunk(
+    task: Callable[[ExposureSpec, PipelineParams], ExposureResult], specs: list[ExposureSpec], params: PipelineParams
+) -> list[ExposureResult | ChunkFailure]:
+    """Run ``task`` on each exposure of a chunk in turn (on a worker); one exposure's error is its
+    own outcome and never loses the others' results."""
+    outcomes: list[ExposureResult | ChunkFailure] = []
+    for spec in specs:
+        try:
+            outcomes.append(task(spec, params))
+        except ValueError as error:  # bad input or parameters: the message says what
+            outcomes.append(ChunkFailure(str(error) or type(error).__name__, permanent=True))
+        except Exception as error:  # noqa: BLE001 - the controller retries it, with the reason
+            outcomes.append(ChunkFailure(f"{type(error).__name__}: {error}", permanent=False))
+    return outcomes
+
+
 class _Tasks:
-    """The tasks in flight, and which have ended: Dask tells (a callback per task), so the loop
-    waits on one event rather than asking the scheduler about each task each turn, and fetches
-    the results of a turn in one call."""
+    """The tasks in flight (each a chunk of one or more exposures, :func:`chunk_size`), and which
+    have ended: Dask tells (a callback per task), so the loop waits on one event rather than
+    asking the scheduler about each task each turn, and fetches the results of a turn in one
+    call."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._futures: dict[int, Future] = {}
-        self._ended: list[tuple[int, Future]] = []
+        self._futures: dict[int, Future] = {}  # exposure -> the task processing it
+        self._ended: list[tuple[list[int], Future]] = []
+        self._n_ended = 0  # exposures in _ended
         self._lock = threading.Lock()
         self._wake = threading.Event()
 
-    def add(self, exposure_id: int, future: Future) -> None:
-        self._futures[exposure_id] = future
-        future.add_done_callback(lambda f: self._end(exposure_id, f))
+    def add(self, exposure_ids: list[int], future: Future) -> None:
+        for exposure_id in exposure_ids:
+            self._futures[exposure_id] = future
+        future.add_done_callback(lambda f: self._end(exposure_ids, f))
 
-    def _end(self, exposure_id: int, future: Future) -> None:  # in Dask's callback thread
+    def _end(self, exposure_ids: list[int], future: Future) -> None:  # in Dask's callback thread
         with self._lock:
-            self._ended.append((exposure_id, future))
+            self._ended.append((exposure_ids, future))
+            self._n_ended += len(exposure_ids)
         self._wake.set()
 
     def wait(self, timeout_s: float, *, linger_s: float = 0.0) -> None:
@@ -570,61 +620,72 @@ class _Tasks:
         cost (a transaction, the Dask round trips) for each, and the controller's CPU stays
         small beside the workers'. A turn of 5 ms lingers about 0.1 s; the tasks queued on each
         worker (``max_in_flight``, which covers 0.5 s of tasks) keep it busy meanwhile. It stops
-        lingering once half the tasks in flight have ended: then the controller, not the
+        lingering once half the exposures in flight have ended: then the controller, not the
         workers, is what holds the work up (tasks that take no time)."""
         until_s = time.monotonic() + linger_s
         self._wake.wait(timeout_s)
         while (left_s := until_s - time.monotonic()) > 0:
             with self._lock:
-                if 2 * len(self._ended) >= len(self._futures):
+                if 2 * self._n_ended >= len(self._futures):
                     return
                 self._wake.clear()
             self._wake.wait(left_s)
 
     def ended(self) -> list[Event]:
-        """Events for the tasks that ended since last asked; permanent failures are bad input
-        (ValueError)."""
+        """Events for the exposures whose tasks ended since last asked; permanent failures are bad
+        input (ValueError)."""
         with self._lock:
-            ended, self._ended = self._ended, []
+            ended, self._ended, self._n_ended = self._ended, [], 0
             self._wake.clear()
-        ended = [(e, f) for e, f in ended if self._futures.get(e) is f]
-        if again := [(e, f) for e, f in ended if not f.done()]:
+        ended = [(ids, f) for ids, f in ended if any(self._futures.get(e) is f for e in ids)]
+        if again := [(ids, f) for ids, f in ended if not f.done()]:
             with self._lock:  # ended, then its result was lost with a worker: looked at next turn
                 self._ended += again
-        ended = [(e, f) for e, f in ended if f.done()]
-        for exposure_id, _ in ended:
-            del self._futures[exposure_id]
-        finished = [(e, f) for e, f in ended if f.status == "finished"]
+                self._n_ended += sum(len(ids) for ids, _ in again)
+        ended = [(ids, f) for ids, f in ended if f.done()]
+        for ids, _ in ended:
+            for exposure_id in ids:
+                del self._futures[exposure_id]
+        finished = [(ids, f) for ids, f in ended if f.status == "finished"]
         events: list[Event] = []
         if finished:
             try:
-                results = self._client.gather([f for _, f in finished])
+                outcomes = self._client.gather([f for _, f in finished])
             except Exception:  # one of them lost meanwhile: ask each on its own
-                events += [_ended_event(e, f) for e, f in finished]
+                events += [event for ids, f in finished for event in _ended_events(ids, f)]
             else:
-                events += [TaskFinished(e, r) for (e, _), r in zip(finished, results, strict=True)]
-        events += [_ended_event(e, f) for e, f in ended if f.status != "finished"]
+                events += [
+                    _outcome_event(e, outcome)
+                    for (ids, _), chunk in zip(finished, outcomes, strict=True)
+                    for e, outcome in zip(ids, chunk, strict=True)
+                ]
+        events += [event for ids, f in ended if f.status != "finished" for event in _ended_events(ids, f)]
         return events
 
     def cancel(self) -> None:
-        for future in self._futures.values():
+        for future in set(self._futures.values()):
             future.cancel()
         self._futures.clear()
 
 
-def _ended_event(exposure_id: int, future: Future) -> Event:
-    """The event for one task that has ended."""
+def _outcome_event(exposure_id: int, outcome: ExposureResult | ChunkFailure) -> Event:
+    if isinstance(outcome, ChunkFailure):
+        return TaskFailed(exposure_id, outcome.reason, permanent=outcome.permanent)
+    return TaskFinished(exposure_id, outcome)
+
+
+def _ended_events(exposure_ids: list[int], future: Future) -> list[Event]:
+    """The events for the exposures of one task that has ended."""
     if future.status == "finished":
         try:
-            return TaskFinished(exposure_id, future.result())
+            chunk = future.result()
         except Exception as error:  # its result was lost: worth another try
-            return TaskFailed(exposure_id, f"{type(error).__name__}: {error}", permanent=False)
-    if future.status == "error":
+            return [TaskFailed(e, f"{type(error).__name__}: {error}", permanent=False) for e in exposure_ids]
+        return [_outcome_event(e, outcome) for e, outcome in zip(exposure_ids, chunk, strict=True)]
+    if future.status == "error":  # the chunk itself failed (the worker died, or could not unpickle it)
         error = future.exception()
-        if isinstance(error, ValueError):  # bad input or parameters: the message says what
-            return TaskFailed(exposure_id, str(error), permanent=True)
-        return TaskFailed(exposure_id, f"{type(error).__name__}: {error}", permanent=False)
-    return TaskFailed(exposure_id, f"task {future.status}", permanent=False)  # cancelled: another try
+        return [TaskFailed(e, f"{type(error).__name__}: {error}", permanent=False) for e in exposure_ids]
+    return [TaskFailed(e, f"task {future.status}", permanent=False) for e in exposure_ids]  # cancelled
 
 
 def _gpu_resources(params: PipelineParams, settings: Settings, client: Client) -> dict[str, float] | None:
