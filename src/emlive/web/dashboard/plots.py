@@ -215,3 +215,80 @@ def drift_figure(shifts_px: Sequence[Sequence[float]], *, pixel_size_a: float) -
     )
     layout["yaxis"]["scaleanchor"] = "x"
     return {"data": [trace, first], "layout": layout}
+
+
+# --- Tilt series -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TiltPoint:
+    """One tilt of a tilt series as its page plots it: the nominal stage tilt (°), where it
+    came in the acquisition (0 = first), the dose before it (e/Å²), its CTF and drift (None
+    until known) and, for an excluded view, why."""
+
+    exposure_id: int | None
+    tilt_angle_deg: float
+    acquisition_index: int | None
+    pre_exposure_e_a2: float | None
+    defocus_u_a: float | None
+    defocus_v_a: float | None
+    fit_resolution_a: float | None
+    total_drift_a: float | None
+    excluded_reason: str | None = None
+
+
+_TILT_SERIES = (
+    # (figure key, title, y axis title, value of a tilt)
+    ("tilt-defocus", "Defocus", "mean defocus (µm)",
+     lambda t: None if t.defocus_u_a is None or t.defocus_v_a is None else (t.defocus_u_a + t.defocus_v_a) / 2e4),
+    ("tilt-drift", "Total drift", "total drift (Å)", lambda t: t.total_drift_a),
+    ("tilt-dose", "Dose before each tilt", "pre-exposure (e/Å²)", lambda t: t.pre_exposure_e_a2),
+    ("tilt-resolution", "CTF fit resolution", "fit resolution (Å)", lambda t: t.fit_resolution_a),
+)  # fmt: skip
+TILT_FIGURE_KEYS = tuple(key for key, *_ in _TILT_SERIES)
+EXCLUDED_COLOR = REJECTED_COLOR
+
+
+def tilt_series_figures(tilts: Sequence[TiltPoint]) -> dict[str, Figure]:
+    """The figures of a tilt-series page: mean defocus, total drift, the dose before each
+    tilt (accumulated in acquisition order: a dose-symmetric series draws a V) and the CTF
+    fit resolution, each against the nominal tilt angle. Tilts used by the series are a blue
+    line in angle order; excluded ones are red crosses whose hover says why. Each point
+    carries its exposure id (a click opens the tilt's exposure page)."""
+    ordered = sorted(tilts, key=lambda t: t.tilt_angle_deg)
+    return {
+        key: tilt_figure(ordered, [value(t) for t in ordered], title=title, y_title=y_title)
+        for key, title, y_title, value in _TILT_SERIES
+    }
+
+
+def tilt_figure(tilts: Sequence[TiltPoint], values: Sequence[float | None], *, title: str, y_title: str) -> Figure:
+    """``values`` (one per tilt, None where unknown) against the tilts' angles: the tilts the
+    series uses and the excluded ones as two traces; hover shows the acquisition order and,
+    for an excluded tilt, the reason."""
+    traces = []
+    for name, excluded, color, symbol, mode in (
+        ("used", False, ACCEPTED_COLOR, "circle", "lines+markers"),
+        ("excluded", True, EXCLUDED_COLOR, "x", "markers"),
+    ):
+        index = [i for i, t in enumerate(tilts) if (t.excluded_reason is not None) == excluded]
+        texts = [
+            f"acquired #{tilts[i].acquisition_index + 1}" if tilts[i].acquisition_index is not None else "not acquired"
+            for i in index
+        ]
+        if excluded:
+            texts = [f"{text}<br>excluded: {tilts[i].excluded_reason}" for text, i in zip(texts, index, strict=True)]
+        traces.append({
+            "type": "scatter",
+            "mode": mode,
+            "name": f"{name} ({len(index)})",
+            "x": _round([tilts[i].tilt_angle_deg for i in index], 3),
+            "y": _round([values[i] for i in index], 4),
+            "text": texts,
+            "customdata": [tilts[i].exposure_id for i in index],
+            "hovertemplate": "%{x}°: %{y}<br>%{text}<extra></extra>",
+            "marker": {"color": color, "size": 7 if excluded else 6, "symbol": symbol},
+            "line": {"color": color},
+            "connectgaps": False,
+        })
+    return {"data": traces, "layout": _layout(title, "tilt angle (°)", y_title)}
