@@ -65,6 +65,7 @@ from emlive.web.schemas import (
     StartSession,
     StepInfo,
     StepOut,
+    TiltMembership,
     check_name,
 )
 
@@ -452,6 +453,18 @@ def _order_by(order: str) -> tuple[Any, Any]:
     return field.asc(nulls_last=True), F("id").asc()
 
 
+def _membership(e: Exposure) -> TiltMembership | None:
+    """The tilt series an exposure (read with ``tilt__series``) belongs to, if any."""
+    tilt = getattr(e, "tilt", None)
+    if tilt is None:
+        return None
+    return TiltMembership(
+        series_id=tilt.series_id, series_name=tilt.series.name, z_value=tilt.z_value, tilt_angle_deg=tilt.tilt_angle_deg,
+        acquisition_index=tilt.acquisition_index, pre_exposure_e_a2=tilt.pre_exposure_e_a2,
+        excluded_reason=tilt.excluded_reason or None,
+    )
+
+
 @api.get("/sessions/{session_id}/exposures", response={200: ExposurePage, **ERRORS}, summary="A page of exposures")
 def list_exposures(
     request: HttpRequest,
@@ -473,7 +486,10 @@ def list_exposures(
     if curation is not None:
         qs = qs.filter(accepted=curation == "accepted")
     count = qs.count()
-    page = _mean_defocus(qs).select_related("motion", "ctf").defer("fail_reason", "motion__shifts_px").order_by(*_order_by(order))
+    page = (
+        _mean_defocus(qs).select_related("motion", "ctf", "tilt__series")
+        .defer("fail_reason", "motion__shifts_px").order_by(*_order_by(order))
+    )
     page = list(page[offset : offset + limit])
     # motion's and CTF's metrics are the fields above; steps that declare none have none to read
     skip = ("motion", "ctf", *(name for name, step in registry().steps.items() if not step.metrics))
@@ -499,6 +515,7 @@ def list_exposures(
                 ice_ring_ratio=ctf.ice_ring_ratio if ctf else None,
                 accepted=e.accepted,
                 metrics=metrics.get(e.pk, {}),
+                tilt=_membership(e),
             )
         )
     return {"count": count, "limit": limit, "offset": offset, "items": items}
@@ -511,7 +528,7 @@ def list_exposures(
 )
 def get_exposure(request: HttpRequest, session_id: IdPath, exposure_id: IdPath) -> ExposureDetail:
     session = _visible_session(request, session_id)
-    exposures = Exposure.objects.select_related("motion", "ctf").filter(session_id=session.pk, pk=exposure_id)
+    exposures = Exposure.objects.select_related("motion", "ctf", "tilt__series").filter(session_id=session.pk, pk=exposure_id)
     e = queries.with_verdict(exposures, session.curation).first()
     if e is None:
         raise HttpError(
@@ -563,6 +580,7 @@ def get_exposure(request: HttpRequest, session_id: IdPath, exposure_id: IdPath) 
             )
             for r in e.step_results.order_by("finished_at", "id")
         ],
+        tilt=_membership(e),
     )
 
 

@@ -170,6 +170,18 @@ class Parameters(Schema):
     curation: Curation
 
 
+class TiltMembership(Schema):
+    """The tilt series an exposure's movie belongs to, and which tilt it is (SerialEM's mdoc)."""
+
+    series_id: int
+    series_name: str = Field(description="The mdoc's stem (TS_01 for TS_01.mrc.mdoc)")
+    z_value: int = Field(description="The mdoc's [ZValue = n]")
+    tilt_angle_deg: float = Field(description="Nominal stage tilt angle, °")
+    acquisition_index: int = Field(description="0 for the tilt acquired first")
+    pre_exposure_e_a2: float = Field(description="Exposure accumulated before this tilt, e/Å²")
+    excluded_reason: str | None = Field(description="Why the tilt is left out of the reconstruction; null if used")
+
+
 class ExposureSummary(Schema):
     """One exposure in a page: where it is in the pipeline and its main results (null until
     processed)."""
@@ -193,6 +205,9 @@ class ExposureSummary(Schema):
         default_factory=dict,
         description="The declared metrics of the other steps that ran (motion's and CTF's are the fields above), "
         "by 'step.metric' (GET /api/v1/steps names them)",
+    )
+    tilt: TiltMembership | None = Field(
+        None, description="The tilt series the movie belongs to and which tilt it is; null for a single-particle movie"
     )
 
 
@@ -269,6 +284,9 @@ class ExposureDetail(Schema):
     motion: MotionOut | None
     ctf: CtfOut | None
     steps: list[StepOut] = Field(default_factory=list, description="Every step's result, built-in or a plugin's")
+    tilt: TiltMembership | None = Field(
+        None, description="The tilt series the movie belongs to and which tilt it is; null for a single-particle movie"
+    )
 
 
 class MetricInfo(Schema):
@@ -317,3 +335,98 @@ def validation_message(exc: ValidationError, owner: str) -> str:
         where = ".".join(str(p) for p in (owner, *problem["loc"]) if p != "")
         parts.append(f"{where}: {problem['msg']}")
     return "; ".join(parts)
+
+
+# --- Tilt series ---------------------------------------------------------------------------
+
+TiltSeriesState = Literal["collecting", "complete", "processing", "done", "partial", "failed"]
+
+
+class TiltSeriesCounts(Schema):
+    """How far a tilt series has come."""
+
+    expected: int | None = Field(description="Tilts the series will have, when known; else null")
+    named: int = Field(description="Tilts the mdoc names so far")
+    received: int = Field(description="Tilts whose movies have come")
+    processed: int = Field(description="Tilts whose motion correction and CTF are done")
+    excluded: int = Field(description="Tilts left out of the reconstruction")
+
+
+class ExcludedTilt(Schema):
+    """A tilt left out of the reconstruction, and why."""
+
+    z_value: int
+    tilt_angle_deg: float
+    movie_name: str
+    reason: str
+
+
+class TiltSeriesSummary(Schema):
+    """One tilt series of a session: state, tilt range, counts, excluded tilts, alignment and
+    tomogram. ``montage_url`` and ``central_slice_url`` are null until the pictures exist."""
+
+    id: int
+    session_id: int
+    name: str = Field(description="The mdoc's stem (TS_01 for TS_01.mrc.mdoc)")
+    mdoc_path: str
+    state: TiltSeriesState
+    tilt_min_deg: float | None = Field(description="Lowest nominal tilt angle named, °")
+    tilt_max_deg: float | None = Field(description="Highest nominal tilt angle named, °")
+    counts: TiltSeriesCounts
+    excluded: list[ExcludedTilt]
+    tilt_axis_nominal_deg: float | None = Field(description="Tilt axis angle from the mdoc, ° (from +y, counter-clockwise)")
+    tilt_axis_refined_deg: float | None = Field(description="Tilt axis angle after alignment, °")
+    alignment_residual_px: float | None = Field(description="RMS alignment residual, px of the aligned stack")
+    pixel_size_a: float | None = Field(description="Pixel size of the aligned stack and tomogram, Å")
+    tomogram_path: str | None = Field(description="The tomogram MRC; null until reconstructed")
+    montage_url: str | None
+    central_slice_url: str | None
+    error: str = Field(description="Why the series failed, or what a partial one lacks; empty otherwise")
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    processed_at: datetime | None
+
+
+class TiltSeriesPage(Schema):
+    """A page of a session's tilt series, oldest first; ``count`` is the number matching."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list[TiltSeriesSummary]
+
+
+class TiltOut(Schema):
+    """One tilt of a series as the mdoc names it, with its movie's results (null until
+    processed). ``exposure_id`` is null while the movie has not come."""
+
+    z_value: int
+    movie_name: str
+    tilt_angle_deg: float = Field(description="Nominal stage tilt angle, °")
+    acquisition_index: int = Field(description="0 for the tilt acquired first (DateTime, else ZValue order)")
+    acquired_at: datetime | None
+    dose_e_a2: float | None = Field(description="The tilt's own exposure, e/Å²")
+    pre_exposure_e_a2: float = Field(description="Exposure accumulated before this tilt, e/Å²")
+    exposure_id: int | None
+    exposure_state: ExposureState | None
+    defocus_u_a: float | None = Field(description="Å, positive = underfocus")
+    defocus_v_a: float | None
+    defocus_angle_deg: float | None = Field(description="Azimuth of defocus U from +x, counter-clockwise, °")
+    fit_resolution_a: float | None = Field(description="CTF fit resolution, Å")
+    fit_ok: bool | None
+    total_drift_a: float | None
+    excluded_reason: str | None = Field(description="Why the tilt is left out of the reconstruction; null if used")
+    exposure_url: str | None = Field(description="The exposure in this API (all its results)")
+    page_url: str | None = Field(description="The exposure's dashboard page (the dashboard's login)")
+    thumbnail_url: str | None = Field(description="The micrograph's PNG, as the dashboard serves it (its login)")
+    spectrum_url: str | None = Field(description="The CTF diagnostic PNG, as the dashboard serves it (its login)")
+
+
+class TiltSeriesDetail(TiltSeriesSummary):
+    """One tilt series with every tilt, in tilt-angle order, the mdoc's malformed lines and
+    the group step's stored result (every output path)."""
+
+    problems: list[str] = Field(description="The mdoc's malformed lines")
+    result: dict[str, Any] = Field(description="The tilt-series step's result as JSON (outputs, timings)")
+    tilts: list[TiltOut]

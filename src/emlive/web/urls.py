@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from django.urls import include, path
 
+from emlive.web import tilt_series  # noqa: F401  (adds the tilt-series routes to the API)
 from emlive.web.api import api
 from emlive.web.compat import compat
 

@@ -1,0 +1,143 @@
+"""A tilt series stored as the controller stores one, for the web tests (API, dashboard,
+browser): the series and its tilts written with the ORM, each tilt's movie recorded and its
+motion and CTF results stored through ``emlive.db.store``, and the series' montage and
+central slice as small generated PNGs under ``<out_dir>/tomo/<name>/``.
+
+Seven tilts, −9…+9° in 3° steps, collected dose-symmetrically (0, +3, −3, −6, +6, +9, −9;
+3 e/Å² each); the last one acquired (−9°) is dark and excluded. Defocus grows with the tilt
+angle (1 000 Å per 3°), drift with the acquisition order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+
+from emlive.ctf.types import CtfResult
+from emlive.io.png import write_png_atomic
+from emlive.motion.types import MotionResult
+
+ORDER_DEG = (0.0, 3.0, -3.0, -6.0, 6.0, 9.0, -9.0)
+"""Tilt angles in acquisition order (index = acquisition index = the mdoc's ZValue)."""
+DOSE_PER_TILT_E_A2 = 3.0
+DARK_REASON = "dark: mean 12 counts, 8% of the series median"
+DARK_Z = 6
+ENGINES = {"motion_engine": "native", "motion_engine_version": "t", "ctf_engine": "native", "ctf_engine_version": "t"}
+
+
+def defocus_u_a(angle_deg: float) -> float:
+    return 30000.0 + angle_deg / 3.0 * 1000.0
+
+
+def total_drift_a(z_value: int) -> float:
+    return 2.0 + z_value
+
+
+def movie_name(name: str, z_value: int) -> str:
+    return f"{name}_{z_value:03d}_{ORDER_DEG[z_value]:.1f}.tif"
+
+
+@dataclass(frozen=True)
+class StoredSeries:
+    series: object  # emlive.db.models.TiltSeries
+    exposure_ids: dict[int, int]  # z_value → exposure id, for the tilts whose movie came
+    montage: Path | None
+    central_slice: Path | None
+
+
+def _results(out_dir: Path, stem: str, angle_deg: float, z_value: int) -> tuple[MotionResult, CtfResult]:
+    motion_dir, ctf_dir = out_dir / "motion", out_dir / "ctf"
+    motion_dir.mkdir(parents=True, exist_ok=True)
+    ctf_dir.mkdir(parents=True, exist_ok=True)
+    for path in (motion_dir / f"{stem}.mrc", motion_dir / f"{stem}_DW.mrc", motion_dir / f"{stem}.star",
+                 ctf_dir / f"{stem}.txt", ctf_dir / f"{stem}_avrot.txt"):
+        path.write_bytes(b"")
+    spectrum = ctf_dir / f"{stem}.png"
+    write_png_atomic(spectrum, np.random.default_rng(z_value).normal(size=(32, 32)))
+    drift = total_drift_a(z_value)
+    motion = MotionResult(
+        shifts_px=[(0.0, 0.0), (-0.5 * drift, 0.2), (-drift, 0.4)], total_drift_a=drift, early_drift_a=drift / 4,
+        late_drift_a=drift * 3 / 4, micrograph_path=motion_dir / f"{stem}.mrc", dose_weighted_path=motion_dir / f"{stem}_DW.mrc",
+        star_path=motion_dir / f"{stem}.star", pixel_size_a=1.35, n_frames=3,
+    )
+    ctf = CtfResult(
+        defocus_u_a=defocus_u_a(angle_deg), defocus_v_a=defocus_u_a(angle_deg) - 400.0, azimuth_deg=40.0,
+        cross_correlation=0.15, fit_resolution_a=8.0 + abs(angle_deg) / 3.0, fit_ok=True, ice_ring_ratio=None,
+        output_txt_path=ctf_dir / f"{stem}.txt", avrot_path=ctf_dir / f"{stem}_avrot.txt", diagnostic_png_path=spectrum,
+    )
+    return motion, ctf
+
+
+def pictures(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """A montage (the seven tilts side by side: bright discs that narrow with the tilt) and a
+    central slice (a membrane-like ring and dots), as the series step writes them."""
+    folder = out_dir / "tomo" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    tiles = [np.exp(-((xx / max(np.cos(np.radians(a)), 0.2)) ** 2 + yy**2) / 300.0) for a in sorted(ORDER_DEG)]
+    montage = folder / f"{name}_montage.png"
+    write_png_atomic(montage, np.hstack(tiles))
+    ring = np.exp(-((np.hypot(xx, yy) - 20.0) ** 2) / 4.0) + np.exp(-(((xx - 5) ** 2 + (yy + 3) ** 2) / 6.0))
+    central = folder / f"{name}_central_slice.png"
+    write_png_atomic(central, ring)
+    return montage, central
+
+
+def store_series(
+    session,
+    *,
+    name: str = "TS_01",
+    arrived: int = len(ORDER_DEG),
+    processed: int | None = None,
+    state: str = "done",
+    with_pictures: bool = True,
+) -> StoredSeries:
+    """Record the series of ``session`` with the first ``arrived`` tilts' movies (acquisition
+    order), the first ``processed`` of them (default: all arrived) with results; a done or
+    partial series has its alignment, tomogram path and pictures, and the dark tilt
+    excluded (when it was processed)."""
+    from django.utils import timezone
+
+    from emlive.db import store
+    from emlive.db.models import Tilt, TiltSeries
+
+    processed = arrived if processed is None else processed
+    out_dir = Path(session.out_dir)
+    raw_dir = Path(session.raw_dir)
+    finished = state in ("done", "partial")
+    montage, central = pictures(out_dir, name) if with_pictures and finished else (None, None)
+    dark_known = finished and processed > DARK_Z
+    excluded = [{"z_value": DARK_Z, "tilt_angle_deg": ORDER_DEG[DARK_Z], "movie_name": movie_name(name, DARK_Z),
+                 "reason": DARK_REASON}] if dark_known else []
+    start = timezone.now() - timedelta(minutes=5)
+    series = TiltSeries.objects.create(
+        session=session, name=name, mdoc_path=str(raw_dir / f"{name}.mrc.mdoc"), state=state,
+        tilt_min_deg=min(ORDER_DEG), tilt_max_deg=max(ORDER_DEG), n_tilts_expected=len(ORDER_DEG),
+        n_tilts_received=arrived, n_tilts_processed=processed, excluded_json=excluded,
+        tilt_axis_nominal_deg=85.0, tilt_axis_refined_deg=84.6 if finished else None,
+        alignment_residual_px=0.42 if finished else None, pixel_size_a=10.8 if finished else None,
+        tomogram_path=str(out_dir / "tomo" / name / f"{name}.mrc") if finished else "",
+        montage_png_path=str(montage or ""), central_slice_png_path=str(central or ""),
+        result_json={"tomogram_path": str(out_dir / "tomo" / name / f"{name}.mrc")} if finished else {},
+        last_tilt_at=start + timedelta(seconds=8 * arrived), completed_at=timezone.now() if finished else None,
+        processed_at=timezone.now() if finished else None,
+    )
+    exposure_ids: dict[int, int] = {}
+    for z, angle in enumerate(ORDER_DEG):
+        exposure = None
+        if z < arrived:
+            exposure, _ = store.record_exposure(session, movie_name(name, z), 1000, time.time_ns() - (60 - z) * 10**9)
+            exposure_ids[z] = exposure.pk
+            if z < processed:
+                store.mark_submitted(exposure.pk)
+                store.store_result(exposure.pk, *_results(out_dir, Path(movie_name(name, z)).stem, angle, z), **ENGINES)
+        Tilt.objects.create(
+            series=series, exposure=exposure, z_value=z, movie_name=movie_name(name, z), tilt_angle_deg=angle,
+            acquisition_index=z, acquired_at=start + timedelta(seconds=8 * z), dose_e_a2=DOSE_PER_TILT_E_A2,
+            pre_exposure_e_a2=DOSE_PER_TILT_E_A2 * z, excluded_reason=DARK_REASON if dark_known and z == DARK_Z else "",
+        )
+    return StoredSeries(series, exposure_ids, montage, central)
