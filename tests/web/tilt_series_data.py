@@ -96,48 +96,46 @@ def store_series(
     state: str = "done",
     with_pictures: bool = True,
 ) -> StoredSeries:
-    """Record the series of ``session`` with the first ``arrived`` tilts' movies (acquisition
-    order), the first ``processed`` of them (default: all arrived) with results; a done or
-    partial series has its alignment, tomogram path and pictures, and the dark tilt
-    excluded (when it was processed)."""
+    """Record the series of ``session`` through the store, as the controller does: the mdoc's
+    seven tilts, the first ``arrived`` movies (acquisition order) linked to their tilts, the
+    first ``processed`` of them (default: all arrived) with results; a ``done`` or ``partial``
+    series has its result (alignment, tomogram path, pictures, the dark tilt excluded)."""
     from django.utils import timezone
 
     from emlive.db import store
-    from emlive.db.models import Tilt, TiltSeries
 
     processed = arrived if processed is None else processed
     out_dir = Path(session.out_dir)
-    raw_dir = Path(session.raw_dir)
-    finished = state in ("done", "partial")
-    montage, central = pictures(out_dir, name) if with_pictures and finished else (None, None)
-    dark_known = finished and processed > DARK_Z
-    excluded = [{"z_value": DARK_Z, "tilt_angle_deg": ORDER_DEG[DARK_Z], "movie_name": movie_name(name, DARK_Z),
-                 "reason": DARK_REASON}] if dark_known else []
     start = timezone.now() - timedelta(minutes=5)
-    series = TiltSeries.objects.create(
-        session=session, name=name, mdoc_path=str(raw_dir / f"{name}.mrc.mdoc"), state=state,
-        tilt_min_deg=min(ORDER_DEG), tilt_max_deg=max(ORDER_DEG), n_tilts_expected=len(ORDER_DEG),
-        n_tilts_received=arrived, n_tilts_processed=processed, excluded_json=excluded,
-        tilt_axis_nominal_deg=85.0, tilt_axis_refined_deg=84.6 if finished else None,
-        alignment_residual_px=0.42 if finished else None, pixel_size_a=10.8 if finished else None,
-        tomogram_path=str(out_dir / "tomo" / name / f"{name}.mrc") if finished else "",
-        montage_png_path=str(montage or ""), central_slice_png_path=str(central or ""),
-        result_json={"tomogram_path": str(out_dir / "tomo" / name / f"{name}.mrc")} if finished else {},
-        last_tilt_at=start + timedelta(seconds=8 * arrived), completed_at=timezone.now() if finished else None,
-        processed_at=timezone.now() if finished else None,
+    rows = [
+        store.TiltRow(z_value=z, movie_name=movie_name(name, z), tilt_angle_deg=angle, acquisition_index=z,
+                      acquired_at=start + timedelta(seconds=8 * z), dose_e_a2=DOSE_PER_TILT_E_A2,
+                      pre_exposure_e_a2=DOSE_PER_TILT_E_A2 * z)
+        for z, angle in enumerate(ORDER_DEG)
+    ]
+    series, _ = store.record_tilt_series(
+        session, name=name, mdoc_path=Path(session.raw_dir) / f"{name}.mrc.mdoc", tilts=rows, tilt_axis_nominal_deg=85.0,
+        n_tilts_expected=len(ORDER_DEG),
     )
     exposure_ids: dict[int, int] = {}
-    for z, angle in enumerate(ORDER_DEG):
-        exposure = None
-        if z < arrived:
-            exposure, _ = store.record_exposure(session, movie_name(name, z), 1000, time.time_ns() - (60 - z) * 10**9)
-            exposure_ids[z] = exposure.pk
-            if z < processed:
-                store.mark_submitted(exposure.pk)
-                store.store_result(exposure.pk, *_results(out_dir, Path(movie_name(name, z)).stem, angle, z), **ENGINES)
-        Tilt.objects.create(
-            series=series, exposure=exposure, z_value=z, movie_name=movie_name(name, z), tilt_angle_deg=angle,
-            acquisition_index=z, acquired_at=start + timedelta(seconds=8 * z), dose_e_a2=DOSE_PER_TILT_E_A2,
-            pre_exposure_e_a2=DOSE_PER_TILT_E_A2 * z, excluded_reason=DARK_REASON if dark_known and z == DARK_Z else "",
+    for z in range(arrived):
+        exposure, _ = store.record_exposure(session, movie_name(name, z), 1000, time.time_ns() - (60 - z) * 10**9)
+        exposure_ids[z] = exposure.pk
+        if z < processed:
+            store.mark_submitted(exposure.pk)
+            store.store_result(exposure.pk, *_results(out_dir, Path(movie_name(name, z)).stem, ORDER_DEG[z], z), **ENGINES)
+    store.link_tilts(series, exposure_ids)
+    montage = central = None
+    if state in ("done", "partial"):
+        store.set_tilt_series_state(series, "complete")
+        montage, central = pictures(out_dir, name) if with_pictures else (None, None)
+        tomogram = out_dir / "tomo" / name / f"{name}.mrc"
+        series = store.store_tilt_series_result(
+            series, state=state, result={"tomogram_path": str(tomogram)}, input_hash="0" * 64,
+            exclusions={DARK_Z: DARK_REASON} if processed > DARK_Z else {}, tilt_axis_refined_deg=84.6,
+            alignment_residual_px=0.42, pixel_size_a=10.8, tomogram_path=tomogram, central_slice_png_path=central,
+            montage_png_path=montage,
         )
+    else:
+        series = store.set_tilt_series_state(series, state)
     return StoredSeries(series, exposure_ids, montage, central)

@@ -19,6 +19,7 @@ from django.urls import reverse
 from ninja import Query
 from ninja.errors import HttpError
 
+from emlive.db import queries
 from emlive.db.models import Session, Tilt, TiltSeries
 from emlive.web.api import ERRORS, IdPath, _visible_session, api
 from emlive.web.schemas import (
@@ -48,19 +49,12 @@ def series_queryset(session_id: int) -> QuerySet[TiltSeries]:
 
 
 def excluded_tilts(series: TiltSeries) -> list[ExcludedTilt]:
-    """The tilts left out of the reconstruction (of a series read through
-    :func:`series_queryset`): those whose row says why, and those the series' result lists (e.g. a movie that never came), each once, in tilt-angle order."""
-    found = {
-        t.z_value: ExcludedTilt(z_value=t.z_value, tilt_angle_deg=t.tilt_angle_deg, movie_name=t.movie_name, reason=t.excluded_reason)
+    """The tilts left out of the reconstruction and why, in tilt-angle order (of a series read
+    through :func:`series_queryset`)."""
+    return [
+        ExcludedTilt(z_value=t.z_value, tilt_angle_deg=t.tilt_angle_deg, movie_name=t.movie_name, reason=t.excluded_reason)
         for t in series.excluded_tilts
-    }
-    for item in series.excluded_json or []:
-        if isinstance(item, dict) and item.get("z_value") not in found:
-            try:
-                found[int(item["z_value"])] = ExcludedTilt.model_validate(item)
-            except (KeyError, TypeError, ValueError):
-                continue  # a row the step wrote in another shape: the tilt rows still say it
-    return sorted(found.values(), key=lambda t: (t.tilt_angle_deg, t.z_value))
+    ]
 
 
 def picture_path(series: TiltSeries, session: Session, picture: str) -> Path | None:
@@ -120,17 +114,6 @@ def _summary(series: TiltSeries, session: Session) -> dict[str, Any]:
         "completed_at": series.completed_at,
         "processed_at": series.processed_at,
     }
-
-
-def tilt_rows(series: TiltSeries) -> list[Tilt]:
-    """Every tilt of the series in tilt-angle order, with its exposure's motion and CTF rows
-    loaded (one query)."""
-    return list(
-        Tilt.objects.filter(series_id=series.pk)
-        .select_related("exposure__motion", "exposure__ctf")
-        .defer("exposure__motion__shifts_px", "exposure__fail_reason")
-        .order_by("tilt_angle_deg", "z_value")
-    )
 
 
 def _tilt(t: Tilt, session: Session) -> TiltOut:
@@ -204,7 +187,7 @@ def get_tilt_series(request: HttpRequest, session_id: IdPath, series_id: IdPath)
     return _summary(series, session) | {
         "problems": [str(p) for p in series.problems_json or []],
         "result": series.result_json or {},
-        "tilts": [_tilt(t, session) for t in tilt_rows(series)],
+        "tilts": [_tilt(t, session) for t in queries.series_tilts(series).defer("exposure__motion__shifts_px", "exposure__fail_reason")],
     }
 
 
@@ -242,4 +225,4 @@ def tilt_series_central_slice(request: HttpRequest, session_id: IdPath, series_i
     return _picture(request, session_id, series_id, "central-slice")
 
 
-__all__ = ["PICTURES", "excluded_tilts", "picture_path", "picture_url", "series_queryset", "tilt_rows"]
+__all__ = ["PICTURES", "excluded_tilts", "picture_path", "picture_url", "series_queryset"]
