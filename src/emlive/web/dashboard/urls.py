@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from emlive.web.dashboard import views
+from emlive.web.dashboard import tilt_series, views
 
 app_name = "dashboard"
 
@@ -34,5 +34,8 @@ urlpatterns = [
     path(
         "dashboard/exposures/<int:exposure_id>/step/<slug:step>/<slug:field>.png", views.step_picture, name="step_picture"
     ),
+    path("dashboard/sessions/<int:session_id>/tilt-series/", tilt_series.session_tilt_series, name="session_tilt_series"),
+    path("dashboard/tilt-series/<int:series_id>/", tilt_series.tilt_series_page, name="tilt_series"),
+    path("dashboard/tilt-series/<int:series_id>/<slug:part>/", tilt_series.tilt_series_part, name="tilt_series_part"),
     path("static/emlive/<str:name>", views.static_file, name="static"),
 ]
