@@ -58,6 +58,9 @@ def _results(out_dir: Path, stem: str, angle_deg: float, z_value: int) -> tuple[
         path.write_bytes(b"")
     spectrum = ctf_dir / f"{stem}.png"
     write_png_atomic(spectrum, np.random.default_rng(z_value).normal(size=(32, 32)))
+    thumbnail = out_dir / "thumbnail" / f"{stem}.png"  # where the pipeline's thumbnail step puts it
+    thumbnail.parent.mkdir(parents=True, exist_ok=True)
+    write_png_atomic(thumbnail, np.random.default_rng(100 + z_value).normal(size=(48, 48)))
     drift = total_drift_a(z_value)
     motion = MotionResult(
         shifts_px=[(0.0, 0.0), (-0.5 * drift, 0.2), (-drift, 0.4)], total_drift_a=drift, early_drift_a=drift / 4,
@@ -87,6 +90,41 @@ def pictures(out_dir: Path, name: str) -> tuple[Path, Path]:
     return montage, central
 
 
+def add_tilts(session, series, z_values, *, processed: bool = True) -> dict[int, int]:
+    """The movies of tilts ``z_values`` come (and, when ``processed``, their motion and CTF
+    results are stored): recorded, linked to their tilts; returns ``{z_value: exposure id}``."""
+    from emlive.db import store
+
+    exposure_ids: dict[int, int] = {}
+    for z in z_values:
+        exposure, _ = store.record_exposure(session, movie_name(series.name, z), 1000, time.time_ns() - (60 - z) * 10**9)
+        exposure_ids[z] = exposure.pk
+        if processed:
+            store.mark_submitted(exposure.pk)
+            stem = Path(movie_name(series.name, z)).stem
+            store.store_result(exposure.pk, *_results(Path(session.out_dir), stem, ORDER_DEG[z], z), **ENGINES)
+    store.link_tilts(series, exposure_ids)
+    return exposure_ids
+
+
+def finish_series(session, series, *, state: str = "done", with_pictures: bool = True, dark_excluded: bool = True):
+    """The series' group step ran: its result stored (alignment, tomogram path, pictures, the
+    dark tilt excluded); returns (series, montage, central slice)."""
+    from emlive.db import store
+
+    out_dir = Path(session.out_dir)
+    store.set_tilt_series_state(series, "complete")
+    montage, central = pictures(out_dir, series.name) if with_pictures else (None, None)
+    tomogram = out_dir / "tomo" / series.name / f"{series.name}.mrc"
+    series = store.store_tilt_series_result(
+        series, state=state, result={"tomogram_path": str(tomogram)}, input_hash="0" * 64,
+        exclusions={DARK_Z: DARK_REASON} if dark_excluded else {}, tilt_axis_refined_deg=84.6,
+        alignment_residual_px=0.42, pixel_size_a=10.8, tomogram_path=tomogram, central_slice_png_path=central,
+        montage_png_path=montage,
+    )
+    return series, montage, central
+
+
 def store_series(
     session,
     *,
@@ -105,7 +143,6 @@ def store_series(
     from emlive.db import store
 
     processed = arrived if processed is None else processed
-    out_dir = Path(session.out_dir)
     start = timezone.now() - timedelta(minutes=5)
     rows = [
         store.TiltRow(z_value=z, movie_name=movie_name(name, z), tilt_angle_deg=angle, acquisition_index=z,
@@ -117,24 +154,12 @@ def store_series(
         session, name=name, mdoc_path=Path(session.raw_dir) / f"{name}.mrc.mdoc", tilts=rows, tilt_axis_nominal_deg=85.0,
         n_tilts_expected=len(ORDER_DEG),
     )
-    exposure_ids: dict[int, int] = {}
-    for z in range(arrived):
-        exposure, _ = store.record_exposure(session, movie_name(name, z), 1000, time.time_ns() - (60 - z) * 10**9)
-        exposure_ids[z] = exposure.pk
-        if z < processed:
-            store.mark_submitted(exposure.pk)
-            store.store_result(exposure.pk, *_results(out_dir, Path(movie_name(name, z)).stem, ORDER_DEG[z], z), **ENGINES)
-    store.link_tilts(series, exposure_ids)
+    exposure_ids = add_tilts(session, series, range(processed))
+    exposure_ids |= add_tilts(session, series, range(processed, arrived), processed=False)
     montage = central = None
     if state in ("done", "partial"):
-        store.set_tilt_series_state(series, "complete")
-        montage, central = pictures(out_dir, name) if with_pictures else (None, None)
-        tomogram = out_dir / "tomo" / name / f"{name}.mrc"
-        series = store.store_tilt_series_result(
-            series, state=state, result={"tomogram_path": str(tomogram)}, input_hash="0" * 64,
-            exclusions={DARK_Z: DARK_REASON} if processed > DARK_Z else {}, tilt_axis_refined_deg=84.6,
-            alignment_residual_px=0.42, pixel_size_a=10.8, tomogram_path=tomogram, central_slice_png_path=central,
-            montage_png_path=montage,
+        series, montage, central = finish_series(
+            session, series, state=state, with_pictures=with_pictures, dark_excluded=processed > DARK_Z
         )
     else:
         series = store.set_tilt_series_state(series, state)
