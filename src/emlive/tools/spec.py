@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 ContainerRuntime = Literal["apptainer", "singularity", "docker", "podman"]
-TOOL_NAMES = ("relion", "motioncor2", "motioncor3", "ctffind4", "ctffind5", "gctf", "topaz")
+TOOL_NAMES = ("relion", "motioncor2", "motioncor3", "ctffind4", "ctffind5", "gctf", "topaz", "aretomo2", "aretomo3", "imod")
 
 
 class Version(NamedTuple):
@@ -108,6 +108,9 @@ class ToolsSettings(BaseModel):
     ctffind5: ToolSpec = ToolSpec()
     gctf: ToolSpec = ToolSpec()
     topaz: ToolSpec = ToolSpec()
+    aretomo2: ToolSpec = ToolSpec()
+    aretomo3: ToolSpec = ToolSpec()
+    imod: ToolSpec = ToolSpec()
 
     def spec(self, name: str) -> ToolSpec:
         if name not in TOOL_NAMES:
