@@ -54,11 +54,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import mrcfile
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from emlive.tomo.external import ExternalAlignment
+from emlive.tomo.external import ExternalAlignment, check_views
 from emlive.tools import ExternalTool, Version, find_version
 
 __all__ = [
@@ -301,17 +300,6 @@ def alignment_from_aln(aln: AlnFile) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return shifts, axis, tilts, dropped
 
 
-def _check_views(stack: Path, n_angles: int) -> None:
-    """Refuse a stack whose number of views differs from the angles given, before any run."""
-    try:
-        with mrcfile.open(stack, header_only=True, permissive=True) as mrc:
-            n_views = int(mrc.header.nz)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{stack}: cannot read the tilt series' MRC header ({err})") from err
-    if n_views != n_angles:
-        raise ValueError(f"{stack}: the stack has {n_views} views but {n_angles} tilt angles were given")
-
-
 def align_aretomo(
     stack: Path,
     tilt_angles_deg: Sequence[float] | np.ndarray,
@@ -334,7 +322,7 @@ def align_aretomo(
     """
     tool = _TOOLS[program]
     angles = np.asarray(tilt_angles_deg, dtype=np.float64).reshape(-1)
-    _check_views(stack, angles.size)
+    check_views(stack, angles.size)
     with tool.run(stack, out_dir, stem=stem) as run:
         stack, out_dir, stem = run.source, run.out_dir, run.stem
         os.symlink(stack, run.work / f"{stem}.mrc")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 
-__all__ = ["ExternalAlignment"]
+__all__ = ["ExternalAlignment", "check_views"]
 
 
 @dataclass(frozen=True)
@@ -30,3 +31,14 @@ class ExternalAlignment:
     residual_px: float | None = None
     tomogram_path: Path | None = None
     files: tuple[Path, ...] = ()
+
+
+def check_views(stack: Path, n_angles: int) -> None:
+    """Refuse a stack whose number of views differs from the tilt angles given, before a run."""
+    try:
+        with mrcfile.open(stack, header_only=True, permissive=True) as mrc:
+            n_views = int(mrc.header.nz)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{stack}: cannot read the tilt series' MRC header ({err})") from err
+    if n_views != n_angles:
+        raise ValueError(f"{stack}: the stack has {n_views} views but {n_angles} tilt angles were given")
