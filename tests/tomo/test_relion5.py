@@ -265,3 +265,19 @@ def test_relion_shifts_half_pixel_and_nan() -> None:
                           image_size_px=(100, 101), tilt_series_pixel_size_a=2.0, tilt_series_image_size_px=(100, 101))
     np.testing.assert_allclose(out[:2], [[-1.0, 0.0], [3.0, -2.0]])
     assert np.isnan(out[2]).all()
+
+
+def test_relion_shifts_with_a_pixel_size_per_side() -> None:
+    """Fourier-cropped 4092 × 5760 → 552 × 778: the sides' pixel sizes differ by 0.1 %; a point at
+    the binned image's corner lands on the same tilt-series position either way."""
+    ts_pixel, ts_size, binned = 1.35, (5760, 4092), (778, 552)
+    pixel_xy = (ts_pixel * ts_size[0] / binned[0], ts_pixel * ts_size[1] / binned[1])
+    corner = np.array([[binned[0] - 1 - (binned[0] - 1) / 2, binned[1] - 1 - (binned[1] - 1) / 2]])
+    out = relion_shifts_a(corner, pixel_size_a=pixel_xy, image_size_px=binned,
+                          tilt_series_pixel_size_a=ts_pixel, tilt_series_image_size_px=ts_size)
+    # the corner pixel (binned_x - 1, binned_y - 1) is at that index × its side's pixel size
+    expected = (np.array(binned) - 1) * pixel_xy - np.floor(np.array(ts_size) / 2) * ts_pixel
+    np.testing.assert_allclose(out[0], expected, atol=1e-9)
+    single = relion_shifts_a(corner, pixel_size_a=pixel_xy[0], image_size_px=binned,
+                             tilt_series_pixel_size_a=ts_pixel, tilt_series_image_size_px=ts_size)
+    assert abs(single[0, 1] - expected[1]) > 1.0  # one pixel size for both sides is off by Å in y

@@ -134,7 +134,7 @@ _TILT_COLUMNS: tuple[tuple[str, str], ...] = (
 def relion_shifts_a(
     shifts_px: np.ndarray,
     *,
-    pixel_size_a: float,
+    pixel_size_a: float | tuple[float, float],
     image_size_px: tuple[int, int],
     tilt_series_pixel_size_a: float,
     tilt_series_image_size_px: tuple[int, int],
@@ -148,9 +148,12 @@ def relion_shifts_a(
     share pixel 0's position, pixel ``j`` of the binned images lying at ``j × pixel_size_a``
     (binning by Fourier cropping does that). RELION measures from ``int(N/2)`` of the tilt-series image and rotates
     about the tomogram's ``int(N/2)``, which is taken to be the same specimen point as
-    emlive's rotation centre. NaN shifts (excluded tilts) stay NaN.
+    emlive's rotation centre. NaN shifts (excluded tilts) stay NaN. ``pixel_size_a`` may be
+    (x, y) when binning scaled the two sides slightly differently (each side rounded to whole
+    pixels: ``tilt-series size × tilt-series pixel / binned size`` per side).
     """
     s = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
+    pixel_size_a = np.broadcast_to(np.asarray(pixel_size_a, dtype=np.float64), (2,))
     centre_a = (np.asarray(image_size_px, dtype=np.float64) - 1.0) / 2.0 * pixel_size_a
     relion_centre_a = np.floor(np.asarray(tilt_series_image_size_px) / 2.0) * tilt_series_pixel_size_a
     # positions are scaled by the pixel-size ratio about pixel 0: position_a = index × pixel size
