@@ -167,6 +167,21 @@ class PipelineSettings(BaseModel):
     )
 
 
+class LeginonSettings(BaseModel):
+    """The Leginon and project databases of classic Appion's commands (makeDDAlignMotionCor2_UCSF.py,
+    ctffind4.py) when no ``sinedon.cfg`` is found; a project's Appion database is read from
+    the project database, as Appion does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str | None = Field(None, description="MySQL/MariaDB server (None: not configured here)")
+    port: int = 3306
+    user: str = "root"
+    password: str = ""
+    leginon_db: str = Field("leginondb", description="Leginon's database ([leginondata] db in sinedon.cfg)")
+    project_db: str = Field("projectdb", description="The project database ([projectdata] db in sinedon.cfg)")
+
+
 class Settings(BaseSettings):
     """Everything configurable; see the module docstring for where values come from."""
 
@@ -197,6 +212,7 @@ class Settings(BaseSettings):
     motion: MotionParams = Field(MotionParams(), description="The motion step's parameters (also [steps.motion])")
     ctf: CtfParams = Field(CtfParams(), description="The CTF step's parameters (also [steps.ctf])")
     tools: ToolsSettings = ToolsSettings()
+    leginon: LeginonSettings = LeginonSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -102,7 +102,8 @@ class FakeLeginon:
         binning: int = 1,
         write_frames: bool = True,
     ) -> int:
-        """Insert one image (scope, camera, image rows) and write its frames and its MRC."""
+        """Insert one image (scope, camera, image rows) and write its frames and its MRC. The
+        scope's (nominal) defocus is the movie's mean defocus to the nearest 0.1 µm, as set."""
         taken = self.tick()
         session = rows(self.leginon, "SELECT * FROM SessionData WHERE DEF_id = %s", (session_id,))[0]
         ny, nx = truth.shape
@@ -114,8 +115,9 @@ class FakeLeginon:
                       overwrite=True)
         scope = insert(self.leginon, "ScopeEMData", {
             "DEF_timestamp": taken, "REF|SessionData|session": session_id, "REF|InstrumentData|tem": self.tem_id,
-            "magnification": magnification, "defocus": -2e-6, "high tension": int(truth.voltage_kv * 1000),
+            "magnification": magnification, "high tension": int(truth.voltage_kv * 1000),
             "SUBD|stage position|a": math.radians(tilt_deg), "system time": taken.timestamp(),
+            "defocus": -round((movie.defocus_u_a + movie.defocus_v_a) / 2, -3) * 1e-10,
         })
         camera = insert(self.leginon, "CameraEMData", {
             "DEF_timestamp": taken, "REF|SessionData|session": session_id, "REF|InstrumentData|ccdcamera": self.camera_id,

@@ -199,7 +199,7 @@ def test_ctf_rows_and_crash_safety(leginon_dbs: LeginonDatabases, tmp_path: Path
                 avrot_path=tmp_path / "ctf1" / f"{image.filename}_avrot.txt",
                 diagnostic_png_path=tmp_path / "ctf1" / f"{image.filename}.png",
             )
-            sink.store_ctf(appion, ctf_run, image, result, rundir=tmp_path / "ctf1", amplitude_contrast=0.1, cs_mm=2.7)
+            sink.store_ctf(appion, ctf_run, image, result, amplitude_contrast=0.1, cs_mm=2.7)
 
     for writes in range(4):
         try:
@@ -211,6 +211,8 @@ def test_ctf_rows_and_crash_safety(leginon_dbs: LeginonDatabases, tmp_path: Path
     assert count(fake.appion, "ApAceRunData") == 1
     ctf = rows(fake.appion, "SELECT * FROM ApCtfData ORDER BY `REF|leginondata|AcquisitionImageData|image`")
     assert [row["REF|leginondata|AcquisitionImageData|image"] for row in ctf] == ids
-    assert ctf[0]["defocus1"] == pytest.approx((21000.0 + ids[0]) * 1e-10)
+    assert ctf[0]["defocus2"] == pytest.approx((21000.0 + ids[0]) * 1e-10)  # Appion: defocus1 the smaller
+    assert ctf[0]["defocus1"] == pytest.approx(20000.0 * 1e-10)
+    assert ctf[0]["angle_astigmatism"] == pytest.approx(123.0)
     assert ctf[0]["ctffind4_resolution"] == pytest.approx(4.5)
     assert ctf[0]["graph1"] == "c0_000_enn.png"

@@ -68,6 +68,8 @@ def test_image_values_in_emlive_units(leginon_dbs: LeginonDatabases) -> None:
     assert image.frames_path == session.frame_path / "b_000_enn.frames.mrc"
     assert image.image_path == session.image_path / "b_000_enn.mrc"
     assert image.preset_name == "enn"
+    mean_a = (truth.movies[0].defocus_u_a + truth.movies[0].defocus_v_a) / 2
+    assert image.nominal_defocus_a == pytest.approx(round(mean_a, -3))
 
     image = leginon.read_image(fake.leginon, session, tif)
     assert image.pixel_size_a == pytest.approx(0.8)

@@ -22,6 +22,7 @@ that name them. A second concurrent writer is kept out by the run folder's lock,
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -339,24 +340,21 @@ def done_ctf_images(appion: Connection, run: CtfRun) -> set[int]:
         return {int(row[0]) for row in cursor.fetchall()}
 
 
-def store_ctf(appion: Connection, run: CtfRun, image: LeginonImage, result: CtfResult, *, rundir: Path,
-              amplitude_contrast: float, cs_mm: float) -> int:
-    """One image's ``ApCtfData`` row (defocus in metres, as Appion keeps it; files relative
-    to the run folder); found if it was written before."""
-    def relative(path: Path) -> str:
-        try:
-            return str(Path(path).resolve().relative_to(Path(rundir).resolve()))
-        except ValueError:
-            return str(path)
-
+def store_ctf(appion: Connection, run: CtfRun, image: LeginonImage, result: CtfResult, *, amplitude_contrast: float,
+              cs_mm: float, defocus_init_a: float | None = None) -> int:
+    """One image's ``ApCtfData`` row as classic ctffind4.py inserts it (found if written before):
+    defocus in metres, ``defocus1`` ctffind's second (smaller) defocus and ``defocus2`` its first,
+    the astigmatism angle ctffind's plus 90° (Appion's convention, its bug #4047), the
+    diagnostic files by name (they are in the run folder's ``opimages/``)."""
     return get_or_insert(
         appion, "ApCtfData",
         {"REF|ApAceRunData|acerun": run.run_id, "REF|leginondata|AcquisitionImageData|image": image.id},
-        {"defocus1": result.defocus_u_a * 1e-10, "defocus2": result.defocus_v_a * 1e-10,
-         "defocusinit": None, "amplitude_contrast": amplitude_contrast, "angle_astigmatism": result.azimuth_deg,
+        {"defocus1": result.defocus_v_a * 1e-10, "defocus2": result.defocus_u_a * 1e-10,
+         "defocusinit": None if defocus_init_a is None else defocus_init_a * 1e-10,
+         "amplitude_contrast": amplitude_contrast, "angle_astigmatism": result.azimuth_deg + 90.0,
          "cross_correlation": result.cross_correlation, "confidence": result.cross_correlation,
-         "confidence_d": result.cross_correlation, "ctffind4_resolution": result.fit_resolution_a,
-         "resolution_50_percent": result.fit_resolution_a, "cs": cs_mm,
-         "extra_phase_shift": result.phase_shift_rad, "graph1": relative(result.diagnostic_png_path),
-         "graph2": relative(result.avrot_path), "ctfvalues_file": relative(result.output_txt_path)},
+         "confidence_d": round(math.sqrt(abs(result.cross_correlation)), 5),
+         "ctffind4_resolution": result.fit_resolution_a, "cs": cs_mm, "extra_phase_shift": result.phase_shift_rad,
+         "graph1": result.diagnostic_png_path.name, "graph2": result.avrot_path.name,
+         "ctfvalues_file": result.output_txt_path.name},
     )

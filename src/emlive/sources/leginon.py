@@ -11,7 +11,8 @@ correction and CTF need, in emlive's units:
   magnification, microscope and camera (metres per unbinned pixel) times the camera binning, Å;
 - voltage: ``ScopeEMData.high tension`` (V) → kV; Cs: the microscope's ``InstrumentData.cs``
   (m) → mm; total dose: ``PresetData.dose`` (e/m²) → e/Å²; frames: ``CameraEMData.nframes``;
-  tilt: ``ScopeEMData.stage position.a`` (rad) → degrees.
+  tilt: ``ScopeEMData.stage position.a`` (rad) → degrees; nominal defocus: ``ScopeEMData.defocus``
+  (m, negative underfocus) → Å, positive underfocus.
 
 Images the viewer hides or trashed (their newest ``ViewerImageStatus``) are skipped, and so,
 with ``no_rejects``, are those whose newest Appion assessment (``ApAssessmentData`` in the
@@ -87,6 +88,7 @@ class LeginonImage:
     total_dose_e_a2: float | None
     n_frames: int | None
     tilt_deg: float
+    nominal_defocus_a: float
     timestamp: datetime
 
     @property
@@ -214,7 +216,7 @@ def read_image(conn: pymysql.connections.Connection, session: LeginonSession, im
     rows = _rows(
         conn,
         "SELECT i.DEF_id AS id, i.filename, i.DEF_timestamp AS taken, i.`REF|PresetData|preset` AS preset_id, "
-        "  p.name AS preset_name, p.dose, i.`REF|ScopeEMData|scope` AS scope_id, s.magnification, "
+        "  p.name AS preset_name, p.dose, i.`REF|ScopeEMData|scope` AS scope_id, s.magnification, s.defocus, "
         "  s.`high tension` AS high_tension, s.`SUBD|stage position|a` AS alpha, s.`REF|InstrumentData|tem` AS tem, "
         "  i.`REF|CameraEMData|camera` AS camera_id, c.`SUBD|binning|x` AS binning, c.nframes, "
         "  c.`REF|InstrumentData|ccdcamera` AS ccdcamera, t.cs "
@@ -257,6 +259,7 @@ def read_image(conn: pymysql.connections.Connection, session: LeginonSession, im
         total_dose_e_a2=float(row["dose"]) / 1e20 if row["dose"] else None,
         n_frames=row["nframes"],
         tilt_deg=math.degrees(float(row["alpha"] or 0.0)),
+        nominal_defocus_a=abs(float(row["defocus"] or 0.0)) * 1e10,
         timestamp=row["taken"],
     )
 
