@@ -1,0 +1,162 @@
+"""``makeDDAlignMotionCor2_UCSF.py``: align a Leginon session's movies of a preset with
+emlive's motion engine (native by default) and register the results as classic Appion does.
+
+Reads ``sinedon.cfg`` (or emlive's ``[leginon]``), takes classic Appion's flags
+(:mod:`emlive.appion.flags`), holds the run folder's lock, runs emlive's per-exposure pipeline
+(:func:`emlive.pipeline.exposure.process_exposure`, motion step only) on the configured Dask
+cluster, and writes each result with the Appion sink as it comes back. Outputs of the engine
+go to ``<rundir>/motion/``; the aligned sums are copied into the session's image path.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import socket
+import sys
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from emlive.acquisition import Acquisition
+from emlive.appion import flags
+from emlive.appion.command import EXIT_FAILED_IMAGES, configure_logging, run_main
+from emlive.appion.databases import Connections, connect
+from emlive.appion.loop import Task, cluster_settings, follow, run_lock, stop_on_signals
+from emlive.config import load_settings
+from emlive.pipeline.exposure import ExposureResult, ExposureSpec, PipelineParams, process_exposure
+from emlive.pipeline.params import step_params
+from emlive.sinks import appion as sink
+from emlive.sources import leginon
+from emlive.tools import configure_tools
+
+PROG = "makeDDAlignMotionCor2_UCSF.py"
+JOBTYPE = "makeddrawframestack"
+log = logging.getLogger(PROG)
+
+
+def motion_overrides(args: Namespace) -> dict[str, Any]:
+    """The motion step's params from the classic flags that emlive's engines have."""
+    values: dict[str, Any] = {"bin_factor": args.bin, "patches": (max(1, args.Patchcols), max(1, args.Patchrows))}
+    if args.engine:
+        values["engine"] = args.engine
+    if args.Iter is not None:
+        values["max_iterations"] = args.Iter
+    if args.Tol is not None:
+        values["tolerance_px"] = args.Tol
+    if args.Bft_global is not None:
+        values["bfactor_px2"] = args.Bft_global
+    return values
+
+
+def acquisition_of(image: leginon.LeginonImage, args: Namespace) -> Acquisition:
+    """The image's acquisition in emlive's terms; ValueError names what Leginon lacks."""
+    total = args.totaldose or image.total_dose_e_a2
+    if not total:
+        raise ValueError(f"{image.filename}: preset {image.preset_name} has no dose in Leginon: give --totaldose")
+    if not image.n_frames:
+        raise ValueError(f"{image.filename}: CameraEMData has no frame count (nframes)")
+    eer = image.frames_format == "eer"
+    frames = image.n_frames // args.rendered_frame_size if eer else image.n_frames
+    if frames < 1:
+        raise ValueError(f"{image.filename}: --rendered_frame_size {args.rendered_frame_size} is more than the "
+                         f"{image.n_frames} EER frames")
+    return Acquisition(
+        pixel_size_a=image.pixel_size_a, voltage_kv=image.voltage_kv, cs_mm=image.cs_mm,
+        dose_per_frame_e_a2=total / frames, eer_fractions=frames if eer else 40, eer_upsampling=args.eer_sampling,
+    )
+
+
+def _tilt_ok(image: leginon.LeginonImage, tiltangle: str) -> bool:
+    return tiltangle == "all" or abs(image.tilt_deg) < 1.0
+
+
+def run(args: Namespace) -> int:
+    if args.startframe != 0:
+        raise ValueError("--ddstartframe other than 0 is not supported by emlive's engines")
+    settings = load_settings(Path(args.config) if args.config else None)
+    gpu_ids = [int(i) for i in str(args.gpuids).split(",") if i.strip()] if args.engine in ("motioncor2", "motioncor3") else None
+    settings = cluster_settings(settings, nproc=args.nproc, gpu_ids=gpu_ids)
+    configure_tools(settings.tools)
+    motion = step_params("motion", settings, {"motion": motion_overrides(args)})
+    rundir = Path(args.rundir).resolve()
+    db = connect(settings.leginon, session_name=args.sessionname, session_id=args.expid, project_id=args.projectid)
+    try:
+        with run_lock(rundir, PROG):
+            return _loop(args, settings, motion, rundir, db)
+    finally:
+        db.close()
+
+
+def _loop(args: Namespace, settings: Any, motion: Any, rundir: Path, db: Connections) -> int:
+    from emlive.pipeline.registry import registry
+    from emlive.runtime.cluster import ToolsPlugin, open_cluster, worker_count
+
+    run = job = None
+    done: set[int] = set()
+    if args.commit:
+        run = sink.start_motion_run(
+            db.appion, session=db.session, preset=args.preset or "", rundir=rundir, runname=args.runname,
+            binning=max(1, round(args.bin)), align_label=args.alignlabel, doseweight=args.doseweight,
+        )
+        job = sink.start_job(db.appion, job_id=args.jobid or None, path_id=run.path_id, runname=args.runname,
+                             jobtype=args.jobtype or JOBTYPE, session=db.session, user=getpass.getuser(),
+                             cluster=socket.gethostname())
+        done = sink.done_motion_images(db.appion, run)
+    images: dict[int, leginon.LeginonImage] = {}
+    waiting_for_frames: set[int] = set()
+    skipped: set[int] = set()
+
+    def pending(room: int, skip: set[int]) -> list[Task]:
+        ids = leginon.image_ids(db.leginon, db.session, args.preset, appion=db.appion, no_rejects=args.no_rejects)
+        todo = [i for i in ids if i not in done and i not in skip and i not in skipped]
+        tasks: list[Task] = []
+        for image_id in reversed(todo) if args.reverse else todo:
+            if len(tasks) >= room:
+                break
+            image = leginon.read_image(db.leginon, db.session, image_id)
+            if not _tilt_ok(image, args.tiltangle):
+                skipped.add(image_id)
+                continue
+            if image.frames_path is None:
+                if image_id not in waiting_for_frames:
+                    log.info("%s: no frames in %s yet", image.filename, db.session.frame_path)
+                waiting_for_frames.add(image_id)
+                continue
+            waiting_for_frames.discard(image_id)
+            images[image_id] = image
+            spec = ExposureSpec(movie_path=image.frames_path, name=image.filename, out_dir=rundir)
+            params = PipelineParams(acquisition=acquisition_of(image, args), steps={"motion": motion})
+            tasks.append(Task(image_id, process_exposure, (spec, params)))
+        return tasks
+
+    def store(image_id: int, result: ExposureResult) -> None:
+        image = images.pop(image_id)
+        if run is not None:
+            sink.store_motion(db.leginon, db.appion, run, image, result.results["motion"])
+        done.add(image_id)
+        log.info("%s: aligned (%d frames)", image.filename, result.results["motion"].n_frames)
+
+    registry().step("motion").engine(motion.engine)  # an unknown engine fails here, before the cluster starts
+    stop = stop_on_signals()
+    with open_cluster(settings.cluster) as cluster:
+        cluster.client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
+        outcome = follow(
+            cluster.client, pending=pending, store=store, wait_for_new=args.wait, limit=args.limit, stop=stop,
+            max_in_flight=2 * worker_count(settings.cluster) * cluster.threads_per_worker,
+        )
+    if job is not None:
+        sink.finish_job(db.appion, job)
+    log.info("%d images aligned, %d failed%s", outcome.done, len(outcome.failed),
+             f", {len(waiting_for_frames)} still without frames" if waiting_for_frames else "")
+    return EXIT_FAILED_IMAGES if outcome.failed else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure_logging()
+    args = flags.parse(PROG, [flags.global_parser(), flags.motion_parser()], argv, flags.NO_EFFECT_MOTION)
+    sys.exit(run_main(PROG, lambda: run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Classic Appion's flags, sinedon.cfg discovery and runJob.py's rendering (no database)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from emlive.appion import flags, runjob
+from emlive.appion.databases import find_databases, read_sinedon_cfg
+from emlive.appion.motioncor import motion_overrides
+from emlive.config import LeginonSettings
+
+
+def _motion(argv: list[str]):
+    return flags.parse("makeDDAlignMotionCor2_UCSF.py", [flags.global_parser(), flags.motion_parser()], argv,
+                       flags.NO_EFFECT_MOTION)
+
+
+def test_both_flag_styles_as_the_web_ui_sends_them() -> None:
+    spaced = _motion(["--session", "26jan02a", "--preset", "enn", "-p", "7", "--rundir", "/data/ddstack1",
+                      "--runname", "ddstack1", "--bin", "2", "--Patchrows", "5", "--Patchcols", "4", "--Iter", "9",
+                      "--Tol", "0.2", "--Bft_global", "300", "--doseweight", "--no-wait", "--no-rejects", "--limit", "3",
+                      "--no-commit"])
+    joined = _motion(["--session=26jan02a", "--preset=enn", "--projectid=7", "--rundir=/data/ddstack1",
+                      "--runname=ddstack1", "--bin=2", "--Patchrows=5", "--Patchcols=4", "--Iter=9", "--Tol=0.2",
+                      "--Bft_global=300", "--doseweight", "--no-wait", "--no-rejects", "--limit=3", "--no-commit"])
+    assert vars(spaced) == vars(joined)
+    assert (spaced.sessionname, spaced.preset, spaced.projectid, spaced.limit) == ("26jan02a", "enn", 7, 3)
+    assert not spaced.commit and not spaced.wait and spaced.no_rejects and spaced.doseweight
+    assert motion_overrides(spaced) == {"bin_factor": 2.0, "patches": (4, 5), "max_iterations": 9,
+                                        "tolerance_px": 0.2, "bfactor_px2": 300.0}
+
+
+def test_defaults_and_runname_from_the_run_folder() -> None:
+    args = _motion(["-s", "26jan02a", "-R", "/data/runs/ddstack3", "--commit", "--continue", "--expId=12"])
+    assert args.runname == "ddstack3" and args.commit and args.wait and args.expid == 12
+    assert motion_overrides(args) == {"bin_factor": 1.0, "patches": (1, 1)}  # classic: whole-frame alignment
+
+
+def test_unknown_flag_and_missing_session_are_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _motion(["--session=s", "--no-such-flag=1"])
+    assert "--no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _motion(["--rundir=/x"])
+    assert "--session" in capsys.readouterr().err
+
+
+def test_flags_without_effect_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        _motion(["--session=s", "--trim=20", "--alignoffset=2"])
+    assert "trim" in caplog.text and "fod" not in caplog.text
+
+
+def test_ctffind4_flags() -> None:
+    args = flags.parse("ctffind4.py", [flags.global_parser(), flags.ctffind4_parser()],
+                       ["--session=s", "--preset=enn-a", "--ampcontrast=0.1", "--fieldsize", "512", "--resmin=30",
+                        "--resmax=4", "--defstep=0.05", "--dast=0.05", "--phaseplate", "--min_phase_shift=20",
+                        "--exhaustive-search"], flags.NO_EFFECT_CTF)
+    assert (args.ampcontrast, args.fieldsize, args.resmin, args.resmax) == (0.1, 512, 30.0, 4.0)
+    assert args.shift_phase and args.exhaustive and args.min_phase_shift == 20.0
+
+
+def test_sinedon_cfg_later_files_win_and_emlive_settings_otherwise(tmp_path: Path) -> None:
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    (home / "sinedon.cfg").write_text("[global]\nhost: dbhost\nuser: appion\npasswd: secret\n\n"
+                                      "[leginondata]\ndb: leginondb\n\n[projectdata]\ndb: projectdb\n")
+    (cwd / "sinedon.cfg").write_text("[leginondata]\ndb = leginon_test\n")
+    dbs = read_sinedon_cfg([tmp_path / "none.cfg", home / "sinedon.cfg", cwd / "sinedon.cfg"])
+    assert dbs is not None
+    assert (dbs.server.host, dbs.server.user, dbs.server.password) == ("dbhost", "appion", "secret")
+    assert (dbs.leginon_db, dbs.project_db) == ("leginon_test", "projectdb")
+    settings = LeginonSettings(host="h2", user="u2", leginon_db="l2", project_db="p2")
+    fallback = find_databases(settings, paths=[tmp_path / "none.cfg"])
+    assert (fallback.server.host, fallback.leginon_db, fallback.project_db) == ("h2", "l2", "p2")
+    with pytest.raises(ValueError, match="no sinedon.cfg found"):
+        find_databases(LeginonSettings(), paths=[tmp_path / "none.cfg"])
+
+
+def test_runjob_takes_out_batch_flags_and_renders_the_template(tmp_path: Path) -> None:
+    argv = ["makeDDAlignMotionCor2_UCSF.py", "--session=26jan02a", "--rundir", str(tmp_path / "ddstack1"),
+            "--runname=ddstack1", "--nodes=1", "--ppn", "4", "--walltime=24", "--queue=gpu", "--doseweight"]
+    job = runjob.parse_job(argv)
+    assert job.rundir == tmp_path / "ddstack1" and job.runname == "ddstack1"
+    assert job.batch == {"nodes": "1", "ppn": "4", "walltime": "24:00:00", "queue": "gpu"}
+    assert job.command == ["makeDDAlignMotionCor2_UCSF.py", "--session=26jan02a", f"--rundir={tmp_path / 'ddstack1'}",
+                           "--runname=ddstack1", "--doseweight"]
+    script = runjob.render(job)
+    assert "#SBATCH --cpus-per-task=4\n" in script and "#SBATCH --time=24:00:00\n" in script
+    assert "#SBATCH --partition=gpu\n" in script and "#SBATCH --job-name=ddstack1\n" in script
+    assert script.rstrip().endswith(f"makeDDAlignMotionCor2_UCSF.py --session=26jan02a "
+                                    f"--rundir={tmp_path / 'ddstack1'} --runname=ddstack1 --doseweight")
+    (tmp_path / "mine.j2").write_text("run {{ command }} in {{ rundir }}\n")
+    assert runjob.render(job, template_dir=tmp_path, template="mine.j2").startswith("run makeDDAlign")
+    with pytest.raises(ValueError, match="no batch template nope.j2"):
+        runjob.render(job, template_dir=tmp_path, template="nope.j2")
+    with pytest.raises(ValueError, match="no --rundir"):
+        runjob.parse_job(["ctffind4.py", "--session=x"])
