@@ -61,7 +61,9 @@ def three_processed(db, session, store_processed):
 def test_exports_load_with_relion_columns(db, three_processed, tmp_path):
     exports = tmp_path / "out" / "exports"
     written = db.export.write_exports(three_processed, exports)
-    assert written == [exports / "micrographs_ctf.star", exports / "corrected_micrographs.star"]
+    assert written == [
+        exports / "micrographs_ctf.star", exports / "corrected_micrographs.star", exports / "cryosparc" / "exposures.cs"
+    ]
 
     for path, columns in [(written[0], CTF_COLUMNS), (written[1], CORRECTED_COLUMNS)]:
         blocks = starfile.read(path, always_dict=True)
@@ -102,7 +104,7 @@ def test_a_micrograph_without_a_ctf_fit_keeps_its_row_and_its_flag(db, session, 
     for i, fit_ok in enumerate([True, False, True]):
         exposure, _ = db.store.record_exposure(session, f"m{i}.tif", 10, 20)
         store_processed(exposure.pk, f"m{i}", defocus_u_a=15000.0 + 1000 * i, fit_ok=fit_ok)
-    ctf_star, _ = db.export.write_exports(session, tmp_path / "exports")
+    ctf_star, _ = db.export.write_exports(session, tmp_path / "exports")[:2]
     ctf = starfile.read(ctf_star, always_dict=True)["micrographs"]
     assert ctf["rlnDefocusU"].tolist() == [15000.0, 16000.0, 17000.0]
     flags = dict(db.models.CtfEstimate.objects.values_list("defocus_u_a", "fit_ok"))
@@ -113,7 +115,7 @@ def test_the_ice_ring_column_needs_a_value_for_every_micrograph(db, session, sto
     for i, ice in enumerate([1.1, None]):
         exposure, _ = db.store.record_exposure(session, f"m{i}.tif", 10, 20)
         store_processed(exposure.pk, f"m{i}", ice_ring_ratio=ice)
-    ctf_star, _ = db.export.write_exports(session, tmp_path / "exports")
+    ctf_star, _ = db.export.write_exports(session, tmp_path / "exports")[:2]
     ctf = starfile.read(ctf_star, always_dict=True)["micrographs"]
     assert len(ctf) == 2
     assert "rlnCtfIceRingDensity" not in ctf.columns
@@ -126,7 +128,7 @@ def test_exports_follow_the_session_and_leave_no_temporary_files(db, three_proce
     store_processed(waiting.pk, "waiting")
     db.export.write_exports(three_processed, exports)
 
-    assert sorted(p.name for p in exports.iterdir()) == ["corrected_micrographs.star", "micrographs_ctf.star"]
+    assert sorted(p.name for p in exports.iterdir()) == ["corrected_micrographs.star", "cryosparc", "micrographs_ctf.star"]
     for name in ["corrected_micrographs.star", "micrographs_ctf.star"]:
         assert len(starfile.read(exports / name, always_dict=True)["micrographs"]) == 4
 
@@ -134,7 +136,7 @@ def test_exports_follow_the_session_and_leave_no_temporary_files(db, three_proce
 def test_a_failed_write_keeps_the_previous_export(db, three_processed, tmp_path, monkeypatch):
     exports = tmp_path / "exports"
     db.export.write_exports(three_processed, exports)
-    before = {p.name: p.read_bytes() for p in exports.iterdir()}
+    before = {p.name: p.read_bytes() for p in exports.rglob("*") if p.is_file()}
 
     real_write = starfile.write
 
@@ -146,13 +148,13 @@ def test_a_failed_write_keeps_the_previous_export(db, three_processed, tmp_path,
     monkeypatch.setattr(starfile, "write", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         db.export.write_exports(three_processed, exports)
-    assert {p.name: p.read_bytes() for p in exports.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in exports.rglob("*") if p.is_file()} == before
 
 
 def test_phase_shift_is_exported_in_degrees(db, session, store_processed, tmp_path):
     exposure, _ = db.store.record_exposure(session, "vpp.tif", 10, 20)
     store_processed(exposure.pk, "vpp", phase_shift_rad=math.pi / 2)
-    ctf_star, corrected_star = db.export.write_exports(session, tmp_path / "exports")
+    ctf_star, corrected_star = db.export.write_exports(session, tmp_path / "exports")[:2]
     ctf = starfile.read(ctf_star, always_dict=True)["micrographs"]
     assert ctf["rlnPhaseShift"].tolist() == [90.0]
     assert "rlnPhaseShift" not in starfile.read(corrected_star, always_dict=True)["micrographs"]
@@ -161,7 +163,7 @@ def test_phase_shift_is_exported_in_degrees(db, session, store_processed, tmp_pa
 def test_paths_relative_to_a_relion_project(db, three_processed, tmp_path):
     project = tmp_path / "relion_project"
     project.mkdir()
-    ctf_star, _ = db.export.write_exports(three_processed, tmp_path / "exports", relative_to=project)
+    ctf_star, _ = db.export.write_exports(three_processed, tmp_path / "exports", relative_to=project)[:2]
     mics = starfile.read(ctf_star, always_dict=True)["micrographs"]
     assert mics["rlnMicrographName"].tolist()[0] == "../out/motion/m0_DW.mrc"
     assert all((project / p).exists() for p in mics["rlnMicrographName"])
@@ -170,14 +172,14 @@ def test_paths_relative_to_a_relion_project(db, three_processed, tmp_path):
 def test_binned_micrographs_get_their_own_pixel_size(db, session, store_processed, tmp_path):
     exposure, _ = db.store.record_exposure(session, "binned.tif", 10, 20)
     store_processed(exposure.pk, "binned", pixel_size_a=2.1)
-    ctf_star, _ = db.export.write_exports(session, tmp_path / "exports")
+    ctf_star, _ = db.export.write_exports(session, tmp_path / "exports")[:2]
     optics = starfile.read(ctf_star, always_dict=True)["optics"]
     assert optics[["rlnMicrographOriginalPixelSize", "rlnMicrographPixelSize"]].iloc[0].tolist() == [1.05, 2.1]
 
 
 def test_a_session_with_nothing_processed_exports_empty_tables(db, session, tmp_path):
     db.store.record_exposure(session, "waiting.tif", 10, 20)
-    for path in db.export.write_exports(session.pk, tmp_path / "exports"):
+    for path in db.export.write_exports(session.pk, tmp_path / "exports")[:2]:
         blocks = starfile.read(path, always_dict=True)
         assert len(blocks["optics"]) == 1
         assert len(blocks["micrographs"]) == 0
@@ -187,7 +189,7 @@ def test_a_threshold_removes_rejected_micrographs_from_both_files(db, three_proc
     """m0, m1, m2 drift 10, 11, 12 Å: a 10.5 Å limit keeps m0 only; lifting it brings all back."""
     exports = tmp_path / "exports"
     db.models.Session.objects.filter(pk=three_processed.pk).update(curation_json={"max_total_drift_a": 10.5})
-    ctf_star, corrected_star = db.export.write_exports(three_processed, exports)  # a stale object: read afresh
+    ctf_star, corrected_star = db.export.write_exports(three_processed, exports)[:2]  # a stale object: read afresh
     for path in (ctf_star, corrected_star):
         mics = starfile.read(path, always_dict=True)["micrographs"]
         assert mics["rlnMicrographNameNoDW"].map(lambda p: Path(p).name).tolist() == ["m0.mrc"]
@@ -195,7 +197,7 @@ def test_a_threshold_removes_rejected_micrographs_from_both_files(db, three_proc
     assert db.models.Exposure.objects.filter(session=three_processed, state="processed").count() == 3
 
     db.models.Session.objects.filter(pk=three_processed.pk).update(curation_json={})
-    for path in db.export.write_exports(three_processed.pk, exports):
+    for path in db.export.write_exports(three_processed.pk, exports)[:2]:
         assert len(starfile.read(path, always_dict=True)["micrographs"]) == 3
 
 
@@ -204,7 +206,7 @@ def test_rejecting_micrographs_without_a_fit_drops_their_rows(db, session, store
         exposure, _ = db.store.record_exposure(session, f"m{i}.tif", 10, 20)
         store_processed(exposure.pk, f"m{i}", defocus_u_a=15000.0 + 1000 * i, fit_ok=fit_ok)
     db.models.Session.objects.filter(pk=session.pk).update(curation_json={"reject_no_fit": True})
-    for path in db.export.write_exports(session, tmp_path / "exports"):
+    for path in db.export.write_exports(session, tmp_path / "exports")[:2]:
         assert len(starfile.read(path, always_dict=True)["micrographs"]) == 1
     ctf = starfile.read(tmp_path / "exports" / "micrographs_ctf.star", always_dict=True)["micrographs"]
     assert ctf["rlnDefocusU"].tolist() == [15000.0]
@@ -212,7 +214,7 @@ def test_rejecting_micrographs_without_a_fit_drops_their_rows(db, session, store
 
 def test_when_every_micrograph_is_rejected_the_tables_are_empty(db, three_processed, tmp_path):
     db.models.Session.objects.filter(pk=three_processed.pk).update(curation_json={"max_total_drift_a": 1.0})
-    for path in db.export.write_exports(three_processed, tmp_path / "exports"):
+    for path in db.export.write_exports(three_processed, tmp_path / "exports")[:2]:
         blocks = starfile.read(path, always_dict=True)
         assert len(blocks["optics"]) == 1 and len(blocks["micrographs"]) == 0
 
@@ -265,7 +267,7 @@ def test_exports_is_a_link_to_the_newest_generation_and_only_the_one_before_is_k
     beside = sorted(p.name for p in (tmp_path / "out").iterdir() if "exports" in p.name)
     assert beside == [".exports-3", ".exports-4", ".exports.lock", "exports"]
     assert os.readlink(exports) == ".exports-4"
-    assert sorted(p.name for p in exports.iterdir()) == [CORRECTED_STAR, CTF_STAR]
+    assert sorted(p.name for p in exports.iterdir()) == [CORRECTED_STAR, "cryosparc", CTF_STAR]
 
 
 def test_an_older_versions_exports_folder_becomes_the_first_generation(db, three_processed, tmp_path):

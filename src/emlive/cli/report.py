@@ -11,9 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from emlive.config import Settings
-from emlive.db.setup import setup_database, sqlite_url
 from emlive.pipeline.exposure import PipelineParams
 from emlive.runtime.loop import StopSignals, run_session
+from emlive.scripting import prepare_session
 from emlive.synth.session import SessionTruth
 
 if TYPE_CHECKING:  # Django models can be imported only once the database is set up
@@ -28,11 +28,7 @@ def run_with_progress(
     raw_dir: Path, out_dir: Path, params: PipelineParams, settings: Settings, *, watch: bool, signals: StopSignals
 ) -> Session:
     """Open the session's database, run it with a progress bar, return the session."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    setup_database(settings.database_url or sqlite_url(out_dir / "emlive.sqlite3"))
-    from emlive.db import store  # Django models need the database set up first
-
-    session = store.get_or_create_session(raw_dir.resolve(), out_dir.resolve(), params.acquisition)
+    session = prepare_session(raw_dir, out_dir, params, settings)  # as emlive.run does
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),

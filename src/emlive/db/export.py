@@ -33,6 +33,8 @@ Conventions chosen here:
 - Steps add their own tables (``Step.exports``): each step with results in the session writes
   them after these two, from the same accepted micrographs (picking: ``autopick.star``,
   ``particles.star`` and ``coordinates/``, see :mod:`emlive.pick.step`).
+- cryoSPARC's own dataset files of the same micrographs (and picks) are written beside them, in
+  ``cryosparc/`` (:mod:`emlive.sinks.cryosparc`).
 - One optics group per distinct micrograph pixel size (normally one, ``opticsGroup1``);
   rlnMicrographOriginalPixelSize is the movie's pixel size, rlnMicrographPixelSize the
   written micrograph's (they differ when motion correction bins).
@@ -361,9 +363,19 @@ def _write_exports_into(
         step for step in registry().steps.values()
         if step.exports and StepResult.objects.filter(exposure__session=session, step=step.name).exists()
     ]
-    if exporting:
-        rows = step_export_rows(session, [step.name for step in exporting])
-        for step in exporting:
-            for exporter in step.exports:
-                written += exporter(rows, folder)
-    return written
+    rows = step_export_rows(session, ["ctf", *(step.name for step in exporting)])
+    for step in exporting:
+        for exporter in step.exports:
+            written += exporter(rows, folder)
+    return written + _write_cryosparc(session, rows, folder)
+
+
+def _write_cryosparc(session: Session, rows: list[ExportRow], folder: Path) -> list[Path]:
+    """cryoSPARC's ``.cs`` files of the same accepted micrographs (:mod:`emlive.sinks.cryosparc`)."""
+    from emlive.sinks.cryosparc import CryosparcOptics, write_cryosparc_exports
+
+    optics = CryosparcOptics(
+        voltage_kv=float(session.voltage_kv), cs_mm=float(session.cs_mm),
+        amplitude_contrast=float(session.amplitude_contrast), dose_per_frame_e_a2=float(session.dose_per_frame_e_a2),
+    )
+    return write_cryosparc_exports(rows, folder, optics)
