@@ -52,14 +52,17 @@ def _database(out_dir: Path, settings: Settings) -> None:
     setup_database(settings.database_url or sqlite_url(out_dir / "emlive.sqlite3"))
 
 
-def prepare_session(raw_dir: Path, out_dir: Path, params: PipelineParams, settings: Settings) -> Session:
+def prepare_session(
+    raw_dir: Path, out_dir: Path, params: PipelineParams, settings: Settings, *, name: str | None = None
+) -> Session:
     """Open the session's database (``settings.database_url``, else SQLite in ``out_dir``) and
-    the session of ``raw_dir`` in it, recorded if new (``emlive process`` starts the same way)."""
+    the session of ``raw_dir`` in it, recorded if new (``emlive process`` starts the same way);
+    ``name`` defaults to the folder's (see :func:`emlive.db.store.get_or_create_session`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _database(out_dir, settings)
     from emlive.db import store  # Django models need the database set up first
 
-    return store.get_or_create_session(raw_dir.resolve(), out_dir.resolve(), params.acquisition)
+    return store.get_or_create_session(raw_dir.resolve(), out_dir.resolve(), params.acquisition, name=name)
 
 
 def _raw_dir(inputs: PathLike | Sequence[PathLike], out_dir: Path) -> tuple[Path, list[str] | None]:
@@ -143,7 +146,7 @@ def run(
     acq = acquisition if isinstance(acquisition, Acquisition) else Acquisition.model_validate(dict(acquisition))
     pipeline = pipeline_params(acq, loaded, params, steps=steps)
     raw_dir, names = _raw_dir(inputs, out_dir)
-    session = prepare_session(raw_dir, out_dir, pipeline, loaded)
+    session = prepare_session(raw_dir, out_dir, pipeline, loaded, name=None if names is None else out_dir.resolve().name)
     never = StopSignals(threading.Event(), threading.Event())
     run_session(session, pipeline, loaded, watch=False, signals=never)
     from emlive.sinks.tables import micrograph_table

@@ -396,6 +396,43 @@ def pick(
     _run_batch("pick", micrographs, out_dir, optics, params, describe)
 
 
+@app.command()
+def dataset(
+    source: Annotated[
+        str, typer.Argument(help="The session's output folder (emlive process -o); with --verify alone: the dataset")
+    ],
+    dest: Annotated[str | None, typer.Option("-o", "--out", help="Where to write the dataset (a folder)")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Check a dataset against its manifest (after writing it)")] = False,
+    database_url: Annotated[str | None, typer.Option("--database-url", help="Default: sqlite in the session's folder")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write a publish-ready dataset of a session's accepted micrographs (manifest, provenance,
+    README, figures, exports, files), or check one: emlive dataset --verify DIR."""
+    from emlive.sinks.dataset import DatasetError, verify_dataset, write_dataset
+
+    if dest is None and not verify:
+        raise _fail("give -o DEST to write a dataset, or --verify DIR to check one")
+    if dest is not None:
+        from emlive.scripting import find_session
+
+        settings = _settings(config, **_overrides(settle_s=None, workers=None, database_url=database_url))
+        try:
+            summary = write_dataset(find_session(source, settings=settings), dest)
+        except (DatasetError, ValueError, OSError) as err:
+            raise _fail(str(err)) from None
+        out.print(f"{dest}: {summary.micrographs} micrographs, {summary.files} files "
+                  f"({len(summary.copied)} copied, {len(summary.hashed)} hashed, {len(summary.written)} written, "
+                  f"{len(summary.removed)} removed)", highlight=False)
+    if verify:
+        target = dest if dest is not None else source
+        try:
+            checked = verify_dataset(target)
+        except DatasetError as err:
+            console.print(f"[red]verify failed:[/red] {escape(str(err))}", highlight=False)
+            raise typer.Exit(1) from None
+        out.print(f"{target}: all {checked} files match the manifest", highlight=False)
+
+
 @app.command("steps")
 def list_steps() -> None:
     """List every step and engine installed (emlive's own and plugins'), with versions."""

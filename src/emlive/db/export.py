@@ -367,10 +367,12 @@ def _write_exports_into(
     for step in exporting:
         for exporter in step.exports:
             written += exporter(rows, folder)
-    return written + _write_cryosparc(session, rows, folder)
+    return written + _write_cryosparc(session, rows, folder, relative_to=relative_to)
 
 
-def _write_cryosparc(session: Session, rows: list[ExportRow], folder: Path) -> list[Path]:
+def _write_cryosparc(
+    session: Session, rows: list[ExportRow], folder: Path, *, relative_to: str | os.PathLike[str] | None
+) -> list[Path]:
     """cryoSPARC's ``.cs`` files of the same accepted micrographs (:mod:`emlive.sinks.cryosparc`)."""
     from emlive.sinks.cryosparc import CryosparcOptics, write_cryosparc_exports
 
@@ -378,4 +380,5 @@ def _write_cryosparc(session: Session, rows: list[ExportRow], folder: Path) -> l
         voltage_kv=float(session.voltage_kv), cs_mm=float(session.cs_mm),
         amplitude_contrast=float(session.amplitude_contrast), dose_per_frame_e_a2=float(session.dose_per_frame_e_a2),
     )
-    return write_cryosparc_exports(rows, folder, optics)
+    base = Path(relative_to).absolute() if relative_to is not None else None
+    return write_cryosparc_exports(rows, folder, optics, relative_to=base)

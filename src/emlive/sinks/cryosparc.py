@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,10 +257,16 @@ def _shape_px(path: Path) -> tuple[int, int]:
     return int(header.ny), int(header.nx)
 
 
-def write_cryosparc_exports(rows: Sequence[ExportRow], exports_dir: Path, optics: CryosparcOptics) -> list[Path]:
+def write_cryosparc_exports(
+    rows: Sequence[ExportRow], exports_dir: Path, optics: CryosparcOptics, *, relative_to: Path | None = None
+) -> list[Path]:
     """Write ``cryosparc/exposures.cs`` for the accepted micrographs ``rows`` (their motion and
     CTF results), and ``cryosparc/particles.cs`` when any was picked; a stale ``particles.cs``
-    is removed. Returns the paths written."""
+    is removed. Paths are absolute, or relative to ``relative_to``. Returns the paths written."""
+
+    def named(path: str | Path) -> str:
+        return os.path.relpath(path, relative_to) if relative_to is not None else str(path)
+
     micrographs: list[CryosparcMicrograph] = []
     picks: list[pd.DataFrame] = []
     picked = False
@@ -275,8 +282,8 @@ def write_cryosparc_exports(rows: Sequence[ExportRow], exports_dir: Path, optics
             continue
         micrographs.append(
             CryosparcMicrograph(
-                dose_weighted_path=row.micrograph_name,
-                micrograph_path=str(getattr(motion, "micrograph_path")),
+                dose_weighted_path=named(row.micrograph_name),
+                micrograph_path=named(getattr(motion, "micrograph_path")),
                 shape_px=shape_px,
                 pixel_size_a=float(getattr(motion, "pixel_size_a")),
                 defocus_u_a=float(getattr(ctf, "defocus_u_a")),
