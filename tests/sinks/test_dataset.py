@@ -105,7 +105,7 @@ def test_a_rerun_copies_and_hashes_nothing_unchanged(processed, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in dest.rglob("*.mrc")}
     again = run_emlive("dataset", processed, "-o", dest)
     assert again.returncode == 0, again.stderr
-    assert "(0 copied, 0 hashed" in again.stdout
+    assert "(0 copied, 0 hashed, 0 written" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in dest.rglob("*.mrc")} == stamps
     # a source touched but not changed is hashed again, not copied
     thumbnail = next((processed / "thumbnail").glob("*.png"))

@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -60,6 +61,7 @@ README = "README.md"
 CHECKSUMS = "SHA256SUMS"
 STATE = ".emlive-dataset.json"
 _CHUNK = 1 << 20
+_STAR_STAMP = re.compile(rb"^# Created by the starfile Python package.*\n", re.MULTILINE)
 _FIGURES = (  # (column, title, unit)
     ("motion.total_drift_a", "total drift", "Å"),
     ("ctf.mean_defocus_a", "mean defocus", "Å"),
@@ -231,6 +233,7 @@ def _exports(session: Session, out_dir: Path) -> Iterator[tuple[str, bytes]]:
             data = path.read_bytes()
             if path.suffix == ".star":  # tables that name files absolutely (picking's lists)
                 data = data.replace(into_exports, b"exports/").replace(into_session, b"")
+                data = _STAR_STAMP.sub(b"", data)  # the writer's clock: unchanged tables stay unchanged
             yield path.relative_to(generation).as_posix(), data
 
 
