@@ -101,16 +101,21 @@ class FakeLeginon:
         tilt_deg: float = 0.0,
         binning: int = 1,
         write_frames: bool = True,
+        norm_id: int | None = None,
+        frame_rotate: int = 0,
+        frame_flip: int = 0,
+        gain: np.ndarray | None = None,
     ) -> int:
         """Insert one image (scope, camera, image rows) and write its frames and its MRC. The
-        scope's (nominal) defocus is the movie's mean defocus to the nearest 0.1 µm, as set."""
+        scope's (nominal) defocus is the movie's mean defocus to the nearest 0.1 µm, as set.
+        ``gain``: the detector's gain in the frames' orientation (see :func:`write_movie`)."""
         taken = self.tick()
         session = rows(self.leginon, "SELECT * FROM SessionData WHERE DEF_id = %s", (session_id,))[0]
         ny, nx = truth.shape
         n_frames = movie.n_raw_frames if movie.format == "eer" else movie.n_frames
         if write_frames:
             named = movie.model_copy(update={"name": f"{filename}{_FRAME_SUFFIX[movie.format]}"})
-            write_movie(session["frame path"], truth, named, workers=1)
+            write_movie(session["frame path"], truth, named, gain=gain, workers=1)
         mrcfile.write(Path(session["image path"]) / f"{filename}.mrc", np.zeros((ny // 8, nx // 8), np.float32),
                       overwrite=True)
         scope = insert(self.leginon, "ScopeEMData", {
@@ -125,14 +130,22 @@ class FakeLeginon:
             "SUBD|offset|x": 0, "SUBD|offset|y": 0, "exposure time": 2000.0, "nframes": n_frames, "save frames": 1,
             "align frames": 0, "tiff frames": int(movie.format == "tiff"), "eer frames": int(movie.format == "eer"),
             "frames name": f"{filename}{_FRAME_SUFFIX[movie.format]}", "system time": taken.timestamp(),
+            "frame rotate": frame_rotate, "frame flip": frame_flip,
         })
         image_id = insert(self.leginon, "AcquisitionImageData", {
             "DEF_timestamp": taken, "REF|SessionData|session": session_id, "MRC|image": f"{filename}.mrc",
             "filename": filename, "label": "Exposure", "REF|ScopeEMData|scope": scope, "REF|CameraEMData|camera": camera,
-            "REF|PresetData|preset": preset_id,
+            "REF|PresetData|preset": preset_id, "REF|NormImageData|norm": norm_id,
         })
         self.truths[image_id] = movie
         return image_id
+
+    def norm_image(self, session_id: int, gain: np.ndarray, filename: str = "norm") -> int:
+        """A gain reference as Leginon keeps it: an MRC in the session's image path and a NormImageData row."""
+        (session,) = rows(self.leginon, "SELECT * FROM SessionData WHERE DEF_id = %s", (session_id,))
+        mrcfile.write(Path(session["image path"]) / f"{filename}.mrc", gain.astype(np.float32), overwrite=True)
+        return insert(self.leginon, "NormImageData", {"REF|SessionData|session": session_id,
+                                                      "MRC|image": f"{filename}.mrc", "filename": filename})
 
     def viewer_status(self, session_id: int, image_id: int, status: str) -> None:
         """What the viewer stores when a user hides, trashes or restores (``None``-like: 'normal') an image."""

@@ -47,6 +47,7 @@ LEGINON: dict[str, dict[str, str]] = {
         "REF|DarkImageData|dark": I, "REF|AcquisitionImageTargetData|target": I, "REF|TiltSeriesData|tilt series": I,
         "version": I, "tiltnumber": I, "SEQ|use frames": T,
     },
+    "NormImageData": {"REF|SessionData|session": I, "MRC|image": T, "filename": T, "REF|CameraEMData|camera": I},
     "ViewerImageStatus": {"status": T, "REF|AcquisitionImageData|image": I, "REF|SessionData|session": I},
 }
 

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import mrcfile
+import numpy as np
 import pytest
 
-from emlive.synth.session import plan_session
+from emlive.synth.session import gain_reference, plan_session
 from tests.leginon.conftest import LeginonDatabases
 from tests.leginon.fake import count, rows
 
@@ -49,11 +50,14 @@ def test_motion_and_ctf_on_a_leginon_session(leginon_dbs: LeginonDatabases, tmp_
     fake.calibrate(session_id, magnification=MAG, pixel_size_a=truth.pixel_size_a)
     enn = fake.preset(session_id, "enn", magnification=MAG, total_dose_e_a2=16.0, shape=truth.shape)
     esn = fake.preset(session_id, "esn", magnification=MAG, total_dose_e_a2=16.0, shape=truth.shape)
+    gain = gain_reference(5, truth.shape)  # the frames' gain; Leginon keeps it turned a quarter anticlockwise,
+    norm = fake.norm_image(session_id, np.rot90(gain, 1))  # with frame rotate = 1 to turn it back
     ids = []
     for movie in truth.movies[:24]:
         if movie.index == 12:  # the user changed the preset: Leginon writes a new PresetData row
             enn = fake.preset(session_id, "enn", magnification=MAG, total_dose_e_a2=16.0, shape=truth.shape)
-        ids.append(fake.image(session_id, enn, f"26jan04a_{movie.index:03d}_enn", truth, movie, magnification=MAG))
+        ids.append(fake.image(session_id, enn, f"26jan04a_{movie.index:03d}_enn", truth, movie, magnification=MAG,
+                              norm_id=norm, frame_rotate=1, gain=gain))
     for movie in truth.movies[24:]:
         fake.image(session_id, esn, f"26jan04a_{movie.index:03d}_esn", truth, movie, magnification=MAG)
     fake.viewer_status(session_id, ids[1], "hidden")
@@ -89,6 +93,8 @@ def test_motion_and_ctf_on_a_leginon_session(leginon_dbs: LeginonDatabases, tmp_
     for row in dw:
         with mrcfile.open(Path(row["image path"]) / row["MRC|image"]) as mrc:
             assert mrc.data.shape == (512, 512) and float(mrc.data.std()) > 0
+            columns = mrc.data.mean(axis=0)
+            assert columns.std() / columns.mean() < 0.05  # the gain turned right: about 0.035 (0.085 without it)
 
     ctf = appion_command(
         "ctffind4", "--session", "26jan04a", "--preset", "enn-a", f"--projectid={leginon_dbs.project_id}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from emlive.sources import leginon
@@ -54,7 +55,9 @@ def test_image_values_in_emlive_units(leginon_dbs: LeginonDatabases) -> None:
     preset = fake.preset(session_id, "enn", magnification=105000, total_dose_e_a2=48.0, shape=truth.shape, binning=2)
     before = fake.image(session_id, preset, "b_000_enn", truth, truth.movies[0], magnification=105000, binning=2)
     fake.calibrate(session_id, magnification=105000, pixel_size_a=0.8)  # recalibrated: applies to later images
-    tif = fake.image(session_id, preset, "b_001_enn", truth, truth.movies[1], magnification=105000, tilt_deg=-20.0)
+    norm = fake.norm_image(session_id, np.ones(truth.shape))
+    tif = fake.image(session_id, preset, "b_001_enn", truth, truth.movies[1], magnification=105000, tilt_deg=-20.0,
+                     norm_id=norm, frame_rotate=3, frame_flip=2)
     eer = fake.image(session_id, preset, "b_002_enn", truth, truth.movies[2], magnification=105000)
     session = leginon.find_session(fake.leginon, "26jan02b")
 
@@ -68,6 +71,7 @@ def test_image_values_in_emlive_units(leginon_dbs: LeginonDatabases) -> None:
     assert image.frames_path == session.frame_path / "b_000_enn.frames.mrc"
     assert image.image_path == session.image_path / "b_000_enn.mrc"
     assert image.preset_name == "enn"
+    assert (image.gain_path, image.gain_rotation, image.gain_flip) == (None, 0, None)
     mean_a = (truth.movies[0].defocus_u_a + truth.movies[0].defocus_v_a) / 2
     assert image.nominal_defocus_a == pytest.approx(round(mean_a, -3))
 
@@ -75,6 +79,7 @@ def test_image_values_in_emlive_units(leginon_dbs: LeginonDatabases) -> None:
     assert image.pixel_size_a == pytest.approx(0.8)
     assert image.tilt_deg == pytest.approx(-20.0)
     assert image.frames_path == session.frame_path / "b_001_enn.frames.tif"
+    assert (image.gain_path, image.gain_rotation, image.gain_flip) == (session.image_path / "norm.mrc", 3, "x")
     image = leginon.read_image(fake.leginon, session, eer)
     assert image.frames_path == session.frame_path / "b_002_enn.frames.eer"
     assert image.n_frames == 8  # EER: raw frames

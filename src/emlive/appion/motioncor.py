@@ -56,6 +56,8 @@ def acquisition_of(image: leginon.LeginonImage, args: Namespace) -> Acquisition:
         raise ValueError(f"{image.filename}: preset {image.preset_name} has no dose in Leginon: give --totaldose")
     if not image.n_frames:
         raise ValueError(f"{image.filename}: CameraEMData has no frame count (nframes)")
+    if image.gain_path is not None and not image.gain_path.is_file():
+        raise ValueError(f"{image.filename}: its gain reference {image.gain_path} (NormImageData) is missing")
     eer = image.frames_format == "eer"
     frames = image.n_frames // args.rendered_frame_size if eer else image.n_frames
     if frames < 1:
@@ -64,6 +66,7 @@ def acquisition_of(image: leginon.LeginonImage, args: Namespace) -> Acquisition:
     return Acquisition(
         pixel_size_a=image.pixel_size_a, voltage_kv=image.voltage_kv, cs_mm=image.cs_mm,
         dose_per_frame_e_a2=total / frames, eer_fractions=frames if eer else 40, eer_upsampling=args.eer_sampling,
+        gain_path=image.gain_path, gain_rotation=image.gain_rotation, gain_flip=image.gain_flip,
     )
 
 

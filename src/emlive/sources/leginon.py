@@ -11,7 +11,10 @@ correction and CTF need, in emlive's units:
   magnification, microscope and camera (metres per unbinned pixel) times the camera binning, Å;
 - voltage: ``ScopeEMData.high tension`` (V) → kV; Cs: the microscope's ``InstrumentData.cs``
   (m) → mm; total dose: ``PresetData.dose`` (e/m²) → e/Å²; frames: ``CameraEMData.nframes``;
-  tilt: ``ScopeEMData.stage position.a`` (rad) → degrees; nominal defocus: ``ScopeEMData.defocus``
+  tilt: ``ScopeEMData.stage position.a`` (rad) → degrees; gain reference: the image's
+  ``NormImageData`` MRC in its session's image path, turned by the camera's ``frame rotate``
+  quarter turns and flipped by ``frame flip`` as classic Appion gives them to MotionCor2
+  (``-RotGain``, ``-FlipGain``: 1 upside down, 2 left to right); nominal defocus: ``ScopeEMData.defocus``
   (m, negative underfocus) → Å, positive underfocus.
 
 Images the viewer hides or trashed (their newest ``ViewerImageStatus``) are skipped, and so,
@@ -37,6 +40,9 @@ FRAME_SUFFIXES = (".frames.mrc", ".frames.tif", ".frames.eer")
 SKIPPED_VIEWER_STATUSES = ("hidden", "trash")
 
 DEFAULT_CS_MM = 2.7
+
+GAIN_FLIPS = {1: "y", 2: "x"}
+"""Leginon's ``frame flip`` (MotionCor2's ``-FlipGain``) as emlive's ``gain_flip``."""
 
 
 class LeginonError(ValueError):
@@ -90,6 +96,9 @@ class LeginonImage:
     tilt_deg: float
     nominal_defocus_a: float
     timestamp: datetime
+    gain_path: Path | None = None
+    gain_rotation: int = 0
+    gain_flip: str | None = None
 
     @property
     def frames_format(self) -> str | None:
@@ -219,12 +228,15 @@ def read_image(conn: pymysql.connections.Connection, session: LeginonSession, im
         "  p.name AS preset_name, p.dose, i.`REF|ScopeEMData|scope` AS scope_id, s.magnification, s.defocus, "
         "  s.`high tension` AS high_tension, s.`SUBD|stage position|a` AS alpha, s.`REF|InstrumentData|tem` AS tem, "
         "  i.`REF|CameraEMData|camera` AS camera_id, c.`SUBD|binning|x` AS binning, c.nframes, "
-        "  c.`REF|InstrumentData|ccdcamera` AS ccdcamera, t.cs "
+        "  c.`REF|InstrumentData|ccdcamera` AS ccdcamera, c.`frame rotate` AS frame_rotate, c.`frame flip` AS frame_flip, "
+        "  t.cs, n.`MRC|image` AS norm_image, ns.`image path` AS norm_folder "
         "FROM AcquisitionImageData i "
         "LEFT JOIN PresetData p ON p.DEF_id = i.`REF|PresetData|preset` "
         "LEFT JOIN ScopeEMData s ON s.DEF_id = i.`REF|ScopeEMData|scope` "
         "LEFT JOIN CameraEMData c ON c.DEF_id = i.`REF|CameraEMData|camera` "
         "LEFT JOIN InstrumentData t ON t.DEF_id = s.`REF|InstrumentData|tem` "
+        "LEFT JOIN NormImageData n ON n.DEF_id = i.`REF|NormImageData|norm` "
+        "LEFT JOIN SessionData ns ON ns.DEF_id = n.`REF|SessionData|session` "
         "WHERE i.DEF_id = %s AND i.`REF|SessionData|session` = %s",
         [image_id, session.id],
     )
@@ -260,6 +272,9 @@ def read_image(conn: pymysql.connections.Connection, session: LeginonSession, im
         n_frames=row["nframes"],
         tilt_deg=math.degrees(float(row["alpha"] or 0.0)),
         nominal_defocus_a=abs(float(row["defocus"] or 0.0)) * 1e10,
+        gain_path=Path(row["norm_folder"]) / row["norm_image"] if row["norm_image"] and row["norm_folder"] else None,
+        gain_rotation=int(row["frame_rotate"] or 0) % 4,
+        gain_flip=GAIN_FLIPS.get(int(row["frame_flip"] or 0)),
         timestamp=row["taken"],
     )
 
