@@ -131,3 +131,20 @@ def test_anonymous_users_are_sent_to_the_login_page(web, tomo):
     _, done, _, _ = tomo
     response = Client().get(f"/dashboard/tilt-series/{done.series.pk}/")
     assert response.status_code == 302 and response.headers["Location"].startswith("/login/?next=")
+
+
+def test_the_series_page_reads_a_fixed_number_of_queries_however_many_tilts(web, alice, tomo):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    session, done, collecting, _ = tomo
+
+    def count(url: str) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert alice.get(url).status_code == 200
+        return len(captured.captured_queries)
+
+    # TS_01 has 7 tilts with results, TS_02 2 (and 5 without): the same number of queries
+    for part in ("", "head/", "tilts/"):
+        assert count(f"/dashboard/tilt-series/{done.series.pk}/{part}") == count(f"/dashboard/tilt-series/{collecting.series.pk}/{part}")
+    assert count(f"/dashboard/sessions/{session.pk}/tilt-series/") <= 6
