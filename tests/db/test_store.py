@@ -31,12 +31,32 @@ def test_session_is_created_once_and_keeps_its_acquisition(db, tmp_path, acquisi
     assert stored.acquisition == acquisition
 
 
-def test_session_with_other_acquisition_is_a_conflict(db, tmp_path, acquisition):
-    db.store.get_or_create_session(tmp_path / "raw", tmp_path / "out", acquisition)
-    other = Acquisition(**{**acquisition.model_dump(), "pixel_size_a": 0.83, "gain_path": tmp_path / "gain.mrc"})
-    with pytest.raises(db.store.SessionConflict, match=r"pixel_size_a: stored 1\.05, given 0\.83.*gain_path"):
-        db.store.get_or_create_session(tmp_path / "raw", tmp_path / "out", other)
+def test_session_given_other_acquisition_values_keeps_its_folder_and_redoes_what_was_done(
+    db, tmp_path, acquisition, make_results, engines, caplog
+):
+    session = db.store.get_or_create_session(tmp_path / "raw", tmp_path / "out", acquisition)
+    done, _ = db.store.record_exposure(session, "a.mrc", 10, 1)
+    failed, _ = db.store.record_exposure(session, "b.mrc", 10, 1)
+    waiting, _ = db.store.record_exposure(session, "c.mrc", 10, 1)
+    db.store.mark_submitted(done.pk)
+    db.store.store_result(done.pk, *make_results("a"), **engines)
+    db.store.mark_failed(failed.pk, "no Thon rings")
+    other = Acquisition(**{**acquisition.model_dump(), "pixel_size_a": 1.1, "voltage_kv": 200.0})
+    caplog.set_level("INFO", logger="emlive.db.store")
+    again = db.store.get_or_create_session(tmp_path / "raw", tmp_path / "out", other)
+    assert again.pk == session.pk and again.out_dir == session.out_dir and again.acquisition == other
     assert db.models.Session.objects.count() == 1
+    states = dict(db.models.Exposure.objects.values_list("path", "state"))
+    assert states == {"a.mrc": "found", "b.mrc": "found", "c.mrc": "found"}
+    assert db.models.Exposure.objects.get(pk=failed.pk).fail_reason == ""
+    said = [r.getMessage() for r in caplog.records if "acquisition values changed" in r.getMessage()]
+    assert said == [
+        f"{session.name}: acquisition values changed: pixel size 1.05 → 1.1 Å, voltage 300.0 → 200.0 kV; "
+        "2 exposures will be recomputed"
+    ], said
+    assert db.store.change_acquisition(session, other) is None  # the same values again: nothing to redo
+    with pytest.raises(db.store.SessionConflict, match=r"out_dir: stored .*out', given .*elsewhere'"):
+        db.store.get_or_create_session(tmp_path / "raw", tmp_path / "elsewhere", other)
 
 
 def test_record_twice_gives_one_row(db, session):

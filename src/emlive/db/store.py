@@ -58,7 +58,9 @@ __all__ = [
     "FAIL_REASON_MAX_CHARS",
     "check_storable",
     "InvalidTransition",
+    "AcquisitionChange",
     "SessionConflict",
+    "change_acquisition",
     "get_or_create_session",
     "mark_failed",
     "mark_submitted",
@@ -185,8 +187,9 @@ def get_or_create_session(
     """The session of ``raw_dir`` (stored absolute, symlinks resolved), created if new.
 
     An existing session is returned as it is when everything given matches what is stored;
-    otherwise :class:`SessionConflict` lists each difference (resuming a session with other
-    acquisition parameters would mix incompatible results). ``name`` defaults to the folder's
+    other acquisition values are recorded and the exposures done are processed again with them
+    (:func:`change_acquisition`, logged); another output folder, project or name is a
+    :class:`SessionConflict` listing each difference. ``name`` defaults to the folder's
     name (for ``…/<session_id>/raw`` the session id); None means "any name" for an existing one.
     """
     raw = canonical_dir(raw_dir)
@@ -214,9 +217,8 @@ def get_or_create_session(
             else:
                 logger.info("new session %s in project %s: %s", session.name, project, raw)
                 return session
-        wanted: dict[str, Any] = {"project": project, "out_dir": out, **fields.pop("acquisition_json")}
+        wanted: dict[str, Any] = {"project": project, "out_dir": out}
         stored: dict[str, Any] = {"project": existing.project.name, "out_dir": existing.out_dir}
-        stored.update(existing.acquisition_json)
         if name is not None:
             wanted["name"], stored["name"] = name, existing.name
         differences = [
@@ -224,10 +226,72 @@ def get_or_create_session(
         ]
         if differences:
             raise SessionConflict(
-                f"session {raw} is already recorded with other parameters ({'; '.join(differences)}); "
-                "use the stored values, or a new database/output folder for a fresh start"
+                f"session {raw} is already recorded with another {' and '.join(differences)}; "
+                "give the stored values, or a new database/output folder for a fresh start"
             )
+        if (change := change_acquisition(existing, acquisition)) is not None:
+            logger.warning("%s: %s", existing.name, change)
         return existing
+
+
+_UNITS = (("_e_a2", "e/Å²"), ("_kv", "kV"), ("_mm", "mm"), ("_a", "Å"))
+
+
+def _describe_value(key: str, before: Any, after: Any) -> str:
+    """``pixel size 1.0 → 1.1 Å``: the unit from the field's name (DESIGN.md §4)."""
+    label, unit = key, ""
+    for suffix, name in _UNITS:
+        if key.endswith(suffix):
+            label, unit = key[: -len(suffix)], f" {name}"
+            break
+    return f"{label.replace('_', ' ')} {before} → {after}{unit}"
+
+
+@dataclass(frozen=True)
+class AcquisitionChange:
+    """New acquisition values of a recorded session, and how many of its exposures that were done
+    (processed or failed) are to be processed again with them."""
+
+    changes: tuple[tuple[str, Any, Any], ...]  # (field, stored, given)
+    recomputed: int
+
+    def __str__(self) -> str:
+        values = ", ".join(_describe_value(key, before, after) for key, before, after in self.changes)
+        return f"acquisition values changed: {values}; {self.recomputed} exposures will be recomputed"
+
+
+@_retry_deadlocks
+def change_acquisition(session: Session | int, acquisition: Acquisition) -> AcquisitionChange | None:
+    """Give a recorded session new acquisition values (a resume with other pixel size, dose, kV …).
+
+    Nothing changes when the values are those stored (None). Otherwise the session keeps its
+    output folder and its exposures: those done (processed or failed) go back to ``found``, so
+    the controller processes them again; each step's checkpoint then decides, by its params
+    hash, whether it is recomputed (the values change its result) or reused. Their results are
+    replaced when they are stored again (one row per exposure and step), and the exports follow.
+    """
+    fields = acquisition_fields(acquisition)
+    check_storable("acquisition", fields)
+    given = fields["acquisition_json"]
+    with transaction.atomic():
+        locked = Session.objects.select_for_update().get(pk=_pk(session))
+        stored = dict(locked.acquisition_json)
+        changes = tuple(
+            (key, stored.get(key), value) for key, value in given.items() if stored.get(key) != value
+        )
+        if not changes:
+            return None
+        for field, value in fields.items():
+            setattr(locked, field, value)
+        locked.save()
+        redo = Exposure.objects.filter(
+            session_id=locked.pk, state__in=[Exposure.State.PROCESSED, Exposure.State.FAILED]
+        ).update(
+            state=Exposure.State.FOUND, submitted_at=None, failed_at=None, fail_count=0, fail_reason=""
+        )
+    if isinstance(session, Session):
+        session.refresh_from_db()
+    return AcquisitionChange(changes, redo)
 
 
 def _relative_path(rel_path: str | os.PathLike[str]) -> str:

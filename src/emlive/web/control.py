@@ -11,6 +11,7 @@ states live in ``/api/v1``.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from django.utils import timezone
 
 from emlive.acquisition import Acquisition
 from emlive.db.models import Exposure, Project, Session, canonical_dir
+from emlive.db import store
 from emlive.db.store import acquisition_fields
 from emlive.runtime.watcher import scan_movies
 from emlive.web.access import valid_name
@@ -37,6 +39,8 @@ CompatState = Literal[
     "no_such_session",
 ]
 COMPAT_STATES: tuple[str, ...] = get_args(CompatState)
+
+log = logging.getLogger(__name__)
 
 
 class BadName(ValueError):
@@ -145,6 +149,10 @@ def start_processing(
 ) -> Session:
     """Record the session (or update a stopped one's parameters) and ask for it to be processed.
 
+    A stopped session given other acquisition values keeps its output folder: the exposures done
+    are processed again, recomputed where the values change them (:func:`store.change_acquisition`,
+    logged).
+
     Raises FileNotFoundError when the session has no ``raw/`` folder. Outputs go to
     ``processed/`` beside ``raw/``.
     """
@@ -166,8 +174,8 @@ def start_processing(
             ),
         )
         if not created and session.state != Session.State.PROCESSING:
-            for field, value in acquisition_fields(acquisition).items():
-                setattr(session, field, value)
+            if (change := store.change_acquisition(session, acquisition)) is not None:
+                log.warning("%s/%s/%s: %s", project_id, user, session_id, change)  # same folders, results redone
             session.params_json = params or {}
         if created or session.state != Session.State.PROCESSING:
             session.state = Session.State.PROCESSING
