@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from emlive.pipeline.registry import registry
 from emlive.tools import ToolsSettings, configure_tools
 
 _WALLTIME_MARGIN_S = 600.0
+_LOCAL_RESTART_GRACE_S = 20.0  # a local worker gone this long is started anew (a nanny restarts one in 1-3 s)
 _LOCAL_WORKER_CONFIG = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     "distributed.worker.profile.enabled": False,
@@ -126,7 +128,7 @@ def open_cluster(settings: ClusterSettings) -> Iterator[Cluster]:
                 preload=[__name__],  # dask_setup: workers ignore the terminal's Ctrl+C
             )
         scale = None
-        replace_lost = None
+        replace_lost = _dead_worker_restarter(cluster, grace_s=_LOCAL_RESTART_GRACE_S)
     else:
         cluster = _jobqueue_class(settings.kind)(**jobqueue_options(settings))
         scale, replace_lost = cluster.scale, _lost_worker_replacer(cluster)
@@ -204,6 +206,37 @@ def _lost_worker_replacer(cluster: SpecCluster) -> Callable[[], list[str]]:
         return [str(name) for name in lost]
 
     return replace_lost
+
+
+def _dead_worker_restarter(cluster: SpecCluster, *, grace_s: float) -> Callable[[], list[str]]:
+    """A function that starts anew the local workers that have been gone for ``grace_s``.
+
+    A local worker's nanny restarts its process when it dies; but when the new process is killed
+    too while it starts (a worker SIGKILLed again and again, or the machine out of memory), the
+    nanny gives up and the cluster keeps it as if it were there: with every worker gone, the
+    tasks in flight would wait for ever. Such a nanny is closed and a new one started in its
+    place (same name, same resources).
+    """
+    missing_since: dict[object, float] = {}
+
+    def restart_dead() -> list[str]:
+        connected = {str(worker["name"]) for worker in cluster.scheduler_info["workers"].values()}
+        now_s = time.monotonic()
+        dead = []
+        for name in list(cluster.worker_spec):
+            if str(name) in connected:
+                missing_since.pop(name, None)
+            elif now_s - missing_since.setdefault(name, now_s) >= grace_s:
+                dead.append(name)
+        for name in dead:
+            del missing_since[name]
+            if (nanny := cluster.workers.pop(name, None)) is not None:
+                cluster.loop.add_callback(nanny.close)
+        if dead:
+            cluster.scale(len(cluster.worker_spec))  # starts the spec's workers that are not there
+        return [str(name) for name in dead]
+
+    return restart_dead
 
 
 class ToolsPlugin(WorkerPlugin):

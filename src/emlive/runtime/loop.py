@@ -440,7 +440,7 @@ class _Upkeep:
         if self._cluster.replace_lost is not None and now_s >= self._next_worker_check_s:
             self._next_worker_check_s = now_s + _WORKER_CHECK_S
             if lost := self._cluster.replace_lost():
-                log.warning("workers %s were lost (job ended); asked for replacements", ", ".join(lost))
+                log.warning("workers %s were lost (job ended, or killed as they started); asked for replacements", ", ".join(lost))
         if self._prometheus is not None and now_s >= self._next_metrics_s:
             self._next_metrics_s = now_s + _METRICS_S
             for live in lives:
