@@ -33,6 +33,7 @@ from pydantic_settings import (
 
 from emlive.ctf.types import CtfParams
 from emlive.motion.types import MotionParams
+from emlive.tomo.series import SeriesParams
 from emlive.tools.spec import ToolsSettings
 
 DEFAULT_CONFIG_PATH = Path("~/.config/emlive/emlive.toml")
@@ -182,6 +183,34 @@ class LeginonSettings(BaseModel):
     project_db: str = Field("projectdb", description="The project database ([projectdata] db in sinedon.cfg)")
 
 
+class TomoSettings(BaseModel):
+    """Tilt series from SerialEM ``.mdoc`` files beside or under raw/ (see docs/tomo.md): when a
+    series is complete, which acquisition values its movies take, and its processing
+    (``[tomo.series]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Look for .mdoc files and group their movies into tilt series")
+    tilts_per_series: PositiveInt | None = Field(
+        None,
+        description="Tilts a series has when collection ends (e.g. 41 for -60..60 in 3° steps): a series is "
+        "processed as soon as that many are done; otherwise once no new tilt came for settle_s",
+    )
+    settle_s: float = Field(60.0, ge=0.0, description="A series whose tilts are all done and that gained none "
+                            "for this long is complete")
+    missing_timeout_s: float = Field(
+        300.0, ge=0.0,
+        description="A tilt the mdoc names whose movie has not come this long after the series' last new tilt is "
+        "given up: the series is processed without it (partial)",
+    )
+    mdoc_acquisition: bool = Field(
+        True,
+        description="Tilt movies take pixel size, voltage and dose (ExposureDose / NumSubFrames per frame) from the "
+        "mdoc where it gives them; false: the session's values",
+    )
+    series: SeriesParams = Field(SeriesParams(), description="The tilt-series step's parameters")
+
+
 class Settings(BaseSettings):
     """Everything configurable; see the module docstring for where values come from."""
 
@@ -213,6 +242,7 @@ class Settings(BaseSettings):
     ctf: CtfParams = Field(CtfParams(), description="The CTF step's parameters (also [steps.ctf])")
     tools: ToolsSettings = ToolsSettings()
     leginon: LeginonSettings = LeginonSettings()
+    tomo: TomoSettings = TomoSettings()
 
     @classmethod
     def settings_customise_sources(

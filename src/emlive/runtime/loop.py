@@ -35,6 +35,7 @@ from emlive.pipeline.exposure import (
 )
 from emlive.pipeline.registry import registry
 from emlive.runtime.cluster import Cluster, open_cluster, worker_count
+from emlive.runtime.groups import SessionGroups, new_groups
 from emlive.runtime.controller import (
     Action,
     ControllerState,
@@ -122,6 +123,7 @@ class _Live:
     export_cost_s: float = 0.0  # how long the last export took
     changed: bool = False  # its counts changed this turn (on_change is told once, at the end)
     dropped: bool = False  # no longer followed: finishes what it has in flight, then is let go
+    groups: SessionGroups | None = None  # its tilt series (runtime.groups)
 
 
 @dataclass
@@ -142,6 +144,7 @@ class _Run:
     counts: dict[int, dict[str, int]] = field(default_factory=dict)
     specs: dict[int, ExposureSpec] = field(default_factory=dict)  # exposures waiting or in flight
     live_of: dict[int, _Live] = field(default_factory=dict)
+    params_of: dict[int, PipelineParams] = field(default_factory=dict)  # exposures with their own (tilts)
     refused: set[int] = field(default_factory=set)  # followed sessions that cannot run (no GPU worker)
     next_poll_s: float = 0.0
     next_follow_s: float = 0.0
@@ -173,7 +176,8 @@ class _Run:
         _remove_abandoned_temporaries(session)
         if self.follow is None:
             store.set_session_state(session, "processing")
-        self.lives[session.pk] = _Live(session, params, watcher, resources)
+        self.lives[session.pk] = _Live(session, params, watcher, resources,
+                                       groups=new_groups(session, params, self.settings.tomo))
 
     def let_go(self, live: _Live) -> None:
         """The session's work in flight is done with (or abandoned): leave it consistent."""
@@ -182,6 +186,8 @@ class _Run:
         session = live.session
         del self.lives[session.pk]
         live.watcher.close()
+        if live.groups is not None:
+            live.groups.cancel()
         for exposure_id in [e for e, of in self.live_of.items() if of is live]:  # waiting when it was dropped
             del self.specs[exposure_id], self.live_of[exposure_id]
         if left := store.reset_in_flight(session):
@@ -218,8 +224,13 @@ class _Run:
         self.next_poll_s = now_s + self.settings.watch.poll_interval_s
         events: list[Event] = []
         for live in self.lives.values():
-            if not live.dropped and (found := _poll(live, now_s=now_s, final=not self.watch)):
-                events += _admit(live, found, self.specs, self.live_of)
+            if live.dropped:
+                continue
+            found = _poll(live, now_s=now_s, final=not self.watch)
+            if live.groups is not None:
+                _poll_groups(live, now_s, found)
+            if found:
+                events += _admit(live, found, self.specs, self.live_of, self.params_of)
                 live.changed = True
         return events
 
@@ -233,6 +244,7 @@ class _Run:
             self._time_tasks(len(results))
             for exposure in store.store_exposure_results(results, skip_missing=self.follow is not None):
                 self.live_of[exposure.pk].exports_dirty = True
+            self._tell_groups(results, [])
             for exposure_id, _ in results:
                 self._done_with(exposure_id)
         for action in actions:
@@ -244,7 +256,25 @@ class _Run:
                     if self.follow is None:
                         raise
                     log.warning("exposure %d no longer exists (session deleted?)", action.exposure_id)
+                self._tell_groups([], [(action.exposure_id, action.reason)])
                 self._done_with(action.exposure_id)
+
+    def _tell_groups(self, results: list[tuple[int, object]], failures: list[tuple[int, str]]) -> None:
+        """Tell each session's tilt series which of its exposures were stored or failed."""
+        for live in {id(self.live_of[e]): self.live_of[e] for e, _ in [*results, *failures]}.values():
+            if live.groups is not None:
+                mine = [(e, r) for e, r in results if self.live_of[e] is live]
+                live.groups.stored(self.cluster.client, mine)
+                live.groups.failed([(e, r) for e, r in failures if self.live_of[e] is live])
+
+    def groups_turn(self, now_s: float) -> None:
+        """Each session's tilt series: store finished group steps, submit those that are due."""
+        for live in self.lives.values():
+            if live.groups is not None and live.groups.turn(
+                self.cluster.client, now_s, final=not self.watch and live.watcher.unsettled == 0,
+                stopping=self.state.stopping or live.dropped,
+            ):
+                live.exports_dirty = live.changed = True
 
     def _time_tasks(self, ended: int) -> None:
         """Follow how long tasks take — worker threads x seconds / tasks ended, over a second or
@@ -267,6 +297,7 @@ class _Run:
     def _done_with(self, exposure_id: int) -> None:
         self.live_of[exposure_id].changed = True
         del self.specs[exposure_id], self.live_of[exposure_id]
+        self.params_of.pop(exposure_id, None)
 
     def submit(self, actions: list[Action]) -> None:
         """Submit the exposures the controller chose, one ``client.map`` per session, and scale."""
@@ -281,12 +312,12 @@ class _Run:
             size = chunk_size(self.task_s) if self.slots is not None else 1
             for session_id, batch in by_session.items():
                 live = self.lives[session_id]
-                chunks = [batch[i:i + size] for i in range(0, len(batch), size)]
+                chunks = _chunks_by_params(batch, size, lambda s: self.params_of.get(s.exposure_id, live.params))
                 futures = self.cluster.client.map(
                     process_chunk,
                     [self.task] * len(chunks),
                     [[self.specs[s.exposure_id] for s in chunk] for chunk in chunks],
-                    [live.params] * len(chunks),
+                    [self.params_of.get(chunk[0].exposure_id, live.params) for chunk in chunks],
                     key=[f"exposures-{session_id}-{c[0].exposure_id}-{c[0].attempt}-{len(c)}" for c in chunks],
                     pure=False,
                     resources=live.resources,
@@ -325,8 +356,11 @@ class _Run:
 
     def finished(self) -> bool:
         """Nothing in flight, and stopping (or, without ``watch``, nothing left to settle)."""
-        return self.state.idle and (
-            self.state.stopping or (not self.watch and all(live.watcher.unsettled == 0 for live in self.lives.values()))
+        return self.state.idle and all(live.groups is None or not live.groups.busy for live in self.lives.values()) and (
+            self.state.stopping or (not self.watch and all(
+                live.watcher.unsettled == 0 and (live.groups is None or not live.groups.pending())
+                for live in self.lives.values()
+            ))
         )
 
 
@@ -398,6 +432,7 @@ def run_sessions(
                 actions += new
             run.store(actions)
             run.submit(actions)
+            run.groups_turn(now_s)
         run.tell()
         upkeep.turn(run.lives.values(), now_s)
         run.export(now_s)
@@ -511,12 +546,31 @@ def _scaling_policy(settings: ClusterSettings, threads_per_worker: int) -> Scali
     )
 
 
-def _admit(live: _Live, found: list[Found], specs: dict[int, ExposureSpec], live_of: dict[int, _Live]) -> list[Event]:
-    """Record newly found movies; fail broken ones, ingest checkpointed ones, queue the rest."""
+def _poll_groups(live: _Live, now_s: float, found: list[Found]) -> None:
+    """Read the session's new or changed mdocs (tilt series); a folder or file that cannot be
+    read is logged and tried again next poll."""
+    assert live.groups is not None
+    try:
+        live.groups.poll(now_s, movies=[f.rel_path for f in found])
+    except OSError as err:
+        log.error("%s: cannot look for .mdoc files (%s); tried again next poll", live.session, err)
+
+
+def _admit(
+    live: _Live,
+    found: list[Found],
+    specs: dict[int, ExposureSpec],
+    live_of: dict[int, _Live],
+    params_of: dict[int, PipelineParams] | None = None,
+) -> list[Event]:
+    """Record newly found movies; fail broken ones, ingest checkpointed ones, queue the rest.
+    A tilt of a tilt series (``live.groups``) is linked to its series and gets its own params."""
     from emlive.db import store
 
     session = live.session
     recorded = store.record_exposures(session, [(f.rel_path, f.stat.size_bytes, f.stat.mtime_ns) for f in found])
+    if live.groups is not None:
+        live.groups.linked((exposure.pk, item.rel_path) for item, (exposure, _) in zip(found, recorded, strict=True))
     events: list[Event] = []
     cached: list[tuple[int, ExposureResult]] = []
     for item, (exposure, _) in zip(found, recorded, strict=True):
@@ -524,22 +578,31 @@ def _admit(live: _Live, found: list[Found], specs: dict[int, ExposureSpec], live
             continue  # processed or failed before, and the file has not changed since
         if item.reason is not None:
             store.mark_failed(exposure.pk, item.reason)
+            if live.groups is not None:
+                live.groups.failed([(exposure.pk, item.reason)])
             continue
+        params = live.params
+        if live.groups is not None and (own := live.groups.params_for(item.rel_path)) is not None:
+            params = own
         spec = ExposureSpec(
             movie_path=Path(session.raw_dir) / item.rel_path,
             name=str(Path(item.rel_path).with_suffix("")),
             out_dir=Path(session.out_dir),
         )
-        result = completed_result(spec, live.params)
+        result = completed_result(spec, params)
         if result is not None:
             log.info("%s: results found on disk, stored without recomputing", item.rel_path)
             cached.append((exposure.pk, result))
         else:
             specs[exposure.pk], live_of[exposure.pk] = spec, live
+            if params is not live.params and params_of is not None:
+                params_of[exposure.pk] = params
             events.append(ExposureReady(exposure.pk, session.pk))
     if cached:
         store.store_exposure_results(cached)
         live.exports_dirty = True
+        if live.groups is not None:
+            live.groups.counted([e for e, _ in cached])
     return events
 
 
@@ -568,6 +631,17 @@ class ChunkFailure:
 
     reason: str
     permanent: bool
+
+
+def _chunks_by_params(
+    batch: list[Submit], size: int, params_of: Callable[[Submit], PipelineParams]
+) -> list[list[Submit]]:
+    """Chunks of at most ``size`` exposures sharing one params object (a tilt of a tilt series
+    has its own), in the order given within each."""
+    groups: dict[int, list[Submit]] = {}
+    for submit in batch:
+        groups.setdefault(id(params_of(submit)), []).append(submit)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
 def process_chunk(
