@@ -153,7 +153,7 @@ def export_tables(
     """
     if not isinstance(session, Session):
         session = Session.objects.get(pk=session)
-    rows = list(accepted_exposures(session))
+    rows = list(accepted_exposures(session).filter(tilt__isnull=True))  # tilts: in the RELION 5 tomo exports
     optics, groups = _optics(session, rows)
     base = Path(relative_to).absolute() if relative_to is not None else None
 
@@ -207,12 +207,13 @@ def step_export_rows(session: Session | int, steps: Iterable[str]) -> list[Expor
     """The accepted micrographs with the stored results of ``steps`` (and motion's), for the
     steps' exporters; results that no longer validate against their model are left out."""
     wanted = {*steps, "motion"}
-    accepted = accepted_exposures(session).values_list("id", "path", "motion__dose_weighted_path")
+    single = accepted_exposures(session).filter(tilt__isnull=True)  # tilts: in the RELION 5 tomo exports
+    accepted = single.values_list("id", "path", "motion__dose_weighted_path")
     rows: dict[int, tuple[str, str]] = {pk: (path, dw) for pk, path, dw in accepted.iterator(chunk_size=5000)}
     results: dict[int, dict[str, BaseModel]] = {pk: {} for pk in rows}
     installed = registry().steps
     stored = StepResult.objects.filter(
-        exposure__in=accepted_exposures(session).values("id"), step__in=wanted, state=StepResult.State.DONE
+        exposure__in=single.values("id"), step__in=wanted, state=StepResult.State.DONE
     ).values_list("exposure_id", "step", "result")
     for exposure_id, step, result in stored.iterator(chunk_size=5000):
         if exposure_id in results and step in installed:
@@ -367,6 +368,9 @@ def _write_exports_into(
     for step in exporting:
         for exporter in step.exports:
             written += exporter(rows, folder)
+    from emlive.db.tomo_export import write_tomo_exports  # RELION 5: tomograms.star, tilt_series/
+
+    written += write_tomo_exports(session, folder)
     return written + _write_cryosparc(session, rows, folder, relative_to=relative_to)
 
 

@@ -126,6 +126,8 @@ class PreparedTilt(BaseModel):
     path: Path
     pixel_size_a: float
     mean_counts: float = Field(description="Mean of the aligned sum (counts per pixel of the micrograph)")
+    source_size_xy: tuple[int, int] = Field(description="The micrograph's size (nx, ny), px")
+    source_pixel_size_a: float
     source_size_bytes: int
     source_mtime_ns: int
 
@@ -153,6 +155,10 @@ class SeriesResult(BaseModel):
     central_slice_png_path: Path
     montage_png_path: Path
     tomogram_shape_zyx: tuple[int, int, int]
+    stack_size_xy: tuple[int, int] = Field(description="The stack's image size (nx, ny), px of pixel_size_a")
+    micrograph_size_xy: tuple[int, int] = Field(description="The tilts' aligned sums' size (nx, ny), px")
+    micrograph_pixel_size_a: float
+    voltage_kv: float
     timings_s: dict[str, float]
     started_at: datetime
     finished_at: datetime
@@ -189,6 +195,7 @@ def prepare_tilt(micrograph_path: Path, out_path: Path, *, target_pixel_size_a: 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_mrc_atomic(out_path, np.asarray(binned[0], dtype=np.float32), pixel_size_a=binned_a)
     prepared = PreparedTilt(path=out_path.absolute(), pixel_size_a=float(binned_a), mean_counts=mean_counts,
+                            source_size_xy=(image.shape[1], image.shape[0]), source_pixel_size_a=pixel_size_a,
                             source_size_bytes=stat.st_size, source_mtime_ns=stat.st_mtime_ns)
     atomic_write_text(sidecar, prepared.model_dump_json(indent=1))
     return prepared
@@ -326,6 +333,9 @@ def run_series(spec: SeriesSpec, params: SeriesParams) -> SeriesResult:
         residual_per_tilt_px={z: float(r) for z, r in zip(z_used, alignment.residual_per_tilt_px, strict=True)
                               if math.isfinite(r)},
         exclusions=exclusions, used_z_values=z_used, tomogram_shape_zyx=tuple(int(n) for n in volume.shape),
+        stack_size_xy=(int(stack.shape[2]), int(stack.shape[1])),
+        micrograph_size_xy=prepared[used[0].z_value].source_size_xy,
+        micrograph_pixel_size_a=prepared[used[0].z_value].source_pixel_size_a, voltage_kv=spec.voltage_kv,
         timings_s=timings, started_at=started_at, finished_at=datetime.now(UTC), host=socket.gethostname(),
         **paths,
     )
