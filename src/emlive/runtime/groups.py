@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 MDOC_SUFFIX = ".mdoc"
 _SCAN_S = 5.0  # how often raw/ is walked for new mdocs when nothing asks sooner
 _FORCED_SCAN_S = 1.0  # the least time between two walks asked for by new movies
+_LOOK_S = 0.5  # how often series are looked at for completeness (a few queries each)
 _STACK_SUFFIXES = (".mrc", ".st", ".tif", ".tiff", ".mrcs")
 
 
@@ -147,6 +148,7 @@ class SessionGroups:
     tilt_params: dict[str, PipelineParams] = field(default_factory=dict)  # movie name -> its params
     prepares: dict[Future, str] = field(default_factory=dict)
     next_scan_s: float = 0.0
+    next_look_s: float = 0.0  # when the series are next looked at for completeness
     last_scan_s: float = float("-inf")
     told_none: bool = False
 
@@ -403,8 +405,9 @@ class SessionGroups:
         for entry in self.series.values():
             if entry.future is not None and entry.future.done():
                 stored |= self._finish(entry)
-        if stopping:
+        if stopping or (now_s < self.next_look_s and not final):
             return stored
+        self.next_look_s = now_s + _LOOK_S
         for entry in self.series.values():
             if entry.future is None and entry.state in ("collecting", "complete"):
                 self._consider(client, entry, now_s, final=final)
