@@ -363,10 +363,10 @@ def _write_outputs(
         "xf_path": out / f"{name}.xf", "tomogram_path": out / f"{name}_rec.mrc",
         "central_slice_png_path": out / f"{name}_slice.png", "montage_png_path": out / f"{name}_montage.png",
     }
-    imod.write_stack(paths["stack_path"], stack, pixel_size_a)
+    imod.write_stack(paths["stack_path"], stack, pixel_size_a=pixel_size_a)
     imod.write_rawtlt(paths["rawtlt_path"], angles)
-    imod.write_tlt(paths["tlt_path"], angles)
-    imod.write_xf(paths["xf_path"], shifts_px, tilt_axis_deg=tilt_axis_deg)
+    imod.write_tlt(paths["tlt_path"], angles)  # the angles are not refined: as measured
+    imod.write_xf(paths["xf_path"], imod.xf_from_alignment(tilt_axis_deg, shifts_px))
     write_mrc_atomic(paths["tomogram_path"], volume.astype(np.float32), pixel_size_a=pixel_size_a)
     central = volume[volume.shape[0] // 2 - 2 : volume.shape[0] // 2 + 3].mean(axis=0)
     write_png_atomic(paths["central_slice_png_path"], central, max_size_px=1024)
