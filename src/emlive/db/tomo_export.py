@@ -80,8 +80,10 @@ def write_tomo_exports(session: Session, folder: Path) -> list[Path]:
             continue
         frames_px = (int(size[0]), int(size[1]))
         stack_size = result.get("stack_size_xy") or frames_px
+        # binning rounds each side to whole pixels: the stack's pixel size per side (x, y)
+        binned_a = (frames_px[0] * pixel_size_a / int(stack_size[0]), frames_px[1] * pixel_size_a / int(stack_size[1]))
         shifts_a = relion_shifts_a(
-            np.asarray(xy, dtype=np.float64), pixel_size_a=series.pixel_size_a,
+            np.asarray(xy, dtype=np.float64), pixel_size_a=binned_a,
             image_size_px=(int(stack_size[0]), int(stack_size[1])), tilt_series_pixel_size_a=pixel_size_a,
             tilt_series_image_size_px=frames_px,
         )
