@@ -86,6 +86,7 @@ def test_motion_and_ctf_on_a_leginon_session(leginon_dbs: LeginonDatabases, tmp_
     assert count(appion, "ApDDStackParamsData", "preset = 'enn' AND bin = 1 AND align = 1") == 1
     assert count(appion, "ApDDAlignStatsData") == count(appion, "ApDDFrameTrajectoryData") == 20
     assert [r["status"] for r in rows(appion, "SELECT status FROM ApAppionJobData")] == ["D"]
+    assert len(list((tmp_path / "ddstack1").glob("*.frames_Log.txt"))) == 20  # the viewer's drift plots
     dw = rows(legdb, "SELECT i.DEF_id, i.`MRC|image`, s.`image path` FROM AcquisitionImageData i JOIN PresetData p "
               "ON p.DEF_id = i.`REF|PresetData|preset` JOIN SessionData s ON s.DEF_id = i.`REF|SessionData|session` "
               "WHERE p.name = 'enn-a-DW'")

@@ -101,8 +101,8 @@ def _session(dbs: LeginonDatabases, name: str, n_images: int) -> list[int]:
     session_id = fake.session(name)
     fake.calibrate(session_id, magnification=105000, pixel_size_a=1.0)
     preset = fake.preset(session_id, "enn", magnification=105000, total_dose_e_a2=40.0, shape=truth.shape)
-    return [fake.image(session_id, preset, f"{name}_{i:03d}_enn", truth, truth.movies[i], magnification=105000,
-                       write_frames=False) for i in range(n_images)]
+    return [fake.image(session_id, preset, f"{name}_{i:03d}_enn", truth, truth.movies[i], magnification=105000)
+            for i in range(n_images)]
 
 
 def _motion_counts(dbs: LeginonDatabases, session_name: str, rundir: Path) -> dict[str, int]:
@@ -150,6 +150,10 @@ def test_motion_rows_as_classic_appion_writes_them(leginon_dbs: LeginonDatabases
         assert result["name"] == ("enn-a-DW" if result["filename"].endswith("-DW") else "enn-a")
         with mrcfile.open(session.image_path / result["MRC|image"]) as mrc:
             assert mrc.data.shape == (32, 32)
+    log = (rundir / "s0_000_enn.frames_Log.txt").read_text().splitlines()  # frames: s0_000_enn.frames.mrc
+    assert log[0] == "Sum Frame #000 - #004 (Reference Frame #002):"
+    assert log[1:] == [f"......Add Frame #{i:03d} with xy shift: {-(0.5 * i - 1.0) / 2:.5f} {-(-0.25 * i * i + 1.0) / 2:.5f}"
+                       for i in range(4)]  # relative to frame 2, opposite sign, aligned (bin 2) pixels
     (stats,) = rows(fake.appion, "SELECT * FROM ApDDAlignStatsData LIMIT 1")
     assert stats["top_shift1_value"] == pytest.approx(np.hypot(0.5, 1.25))  # frame 2 → 3: (0.5, -1.25)
     assert stats["top_shift1_index"] == 3

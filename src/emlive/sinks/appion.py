@@ -8,7 +8,8 @@ sums are copied into the session's image path as ``<filename>-<label>.mrc`` (and
 ``AcquisitionImageData`` rows under the ``<preset>-<label>`` (``-DW``) presets with an aligned
 ``CameraEMData`` row, as Leginon's viewer expects; then ``ApDDFrameTrajectoryData``,
 ``ApDDAlignStatsData`` and, last, one ``ApDDAlignImagePairData`` per result image: an image is
-done when all its pair rows exist. CTF (``ctffind4.py``): ``ApCtfFind4ParamsData`` and
+done when all its pair rows exist. The shifts are also written where the viewer's drift plot
+reads them, ``<rundir>/<frames name>_Log.txt`` in motioncorr's log format. CTF (``ctffind4.py``): ``ApCtfFind4ParamsData`` and
 ``ApAceRunData`` per run, one ``ApCtfData`` per image (written last, its done mark). The job
 row ``ApAppionJobData`` goes to ``R`` when a run starts and ``D`` when it ends.
 
@@ -33,7 +34,7 @@ import numpy as np
 import pymysql
 
 from emlive.ctf.types import CtfResult
-from emlive.io.atomic import atomic_path
+from emlive.io.atomic import atomic_path, atomic_write_text
 from emlive.motion.types import MotionResult
 from emlive.sources.leginon import LeginonImage, LeginonSession
 
@@ -118,6 +119,7 @@ class MotionRun:
     run_id: int
     align_label: str = "a"
     doseweight: bool = False
+    rundir: Path | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -140,7 +142,7 @@ def start_motion_run(
         "runname": runname, "REF|ApDDStackParamsData|params": params_id,
         "REF|leginondata|SessionData|session": session.id, "REF|ApPathData|path": path_id,
     })
-    return MotionRun(session, preset, path_id, run_id, align_label, doseweight)
+    return MotionRun(session, preset, path_id, run_id, align_label, doseweight, Path(rundir).resolve())
 
 
 def done_motion_images(appion: Connection, run: MotionRun) -> set[int]:
@@ -162,6 +164,24 @@ def frame_shift_stats(shifts_px: Sequence[tuple[float, float]]) -> tuple[list[tu
     steps = np.hypot(*np.diff(positions, axis=0).T) if len(positions) > 1 else np.zeros(1)
     order = np.argsort(-steps, kind="stable")[:3]
     return [(float(steps[i]), int(i) + 1) for i in order], float(np.median(steps))
+
+
+def motioncorr_log(shifts_px: Sequence[tuple[float, float]], *, binning: float = 1.0, first_frame: int = 0) -> str:
+    """The frame shifts as the old ``dosefgpu_driftcorr`` (motioncorr) log that Appion's viewer
+    reads for its drift plot: relative to the middle frame, with the opposite sign, in pixels of
+    the aligned image (pure; the conversion classic Appion applies to MotionCor2's shifts)."""
+    n = len(shifts_px)
+    mid_x, mid_y = shifts_px[n // 2]
+    lines = ["Sum Frame #%.3d - #%.3d (Reference Frame #%.3d):\n" % (0, n, n // 2)]
+    for index, (x, y) in enumerate(shifts_px):
+        lines.append("......Add Frame #%.3d with xy shift: %.5f %.5f\n"
+                     % (index + first_frame, -(x - mid_x) / binning, -(y - mid_y) / binning))
+    return "".join(lines)
+
+
+def motioncorr_log_path(rundir: Path, frames_path: Path) -> Path:
+    """Where classic Appion puts it: the run folder, the frames' name less its last suffix, ``_Log.txt``."""
+    return rundir / f"{frames_path.with_suffix('').name}_Log.txt"
 
 
 def _copy_atomic(source: Path, dest: Path) -> None:
@@ -223,6 +243,10 @@ def store_motion(
         files[names[1]] = result.dose_weighted_path
     for name, path in files.items():
         _copy_atomic(path, run.session.image_path / f"{name}.mrc")
+    if run.rundir is not None and image.frames_path is not None:
+        binning = result.pixel_size_a / image.pixel_size_a
+        atomic_write_text(motioncorr_log_path(run.rundir, image.frames_path),
+                          motioncorr_log(result.shifts_px, binning=binning))
 
     nx, ny = _aligned_shape(result)
     binning = max(1, round(result.pixel_size_a / image.pixel_size_a * image.binning))
