@@ -21,7 +21,7 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 from pydantic_settings import (
@@ -153,6 +153,34 @@ class WebSettings(BaseModel):
         10800.0, gt=0,
         description="A processing session with nothing left and no new movie for this long is complete (a movie "
         "written later makes it processed again); best longer than the usual pauses in collection",
+    )
+    # Behind a reverse proxy that terminates HTTPS (defaults: plain HTTP on localhost).
+    secure_cookies: bool = Field(
+        False, description="Send the login and CSRF cookies over HTTPS only (set when served over HTTPS)"
+    )
+    csrf_trusted_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = Field(
+        default_factory=list,
+        description="Origins allowed to POST dashboard forms besides the request's own host, e.g. "
+        "['https://emlive.example.org'] when a proxy rewrites the Host header",
+    )
+    hsts_seconds: int = Field(
+        0, ge=0, description="Strict-Transport-Security max-age sent on HTTPS responses (0: no header)"
+    )
+    hsts_include_subdomains: bool = Field(False, description="Add includeSubDomains to the HSTS header")
+    proxy_ssl_header: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9-]{1,100}$",
+        description="A header the proxy sets to 'https' on HTTPS requests (e.g. X-Forwarded-Proto); only "
+        "behind a proxy that always sets or strips it",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted (larger: 413)"
+    )
+    max_query_bytes: int = Field(
+        8192, ge=256, le=65536, description="Longest query string accepted (longer: 414)"
+    )
+    login_attempts_per_minute: int = Field(
+        5, ge=1, description="Failed dashboard logins per user name and client address before 429 for a minute"
     )
 
 

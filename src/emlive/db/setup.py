@@ -190,6 +190,7 @@ def _django_settings(db: dict[str, Any], secret_key: str) -> dict[str, Any]:
         "ROOT_URLCONF": "emlive.web.urls",
         "ALLOWED_HOSTS": ["*"],
         "MIDDLEWARE": [
+            "emlive.web.middleware.limit_request_size",
             "emlive.web.middleware.reject_traversal",
             "django.middleware.security.SecurityMiddleware",
             "django.contrib.sessions.middleware.SessionMiddleware",

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.db.models import Count, F, QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.utils import timezone
@@ -167,7 +169,8 @@ def _problem(error: dict[str, Any]) -> str:
 
 def install_error_handlers(ninja_api: NinjaAPI) -> None:
     """Answer every error of ``ninja_api`` as JSON ``{"detail": ...}`` that says what to do:
-    bad parameters 400 (not ninja's 422), no valid credentials 401, unknown 404."""
+    bad parameters 400 (not ninja's 422), no valid credentials 401, unknown 404, a body over
+    ``[web] max_body_bytes`` 413."""
 
     def invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
         detail = "invalid request: " + "; ".join(_problem(error) for error in exc.errors)
@@ -188,7 +191,17 @@ def install_error_handlers(ninja_api: NinjaAPI) -> None:
     def bad_name(request: HttpRequest, exc: control.BadName) -> HttpResponse:
         return ninja_api.create_response(request, {"detail": str(exc)}, status=400)
 
+    def too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+        detail = f"request body larger than the {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes allowed ([web] max_body_bytes)"
+        return ninja_api.create_response(request, {"detail": detail}, status=413)
+
+    def too_many_fields(request: HttpRequest, exc: TooManyFieldsSent) -> HttpResponse:
+        detail = f"invalid request: more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} query or form fields"
+        return ninja_api.create_response(request, {"detail": detail}, status=400)
+
     ninja_api.add_exception_handler(ValidationError, invalid)
+    ninja_api.add_exception_handler(RequestDataTooBig, too_big)
+    ninja_api.add_exception_handler(TooManyFieldsSent, too_many_fields)
     ninja_api.add_exception_handler(AuthenticationError, unauthenticated)
     ninja_api.add_exception_handler(Http404, not_found)
     ninja_api.add_exception_handler(HttpError, http_error)

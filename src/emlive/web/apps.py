@@ -25,4 +25,9 @@ class EmliveWebConfig(AppConfig):
     def ready(self) -> None:
         from django.core.signals import request_finished
 
+        from emlive.config import WebSettings
+        from emlive.web import options
+
+        options.apply(WebSettings())  # the defaults; emlive serve applies the configured [web] options
+
         request_finished.connect(_close_connections_after_asgi_request, dispatch_uid="emlive.web.close_connections")

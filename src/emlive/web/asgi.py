@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from django.core.asgi import get_asgi_application
 
+from emlive.web.middleware import limit_body
+
 from emlive.config import load_settings
 from emlive.db.setup import current_database_url
 
@@ -24,4 +26,4 @@ if current_database_url() is None:
 from emlive.pipeline.registry import registry  # noqa: E402
 
 registry()  # the installed steps, loaded at start: the API and dashboard describe them from the first request on
-application = get_asgi_application()
+application = limit_body(get_asgi_application())

@@ -130,6 +130,9 @@ def open_database(settings: Settings, *, migrate: bool = True, sign_logins: bool
         if isinstance(err, DatabaseError):
             raise ServiceError(f"cannot use the database {redact_url(url)}: {err}".strip()) from err
         raise
+    from emlive.web import options
+
+    options.apply(settings.web)
     return url
 
 

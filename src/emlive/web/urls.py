@@ -15,3 +15,7 @@ urlpatterns = [
     path("", include("emlive.web.dashboard.urls")),
     path("", compat.urls),
 ]
+
+handler400 = "emlive.web.errors.bad_request"
+handler404 = "emlive.web.errors.not_found"
+handler500 = "emlive.web.errors.server_error"

@@ -1,4 +1,4 @@
-"""The dashboard's URLs (namespace ``dashboard``): login, sessions, a session's live page and
+"""The dashboard's URLs (namespace ``dashboard``): login (throttled), sessions, a session's live page and
 its fragments, curation, controls, STAR downloads, exposures, their pictures (every step's) and the scripts."""
 
 from __future__ import annotations
@@ -7,16 +7,13 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from emlive.web.dashboard import tilt_series, views
+from emlive.web.dashboard.login import LoginView
 
 app_name = "dashboard"
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path(
-        "login/",
-        auth_views.LoginView.as_view(template_name="emlive/login.html", redirect_authenticated_user=True),
-        name="login",
-    ),
+    path("login/", LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("dashboard/", views.sessions, name="sessions"),
     path("dashboard/sessions-table/", views.sessions_table, name="sessions_table"),
