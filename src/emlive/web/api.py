@@ -27,6 +27,7 @@ from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.db.models import Count, F, QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.utils import timezone
+from django.views.decorators.http import require_safe
 from ninja import NinjaAPI
 from ninja import Path as PathParam
 from ninja import Query
@@ -261,6 +262,7 @@ api = NinjaAPI(
     "parameter) or the dashboard's login.",
     urls_namespace="api-v1",
     auth=AUTH,
+    docs_decorator=require_safe,  # the schema and docs answer GET (and HEAD); anything else 405
 )
 install_error_handlers(api)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest
+from django.views.decorators.http import require_safe
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import HttpError
 from pydantic import Field, PositiveFloat
@@ -32,6 +33,7 @@ compat = NinjaAPI(
     urls_namespace="compat",
     docs_url=None,
     auth=AUTH,
+    docs_decorator=require_safe,  # the schema and docs answer GET (and HEAD); anything else 405
 )
 install_error_handlers(compat)
 
