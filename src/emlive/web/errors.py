@@ -40,7 +40,7 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     return json_error(
         404,
         f"no route {_shown(request.path)}: the API is under /api/v1/ (routes: /api/v1/openapi.json), the "
-        "compatible routes are /{project_id}/{user}/sessions and /{project_id}/{user}/session/{session_id}[/…]; "
+        "compatible routes are /{project_id}/{user}/sessions and /{project_id}/{user}/session/{session_id}[/...]; "
         "see docs/api.md",
     )
 

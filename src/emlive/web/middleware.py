@@ -64,21 +64,36 @@ def limit_request_size(get_response: Callable[[HttpRequest], HttpResponse]) -> C
 
 
 def limit_body(app: Any) -> Any:
-    """ASGI wrapper: stop reading a body sent without Content-Length (chunked) once it passes
-    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` and answer 413, so a client cannot fill the disk with one
-    request (Django spools the whole body to a temporary file before any middleware runs).
-    Bodies with a Content-Length are refused by :func:`limit_request_size`."""
+    """ASGI wrapper: refuse a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` with 413 without reading
+    it. Django's ASGI handler reads (and spools to disk) the whole body before any middleware
+    runs, so a client announcing a large Content-Length is answered here at once, and one
+    sending chunks without a length is answered once it passes the limit (the rest is never
+    read). :func:`limit_request_size` answers the same under WSGI and in tests."""
     import json
 
     from django.conf import settings
 
+    async def refuse(send: Any, max_body: int) -> None:
+        body = json.dumps(
+            {"detail": f"request body larger than the {max_body} bytes allowed ([web] max_body_bytes)"}
+        ).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]})
+        await send({"type": "http.response.body", "body": body})
+
     async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        max_body = settings.DATA_UPLOAD_MAX_MEMORY_SIZE if scope["type"] == "http" else None
+        if max_body is None:
             await app(scope, receive, send)
             return
-        max_body = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        if max_body is None or any(name == b"content-length" for name, _ in scope.get("headers", ())):
-            await app(scope, receive, send)
+        length = next((value for name, value in scope.get("headers", ()) if name == b"content-length"), None)
+        if length is not None:
+            if length.isdigit() and int(length) > max_body:
+                await refuse(send, max_body)
+                return
+            await app(scope, receive, send)  # a bad length: Django's middleware answers 400
             return
         seen = 0
         exceeded = started = False
@@ -100,13 +115,6 @@ def limit_body(app: Any) -> Any:
 
         await app(scope, counted_receive, watched_send)
         if exceeded and not started:
-            body = json.dumps(
-                {"detail": f"request body larger than the {max_body} bytes allowed ([web] max_body_bytes)"}
-            ).encode()
-            await send({"type": "http.response.start", "status": 413, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ]})
-            await send({"type": "http.response.body", "body": body})
+            await refuse(send, max_body)
 
     return application

@@ -119,9 +119,10 @@ def _asgi(app, chunks: list[bytes], headers: list[tuple[bytes, bytes]]) -> tuple
     return start["status"], body, read
 
 
-def test_a_chunked_body_over_the_limit_is_a_json_413_and_is_not_read_to_its_end(web):
-    """A body sent without Content-Length: Django would spool all of it to disk before any
-    middleware runs; the ASGI wrapper stops reading once it passes the limit."""
+def test_a_body_over_the_limit_is_a_json_413_and_is_not_read_through_asgi(web):
+    """Django's ASGI handler spools the whole body to disk before any middleware runs: the
+    ASGI wrapper refuses a large Content-Length unread, and stops reading a chunked body (no
+    length) once it passes the limit."""
     import json
 
     from django.core.asgi import get_asgi_application
@@ -140,6 +141,10 @@ def test_a_chunked_body_over_the_limit_is_a_json_413_and_is_not_read_to_its_end(
         assert status == 400  # a small chunked body goes through to the API
         status, _, _ = _asgi(app, [b"{}"], [(b"content-length", b"2"), *token])
         assert status == 400
+        # a large announced length: refused before a byte of the body is read
+        status, body, read = _asgi(app, [b"x" * 1000] * 100, [(b"content-length", b"100000"), *token])
+        assert (status, read) == (413, 0)
+        assert "max_body_bytes" in json.loads(body)["detail"]
 
 
 def test_too_many_form_fields_is_a_json_400(web, client):
