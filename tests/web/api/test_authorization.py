@@ -20,6 +20,7 @@ import pytest
 
 from emlive.acquisition import Acquisition
 from emlive.io.png import write_png_atomic
+from tests.web.tilt_series_data import store_series
 
 ACQ = Acquisition(pixel_size_a=0.83, dose_per_frame_e_a2=1.0, voltage_kv=300.0)
 CALLERS = ("none", "bad", "other", "member", "staff")
@@ -62,6 +63,14 @@ GET  api/v1/sessions/<session_id>/exports/<name>           401 401 404 200 200
 POST api/v1/sessions/<session_id>/exports/<name>           405 405 405 405 405
 GET  api/v1/sessions/<session_id>/status                   401 401 404 200 200
 POST api/v1/sessions/<session_id>/status                   405 405 405 405 405
+GET  api/v1/sessions/<session_id>/tilt-series              401 401 404 200 200
+POST api/v1/sessions/<session_id>/tilt-series              405 405 405 405 405
+GET  api/v1/sessions/<session_id>/tilt-series/<series_id>  401 401 404 200 200
+POST api/v1/sessions/<session_id>/tilt-series/<series_id>  405 405 405 405 405
+GET  api/v1/sessions/<session_id>/tilt-series/<series_id>/montage.png        401 401 404 200 200
+POST api/v1/sessions/<session_id>/tilt-series/<series_id>/montage.png        405 405 405 405 405
+GET  api/v1/sessions/<session_id>/tilt-series/<series_id>/central-slice.png  401 401 404 200 200
+POST api/v1/sessions/<session_id>/tilt-series/<series_id>/central-slice.png  405 405 405 405 405
 GET  openapi.json                                          200 200 200 200 200
 POST openapi.json                                          405 405 405 405 405
 GET  <project_id>/<user>/sessions                          401 401 404 200 200
@@ -108,6 +117,12 @@ GET  dashboard/exposures/<int:exposure_id>/spectrum.png    302 302 404 200 200
 POST dashboard/exposures/<int:exposure_id>/spectrum.png    302 302 405 405 405
 GET  dashboard/exposures/<int:exposure_id>/step/<slug:step>/<slug:field>.png  302 302 404 200 200
 POST dashboard/exposures/<int:exposure_id>/step/<slug:step>/<slug:field>.png  302 302 405 405 405
+GET  dashboard/sessions/<int:session_id>/tilt-series/      302 302 404 200 200
+POST dashboard/sessions/<int:session_id>/tilt-series/      302 302 405 405 405
+GET  dashboard/tilt-series/<int:series_id>/                302 302 404 200 200
+POST dashboard/tilt-series/<int:series_id>/                302 302 405 405 405
+GET  dashboard/tilt-series/<int:series_id>/<slug:part>/    302 302 404 200 200
+POST dashboard/tilt-series/<int:series_id>/<slug:part>/    302 302 405 405 405
 GET  static/emlive/<str:name>                              200 200 200 200 200
 POST static/emlive/<str:name>                              405 405 405 405 405
 """
@@ -166,7 +181,8 @@ def test_every_route_of_the_url_configuration_has_expected_statuses(web):
 @pytest.fixture
 def facility(web_any, make_results, engines):
     """p1/ann/grid1 (ann's, stopped) with one exposure processed: motion, CTF, thumbnail, its
-    CTF diagnostic and the pick step's picture; p2/bob/secret (bob's). On SQLite, PostgreSQL
+    CTF diagnostic and the pick step's picture, and a tilt series done with its pictures;
+    p2/bob/secret (bob's). On SQLite, PostgreSQL
     and MariaDB (the filters that hide other projects are queries)."""
     from django.core.cache import cache
     from django.utils import timezone
@@ -195,17 +211,20 @@ def facility(web_any, make_results, engines):
         exposure=exposure, step="pick", engine="native", engine_version="1", finished_at=timezone.now(),
         result={"picks_png_path": str(pictures["pick"]), "n_particles": 3}, metrics={"n_particles": 3},
     )
-    return web, session, exposure
+    series = store_series(session, name="TS_01").series
+    return web, session, exposure, series
 
 
-def _url(route: str, session, exposure) -> str:
+def _url(route: str, session, exposure, series) -> str:
     """``route`` with its parameters filled in: the compatible routes name the session's
     folder, the others its id; a new parameter needs a value here."""
+    from emlive.web.dashboard.tilt_series import PARTS
+
     compat = route.startswith("<project_id>")
     values = {
         "project_id": "p1", "user": "ann", "session_id": "grid1" if compat else str(session.pk),
         "exposure_id": str(exposure.pk), "name": "htmx.min.js" if route.startswith("static/") else "micrographs_ctf.star",
-        "step": "pick", "field": "picks_png_path",
+        "step": "pick", "field": "picks_png_path", "series_id": str(series.pk), "part": PARTS[0],
     }
 
     def fill(match: re.Match[str]) -> str:
@@ -250,10 +269,10 @@ def _client(caller: str, route: str, facility_web):
 def test_the_authorization_matrix(facility):
     from emlive.db.models import Session
 
-    web, session, exposure = facility
+    web, session, exposure, series = facility
     wrong = []
     for route, methods in sorted(routes().items()):
-        url = _url(route, session, exposure)
+        url = _url(route, session, exposure, series)
         for method in sorted(methods):
             expected = EXPECTED[(method, route)]
             for caller, status in zip(CALLERS, expected, strict=True):
