@@ -18,6 +18,7 @@ import pytest
 from emlive.synth.session import write_session
 
 from .conftest import run_emlive
+from .runtime.test_slurm import slurm_env  # noqa: F401  (the Slurm tests' fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -123,3 +124,34 @@ def test_remote_inputs_are_refused_clearly(tmp_path):
     code = ("import emlive\ntry:\n    emlive.run('s3://bucket/raw', out=r'%s', acquisition={'pixel_size_a': 1, "
             "'dose_per_frame_e_a2': 1})\nexcept ValueError as err:\n    print(err)\n") % (tmp_path / "out")
     assert "remote inputs are not supported yet" in _python(code).stdout
+
+
+SLURM_RUN = """
+import sys
+import emlive
+
+def main():
+    out, jobs, name, *movies = sys.argv[1:]
+    frame = emlive.run(
+        movies, out=out, acquisition={"pixel_size_a": 1.0, "dose_per_frame_e_a2": 1.0},
+        cluster={"kind": "slurm", "n_workers": 1, "memory": "3GiB", "walltime": "00:10:00",
+                 "scheduler_host": "127.0.0.1", "log_directory": jobs, "job_extra_directives": [f"--job-name={name}"]},
+        settings={"watch": {"settle_s": 0}, "scheduler": {"retry_backoff_s": 0}},
+    )
+    print(len(frame), frame["motion.n_frames"].tolist())
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slurm
+def test_run_on_the_slurm_cluster(slurm_env, tmp_path):
+    write_session(tmp_path, n_movies=2, shape=(512, 512), n_frames=8, formats=("mrc",), seed=4, workers=1)
+    movies = sorted(str(p) for p in (tmp_path / "raw").iterdir())
+    name = f"emlive-run-{os.getpid()}"
+    done = subprocess.run([sys.executable, "-c", SLURM_RUN, tmp_path / "out", tmp_path / "jobs", name, *movies],
+                          capture_output=True, text=True, timeout=300, env=slurm_env | {"EMLIVE_CONFIG": ""})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "[8,", "8]"]
+    assert list((tmp_path / "jobs").glob("*.err")), "no Slurm job ran the work"

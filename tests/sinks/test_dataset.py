@@ -118,3 +118,27 @@ def test_a_rerun_copies_and_hashes_nothing_unchanged(processed, tmp_path):
 def test_a_folder_without_a_session_is_a_clear_error(tmp_path):
     done = run_emlive("dataset", tmp_path, "-o", tmp_path / "dest")
     assert done.returncode == 2 and "no emlive database here" in done.stderr
+
+
+def test_verify_reads_any_fsspec_file_system(dataset):
+    """The destination goes through fsspec: a copy in its in-memory file system verifies, and a
+    changed byte there is named."""
+    import fsspec
+
+    from emlive.sinks.dataset import DatasetError, verify_dataset
+
+    memory = fsspec.filesystem("memory")
+    root = f"/emlive-test-{os.getpid()}"
+    try:
+        for path in dataset.rglob("*"):
+            if path.is_file():
+                memory.pipe_file(f"{root}/{path.relative_to(dataset).as_posix()}", path.read_bytes())
+        assert verify_dataset(f"memory://{root}") == len((dataset / "SHA256SUMS").read_text().splitlines())
+        rel = pd.read_parquet(dataset / "manifest.parquet")["motion.star_path"].iloc[0]
+        data = bytearray(memory.cat_file(f"{root}/{rel}"))
+        data[0] ^= 0xFF
+        memory.pipe_file(f"{root}/{rel}", bytes(data))
+        with pytest.raises(DatasetError, match=f"{rel}: SHA-256 differs"):
+            verify_dataset(f"memory://{root}")
+    finally:
+        memory.rm(root, recursive=True)
