@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pandas as pd
@@ -113,6 +114,22 @@ def test_a_rerun_copies_and_hashes_nothing_unchanged(processed, tmp_path):
     touched = run_emlive("dataset", processed, "-o", dest, "--verify")
     assert touched.returncode == 0, touched.stderr
     assert "(0 copied, 1 hashed" in touched.stdout
+
+    # a micrograph rejected since (a curation threshold): its files leave the dataset
+    db = processed / "emlive.sqlite3"
+    drifts = pd.read_parquet(dest / "manifest.parquet")["motion.total_drift_a"].tolist()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE emlive_session SET curation_json = ?", (json.dumps({"max_total_drift_a": min(drifts)}),))
+    try:
+        fewer = run_emlive("dataset", processed, "-o", dest, "--verify")
+    finally:
+        with sqlite3.connect(db) as con:
+            con.execute("UPDATE emlive_session SET curation_json = '{}'")
+    assert fewer.returncode == 0, fewer.stderr
+    manifest = pd.read_parquet(dest / "manifest.parquet")
+    assert len(manifest) == 1 and "1 micrographs" in fewer.stdout
+    gone = "movie_0001" if manifest["exposure"].iloc[0] == "movie_0000.mrc" else "movie_0000"
+    assert not [p for p in dest.rglob(f"{gone}*")]
 
 
 def test_a_folder_without_a_session_is_a_clear_error(tmp_path):

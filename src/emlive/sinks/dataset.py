@@ -400,31 +400,29 @@ def write_dataset(
     steps = sorted({column.split(".", 1)[0] for column in table.columns if "." in column})
     sidecars = _sidecars(session, table, steps)
     manifest = table.copy()
-    for column in files:
-        relatives, sizes, digests = [], [], []
-        for value in table[column]:
-            if value is None or (isinstance(value, float) and np.isnan(value)) or not Path(value).is_file():
-                relatives.append(None), sizes.append(None), digests.append(None)
-                continue
-            rel = _relative(str(value), out_dir)
-            size, sha256 = writer.copy(Path(value), rel)
-            relatives.append(rel), sizes.append(size), digests.append(sha256)
+
+    def copied(column: str, paths: list[Path | None]) -> None:
+        """Copy ``paths`` (None: no file) and set ``column`` and its size and SHA-256 columns."""
+        relatives: list[str | None] = []
+        sizes: list[int | None] = []
+        digests: list[str | None] = []
+        for path in paths:
+            rel = None if path is None else _relative(str(path), out_dir)
+            size, sha256 = (None, None) if path is None or rel is None else writer.copy(path, rel)
+            relatives.append(rel)
+            sizes.append(size)
+            digests.append(sha256)
         manifest[column] = relatives
         manifest[f"{column}.size_bytes"] = pd.array(sizes, dtype="Int64")
         manifest[f"{column}.sha256"] = digests
+
+    for column in files:
+        copied(column, [Path(value) if isinstance(value, str) and Path(value).is_file() else None
+                        for value in table[column]])
     for step in steps:
-        column = f"{step}.sidecar_path"
-        values: list[str | None] = []
-        digests = []
-        for exposure in table["exposure"]:
-            path = dict(sidecars[exposure]).get(step)
-            if path is None:
-                values.append(None), digests.append(None)
-                continue
-            rel = _relative(str(path), out_dir)
-            _, sha256 = writer.copy(path, rel)
-            values.append(rel), digests.append(sha256)
-        manifest[column], manifest[f"{column}.sha256"] = values, digests
+        copied(f"{step}.sidecar_path", [dict(sidecars[exposure]).get(step) for exposure in table["exposure"]])
+    order = list(table.columns) + [f"{step}.sidecar_path" for step in steps]
+    manifest = manifest[[name for c in order for name in (c, f"{c}.size_bytes", f"{c}.sha256") if name in manifest]]
     exports = []
     for rel, data in _exports(session, out_dir):
         writer.write(data, f"exports/{rel}")

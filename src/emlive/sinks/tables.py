@@ -54,16 +54,19 @@ def micrograph_table(session: Session | int) -> pd.DataFrame:
     from emlive.db.models import StepResult
     from emlive.db.queries import accepted_exposures
 
-    exposures = list(accepted_exposures(session).values_list("id", "path", "size_bytes", "mtime_ns"))
+    accepted = accepted_exposures(session)
     rows: dict[int, dict[str, Any]] = {
-        pk: {"exposure": path, "movie_size_bytes": size, "movie_mtime_ns": mtime} for pk, path, size, mtime in exposures
+        pk: {"exposure": path, "movie_size_bytes": size, "movie_mtime_ns": mtime}
+        for pk, path, size, mtime in accepted.values_list("id", "path", "size_bytes", "mtime_ns").iterator(2000)
     }
-    results = StepResult.objects.filter(exposure_id__in=list(rows), state=StepResult.State.DONE).values_list(
-        "exposure_id", "step", "engine", "engine_version", "result"
-    )
+    results = StepResult.objects.filter(  # a subquery: no list of ids (SQLite limits a statement's parameters)
+        exposure__in=accepted.values("id"), state=StepResult.State.DONE
+    ).values_list("exposure_id", "step", "engine", "engine_version", "result")
     steps: set[str] = set()
     by_step: dict[int, dict[str, dict[str, Any]]] = {pk: {} for pk in rows}
     for exposure_id, step, engine, engine_version, result in results.iterator(chunk_size=2000):
+        if exposure_id not in by_step:  # accepted since the first read
+            continue
         steps.add(step)
         values: dict[str, Any] = {"engine": engine, "engine_version": engine_version}
         values |= {key: value for key, value in result.items() if isinstance(value, _SCALARS) or value is None}
