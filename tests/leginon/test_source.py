@@ -110,3 +110,20 @@ def test_project_databases(leginon_dbs: LeginonDatabases) -> None:
     assert leginon.appion_database(fake.project, leginon_dbs.project_id) == leginon_dbs.appion_db
     with pytest.raises(leginon.LeginonError, match="project 999 has no Appion database"):
         leginon.appion_database(fake.project, 999)
+
+
+def test_a_dropped_connection_is_reconnected(leginon_dbs: LeginonDatabases) -> None:
+    from emlive.appion.databases import Connections
+
+    fake = leginon_dbs.fake
+    session_id = fake.session("26jan02e")
+    names = {"leginon": leginon_dbs.leginon_db, "project": leginon_dbs.project_db, "appion": leginon_dbs.appion_db}
+    db = Connections(leginon_dbs.server, names, leginon.find_session(fake.leginon, session_id=session_id),
+                     leginon_dbs.project_id)
+    try:
+        with fake.project.cursor() as cursor:  # the server drops the command's Leginon connection
+            cursor.execute("KILL %s", (db.leginon.thread_id(),))
+        db.reconnect_if_lost()
+        assert leginon.find_session(db.leginon, "26jan02e").id == session_id
+    finally:
+        db.close()

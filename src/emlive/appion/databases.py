@@ -5,11 +5,14 @@ project's Appion database from the project database's ``processingdb`` table."""
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pymysql
 
 from emlive.config import LeginonSettings
 from emlive.sources.leginon import (
@@ -76,15 +79,44 @@ def find_databases(settings: LeginonSettings, *, paths: Sequence[Path] | None = 
 class Connections:
     """A run's open databases and its session."""
 
-    leginon: Any
-    project: Any
-    appion: Any
+    server: DatabaseServer
+    names: dict[str, str]  # "leginon", "project", "appion" → database name
     session: LeginonSession
     project_id: int
+    opened: dict[str, Any] = field(default_factory=dict)
+
+    def _conn(self, kind: str) -> Any:
+        if kind not in self.opened:
+            self.opened[kind] = self.server.connect(self.names[kind])
+        return self.opened[kind]
+
+    @property
+    def leginon(self) -> Any:
+        return self._conn("leginon")
+
+    @property
+    def project(self) -> Any:
+        return self._conn("project")
+
+    @property
+    def appion(self) -> Any:
+        return self._conn("appion")
+
+    def reconnect_if_lost(self) -> None:
+        """Open again a connection the server dropped (a command following a session for hours
+        outlives MySQL's ``wait_timeout``, and the server may restart)."""
+        for kind, conn in list(self.opened.items()):
+            try:
+                conn.ping(reconnect=False)
+            except pymysql.Error:
+                del self.opened[kind]
+                self._conn(kind)
 
     def close(self) -> None:
-        for conn in (self.leginon, self.project, self.appion):
-            conn.close()
+        for conn in self.opened.values():
+            with contextlib.suppress(pymysql.Error):
+                conn.close()
+        self.opened.clear()
 
 
 def connect(settings: LeginonSettings, *, session_name: str | None, session_id: int | None,
@@ -99,5 +131,5 @@ def connect(settings: LeginonSettings, *, session_name: str | None, session_id: 
         project_id = project_of_session(project, session)
         if project_id is None:
             raise ValueError(f"session {session.name} belongs to no project in {dbs.project_db}: give --projectid")
-    appion = dbs.server.connect(appion_database(project, project_id))
-    return Connections(leginon, project, appion, session, project_id)
+    names = {"leginon": dbs.leginon_db, "project": dbs.project_db, "appion": appion_database(project, project_id)}
+    return Connections(dbs.server, names, session, project_id, {"leginon": leginon, "project": project})

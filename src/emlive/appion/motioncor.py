@@ -111,6 +111,7 @@ def _loop(args: Namespace, settings: Any, motion: Any, rundir: Path, db: Connect
     skipped: set[int] = set()
 
     def pending(room: int, skip: set[int]) -> list[Task]:
+        db.reconnect_if_lost()
         ids = leginon.image_ids(db.leginon, db.session, args.preset, appion=db.appion, no_rejects=args.no_rejects)
         todo = [i for i in ids if i not in done and i not in skip and i not in skipped]
         tasks: list[Task] = []
