@@ -174,3 +174,36 @@ def _wait_for(predicate, *, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_following_stops_cleanly_on_sigterm(leginon_dbs: LeginonDatabases, tmp_path: Path) -> None:
+    """Without --no-wait the command follows the session; SIGTERM makes it store what is in
+    flight, set the job done and exit 0."""
+    fake = leginon_dbs.fake
+    truth = plan_session(n_movies=3, shape=(128, 128), n_frames=6, formats=("mrc", "tiff"), seed=23)
+    session_id = fake.session("26jan05b")
+    fake.calibrate(session_id, magnification=MAG, pixel_size_a=truth.pixel_size_a)
+    preset = fake.preset(session_id, "enn", magnification=MAG, total_dose_e_a2=6.0, shape=truth.shape)
+    fake.image(session_id, preset, "26jan05b_000_enn", truth, truth.movies[0], magnification=MAG)
+    leginon_dbs.sinedon_cfg(tmp_path)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "emlive.appion.motioncor", "--session=26jan05b", "--preset=enn",
+         f"--rundir={tmp_path / 'ddstack1'}", "--nproc=1"],
+        cwd=tmp_path, env=os.environ | {"EMLIVE_CONFIG": "", "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: count(fake.appion, "ApDDAlignImagePairData") == 1, timeout_s=300, what="the first image")
+        ids = [fake.image(session_id, preset, f"26jan05b_{m.index:03d}_enn", truth, m, magnification=MAG)
+               for m in truth.movies[1:]]
+        _wait_for(lambda: count(fake.appion, "ApDDAlignImagePairData") == 3, timeout_s=300, what="the images added")
+        assert count(fake.appion, "ApAppionJobData", "status = 'R'") == 1  # still following
+        follower.send_signal(signal.SIGTERM)
+        _, stderr = follower.communicate(timeout=120)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, stderr
+    assert count(fake.appion, "ApAppionJobData", "status = 'D'") == 1
+    assert set(_pairs_by_source(leginon_dbs)) >= set(ids)
