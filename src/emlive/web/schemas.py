@@ -376,7 +376,10 @@ class TiltSeriesSummary(Schema):
     excluded: list[ExcludedTilt]
     tilt_axis_nominal_deg: float | None = Field(description="Tilt axis angle from the mdoc, ° (from +y, counter-clockwise)")
     tilt_axis_refined_deg: float | None = Field(description="Tilt axis angle after alignment, °")
-    alignment_residual_px: float | None = Field(description="RMS alignment residual, px of the aligned stack")
+    alignment_residual_px: float | None = Field(
+        description="Alignment residual, px of the aligned stack (RMS; IMOD's engine: its mean); null until aligned "
+        "or when the engine reports none"
+    )
     pixel_size_a: float | None = Field(description="Pixel size of the aligned stack and tomogram, Å")
     tomogram_path: str | None = Field(description="The tomogram MRC; null until reconstructed")
     montage_url: str | None
