@@ -207,3 +207,21 @@ def test_following_stops_cleanly_on_sigterm(leginon_dbs: LeginonDatabases, tmp_p
     assert follower.returncode == 0, stderr
     assert count(fake.appion, "ApAppionJobData", "status = 'D'") == 1
     assert set(_pairs_by_source(leginon_dbs)) >= set(ids)
+
+
+@pytest.mark.slow
+def test_an_image_with_incomplete_rows_fails_alone(leginon_dbs: LeginonDatabases, tmp_path: Path) -> None:
+    fake = leginon_dbs.fake
+    truth = plan_session(n_movies=2, shape=(128, 128), n_frames=6, formats=("mrc",), seed=24)
+    session_id = fake.session("26jan05c")
+    fake.calibrate(session_id, magnification=MAG, pixel_size_a=truth.pixel_size_a)
+    preset = fake.preset(session_id, "enn", magnification=MAG, total_dose_e_a2=6.0, shape=truth.shape)
+    good = fake.image(session_id, preset, "26jan05c_000_enn", truth, truth.movies[0], magnification=MAG)
+    fake.image(session_id, preset, "26jan05c_001_enn", truth, truth.movies[1], magnification=59000)  # uncalibrated
+    leginon_dbs.sinedon_cfg(tmp_path)
+    done = appion_command("motioncor", "--session=26jan05c", "--preset=enn", f"--rundir={tmp_path / 'ddstack1'}",
+                          "--no-wait", "--nproc=1", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "no pixel size calibration for magnification 59000" in done.stderr
+    assert _pairs_by_source(leginon_dbs) == {good: 1}
+    assert count(fake.appion, "ApAppionJobData", "status = 'D'") == 1

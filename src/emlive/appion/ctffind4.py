@@ -25,7 +25,7 @@ from emlive.appion import flags
 from emlive.appion.command import EXIT_FAILED_IMAGES, configure_logging, run_main
 from emlive.appion.databases import Connections, connect
 from emlive.appion.loop import Task, cluster_settings, follow, run_lock, stop_on_signals
-from emlive.config import load_settings
+from emlive.config import Settings, load_settings
 from emlive.ctf.types import CtfParams, CtfResult
 from emlive.pipeline.params import step_params
 from emlive.pipeline.step import Inputs
@@ -83,7 +83,7 @@ def run(args: Namespace) -> int:
         db.close()
 
 
-def _loop(args: Namespace, settings: Any, base: CtfParams, rundir: Path, db: Connections) -> int:
+def _loop(args: Namespace, settings: Settings, base: CtfParams, rundir: Path, db: Connections) -> int:
     from emlive.runtime.cluster import ToolsPlugin, open_cluster, worker_count
 
     first = leginon.image_ids(db.leginon, db.session, args.preset)[:1]
@@ -107,17 +107,23 @@ def _loop(args: Namespace, settings: Any, base: CtfParams, rundir: Path, db: Con
     images: dict[int, leginon.LeginonImage] = {}
     missing: set[int] = set()
     skipped: set[int] = set()
+    unusable: dict[int, str] = {}
     out_dir = rundir / "opimages"
 
     def pending(room: int, skip: set[int]) -> list[Task]:
         db.reconnect_if_lost()
         ids = leginon.image_ids(db.leginon, db.session, args.preset, appion=db.appion, no_rejects=args.no_rejects)
-        todo = [i for i in ids if i not in done and i not in skip and i not in skipped]
+        todo = [i for i in ids if i not in done and i not in skip and i not in skipped and i not in unusable]
         tasks: list[Task] = []
         for image_id in reversed(todo) if args.reverse else todo:
             if len(tasks) >= room:
                 break
-            image = leginon.read_image(db.leginon, db.session, image_id)
+            try:
+                image = leginon.read_image(db.leginon, db.session, image_id)
+            except ValueError as err:  # this image's rows are incomplete: the others go on
+                log.error("image %d: %s", image_id, err)
+                unusable[image_id] = str(err)
+                continue
             if args.tiltangle != "all" and abs(image.tilt_deg) >= 1.0:
                 skipped.add(image_id)
                 continue
@@ -155,9 +161,10 @@ def _loop(args: Namespace, settings: Any, base: CtfParams, rundir: Path, db: Con
         )
     if job is not None:
         sink.finish_job(db.appion, job)
-    log.info("%d images done, %d failed%s", outcome.done, len(outcome.failed),
+    failed = len(outcome.failed) + len(unusable)
+    log.info("%d images done, %d failed%s", outcome.done, failed,
              f", {len(missing)} micrographs missing" if missing else "")
-    return EXIT_FAILED_IMAGES if outcome.failed else 0
+    return EXIT_FAILED_IMAGES if failed else 0
 
 
 def main(argv: list[str] | None = None) -> None:

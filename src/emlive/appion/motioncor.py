@@ -18,12 +18,14 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from emlive.acquisition import Acquisition
 from emlive.appion import flags
 from emlive.appion.command import EXIT_FAILED_IMAGES, configure_logging, run_main
 from emlive.appion.databases import Connections, connect
 from emlive.appion.loop import Task, cluster_settings, follow, run_lock, stop_on_signals
-from emlive.config import load_settings
+from emlive.config import Settings, load_settings
 from emlive.pipeline.exposure import ExposureResult, ExposureSpec, PipelineParams, process_exposure
 from emlive.pipeline.params import step_params
 from emlive.sinks import appion as sink
@@ -91,7 +93,7 @@ def run(args: Namespace) -> int:
         db.close()
 
 
-def _loop(args: Namespace, settings: Any, motion: Any, rundir: Path, db: Connections) -> int:
+def _loop(args: Namespace, settings: Settings, motion: BaseModel, rundir: Path, db: Connections) -> int:
     from emlive.pipeline.registry import registry
     from emlive.runtime.cluster import ToolsPlugin, open_cluster, worker_count
 
@@ -109,20 +111,27 @@ def _loop(args: Namespace, settings: Any, motion: Any, rundir: Path, db: Connect
     images: dict[int, leginon.LeginonImage] = {}
     waiting_for_frames: set[int] = set()
     skipped: set[int] = set()
+    unusable: dict[int, str] = {}
 
     def pending(room: int, skip: set[int]) -> list[Task]:
         db.reconnect_if_lost()
         ids = leginon.image_ids(db.leginon, db.session, args.preset, appion=db.appion, no_rejects=args.no_rejects)
-        todo = [i for i in ids if i not in done and i not in skip and i not in skipped]
+        todo = [i for i in ids if i not in done and i not in skip and i not in skipped and i not in unusable]
         tasks: list[Task] = []
         for image_id in reversed(todo) if args.reverse else todo:
             if len(tasks) >= room:
                 break
-            image = leginon.read_image(db.leginon, db.session, image_id)
+            try:
+                image = leginon.read_image(db.leginon, db.session, image_id)
+                acquisition = acquisition_of(image, args) if image.frames_path is not None else None
+            except ValueError as err:  # this image's rows are incomplete: the others go on
+                log.error("image %d: %s", image_id, err)
+                unusable[image_id] = str(err)
+                continue
             if not _tilt_ok(image, args.tiltangle):
                 skipped.add(image_id)
                 continue
-            if image.frames_path is None:
+            if acquisition is None:
                 if image_id not in waiting_for_frames:
                     log.info("%s: no frames in %s yet", image.filename, db.session.frame_path)
                 waiting_for_frames.add(image_id)
@@ -130,7 +139,7 @@ def _loop(args: Namespace, settings: Any, motion: Any, rundir: Path, db: Connect
             waiting_for_frames.discard(image_id)
             images[image_id] = image
             spec = ExposureSpec(movie_path=image.frames_path, name=image.filename, out_dir=rundir)
-            params = PipelineParams(acquisition=acquisition_of(image, args), steps={"motion": motion})
+            params = PipelineParams(acquisition=acquisition, steps={"motion": motion})
             tasks.append(Task(image_id, process_exposure, (spec, params)))
         return tasks
 
@@ -141,7 +150,7 @@ def _loop(args: Namespace, settings: Any, motion: Any, rundir: Path, db: Connect
         done.add(image_id)
         log.info("%s: aligned (%d frames)", image.filename, result.results["motion"].n_frames)
 
-    registry().step("motion").engine(motion.engine)  # an unknown engine fails here, before the cluster starts
+    registry().step("motion").engine(str(getattr(motion, "engine")))  # an unknown engine fails here, before the cluster starts
     stop = stop_on_signals()
     with open_cluster(settings.cluster) as cluster:
         cluster.client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
@@ -151,9 +160,10 @@ def _loop(args: Namespace, settings: Any, motion: Any, rundir: Path, db: Connect
         )
     if job is not None:
         sink.finish_job(db.appion, job)
-    log.info("%d images aligned, %d failed%s", outcome.done, len(outcome.failed),
+    failed = len(outcome.failed) + len(unusable)
+    log.info("%d images aligned, %d failed%s", outcome.done, failed,
              f", {len(waiting_for_frames)} still without frames" if waiting_for_frames else "")
-    return EXIT_FAILED_IMAGES if outcome.failed else 0
+    return EXIT_FAILED_IMAGES if failed else 0
 
 
 def main(argv: list[str] | None = None) -> None:
