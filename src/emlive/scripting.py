@@ -174,15 +174,24 @@ class SessionResults:
 
 
 def find_session(out: PathLike, *, settings: Settings) -> Session:
-    """The session processed into ``out`` (its database: ``settings.database_url``, else
-    ``out/emlive.sqlite3``); a clear error when there is none."""
+    """The session processed into ``out``, from its database: ``settings.database_url``, else
+    ``out/emlive.sqlite3`` (``emlive process``), else the service's
+    ``<data_root>/.emlive/emlive.sqlite3`` (``emlive serve``); a clear error when there is none."""
+    from emlive.db.setup import setup_database, sqlite_url
+
     out_dir = Path(out)
-    if settings.database_url is None and not (out_dir / "emlive.sqlite3").is_file():
+    service = settings.data_root.expanduser() / ".emlive" / "emlive.sqlite3"
+    if settings.database_url is not None:
+        setup_database(settings.database_url)
+    elif (out_dir / "emlive.sqlite3").is_file():
+        setup_database(sqlite_url(out_dir / "emlive.sqlite3"))
+    elif service.is_file():
+        setup_database(sqlite_url(service))
+    else:
         raise ValueError(
-            f"{out_dir}: no emlive database here (emlive.sqlite3); give the folder a session was processed "
-            "into (emlive process -o), or its database_url"
+            f"{out_dir}: no emlive database here (emlive.sqlite3) nor the service's ({service}); give the folder "
+            "a session was processed into (emlive process -o), or its database_url"
         )
-    _database(out_dir, settings)
     from emlive.db.models import Session, canonical_dir
 
     session = Session.objects.select_related("project").filter(out_dir=canonical_dir(out_dir)).order_by("-id").first()

@@ -159,3 +159,24 @@ def test_verify_reads_any_fsspec_file_system(dataset):
             verify_dataset(f"memory://{root}")
     finally:
         memory.rm(root, recursive=True)
+
+
+def test_a_session_of_the_service_is_found_in_its_database(tmp_path, monkeypatch):
+    """``emlive serve`` keeps its sessions in ``<data_root>/.emlive/emlive.sqlite3``: found there
+    when the output folder has no database of its own."""
+    from emlive.db.setup import sqlite_url
+    from emlive.synth.session import write_session
+
+    root = tmp_path / "facility"
+    (root / ".emlive").mkdir(parents=True)
+    write_session(tmp_path, n_movies=1, shape=(256, 256), n_frames=6, formats=("mrc",), seed=1, workers=1)
+    out = root / "p1" / "processed"
+    done = run_emlive("process", tmp_path / "raw", "-o", out, "--apix", "1.0", "--dose-per-frame", "1.0",
+                      "--settle-s", "0", "--workers", "1",
+                      "--database-url", sqlite_url(root / ".emlive" / "emlive.sqlite3"))
+    assert done.returncode == 0, done.stderr
+    assert not (out / "emlive.sqlite3").exists()
+    monkeypatch.setenv("EMLIVE_DATA_ROOT", str(root))
+    written = run_emlive("dataset", out, "-o", tmp_path / "dataset", "--verify")
+    assert written.returncode == 0, written.stderr
+    assert "1 micrographs" in written.stdout
