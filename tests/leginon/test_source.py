@@ -127,3 +127,14 @@ def test_a_dropped_connection_is_reconnected(leginon_dbs: LeginonDatabases) -> N
         assert leginon.find_session(db.leginon, "26jan02e").id == session_id
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(("choice", "kept"), [
+    ("all", [-40.0, -2.5, 0.01, 2.5, 40.0]), ("notilt", [-2.5, 0.01, 2.5]), ("hightilt", [-40.0, 40.0]),
+    ("lowtilt", [-2.5, 0.01, 2.5]), ("minustilt", [-40.0, -2.5]), ("plustilt", [2.5, 40.0]),
+])
+def test_tilt_choices_as_classic_appion(choice: str, kept: list[float]) -> None:
+    tilts = [-40.0, -2.5, 0.01, 2.5, 40.0]
+    assert [a for a in tilts if not leginon.skipped_for_tilt(a, choice)] == kept
+    with pytest.raises(ValueError, match="choose one of"):
+        leginon.skipped_for_tilt(0.0, "sideways")

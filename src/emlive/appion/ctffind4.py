@@ -124,7 +124,7 @@ def _loop(args: Namespace, settings: Settings, base: CtfParams, rundir: Path, db
                 log.error("image %d: %s", image_id, err)
                 unusable[image_id] = str(err)
                 continue
-            if args.tiltangle != "all" and abs(image.tilt_deg) >= 1.0:
+            if leginon.skipped_for_tilt(image.tilt_deg, args.tiltangle):
                 skipped.add(image_id)
                 continue
             if not image.image_path.is_file():

@@ -13,9 +13,10 @@ import argparse
 import logging
 import os
 
+from emlive.sources.leginon import TILT_CHOICES
+
 log = logging.getLogger(__name__)
 
-TILT_ANGLES = ("all", "notilt")
 
 
 def global_parser() -> argparse.ArgumentParser:
@@ -39,8 +40,8 @@ def global_parser() -> argparse.ArgumentParser:
         help="Also skip images rejected in Appion's assessment (hidden and trashed ones are always skipped)")
     add("--reverse", dest="reverse", default=False, action="store_true", help="Newest images first")
     add("--limit", dest="limit", type=int, help="Process at most this many images, then stop")
-    add("--tiltangle", dest="tiltangle", default="all", choices=TILT_ANGLES,
-        help="all, or notilt (|tilt| < 1°) images only")
+    add("--tiltangle", dest="tiltangle", default="all", choices=TILT_CHOICES,
+        help="Only images of this tilt: notilt (|a| <= 3°), hightilt (|a| >= 30°), lowtilt, minustilt, plustilt")
     add("--jobid", dest="jobid", type=int, default=0, help="ApAppionJobData id to set R while running, D when done")
     add("--jobtype", dest="jobtype", help="Job type recorded in ApAppionJobData")
     add("--nproc", dest="nproc", type=int, help="Dask worker processes on this machine (default: emlive's)")

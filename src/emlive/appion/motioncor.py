@@ -72,10 +72,6 @@ def acquisition_of(image: leginon.LeginonImage, args: Namespace) -> Acquisition:
     )
 
 
-def _tilt_ok(image: leginon.LeginonImage, tiltangle: str) -> bool:
-    return tiltangle == "all" or abs(image.tilt_deg) < 1.0
-
-
 def run(args: Namespace) -> int:
     if args.startframe != 0:
         raise ValueError("--ddstartframe other than 0 is not supported by emlive's engines")
@@ -128,7 +124,7 @@ def _loop(args: Namespace, settings: Settings, motion: BaseModel, rundir: Path, 
                 log.error("image %d: %s", image_id, err)
                 unusable[image_id] = str(err)
                 continue
-            if not _tilt_ok(image, args.tiltangle):
+            if leginon.skipped_for_tilt(image.tilt_deg, args.tiltangle):
                 skipped.add(image_id)
                 continue
             if acquisition is None:

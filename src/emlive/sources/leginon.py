@@ -202,6 +202,25 @@ def image_ids(
     return [image_id for image_id in ids if image_id not in skipped]
 
 
+TILT_CHOICES = ("all", "notilt", "hightilt", "lowtilt", "minustilt", "plustilt")
+
+
+def skipped_for_tilt(tilt_deg: float, choice: str) -> bool:
+    """Whether classic Appion's ``--tiltangle choice`` leaves out an image tilted by ``tilt_deg``
+    (its thresholds: notilt |a| ≤ 3°, hightilt |a| ≥ 30°, lowtilt |a| < 30°, minustilt a ≤ −2°,
+    plustilt a ≥ 2°; an untilted stage reads 0 ± a little)."""
+    if choice not in TILT_CHOICES:
+        raise ValueError(f"--tiltangle {choice!r}: choose one of {', '.join(TILT_CHOICES)}")
+    return {
+        "all": False,
+        "notilt": abs(tilt_deg) > 3.0,
+        "hightilt": abs(tilt_deg) < 30.0,
+        "lowtilt": abs(tilt_deg) >= 30.0,
+        "minustilt": tilt_deg > -2.0,
+        "plustilt": tilt_deg < 2.0,
+    }[choice]
+
+
 def newest_id(conn: pymysql.connections.Connection, session: LeginonSession) -> int:
     """The highest image id of the session so far (0 when it has none): a poll's mark."""
     rows = _rows(conn, "SELECT MAX(DEF_id) AS newest FROM AcquisitionImageData WHERE `REF|SessionData|session` = %s",
