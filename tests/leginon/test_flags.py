@@ -99,3 +99,13 @@ def test_runjob_takes_out_batch_flags_and_renders_the_template(tmp_path: Path) -
         runjob.render(job, template_dir=tmp_path, template="nope.j2")
     with pytest.raises(ValueError, match="no --rundir"):
         runjob.parse_job(["ctffind4.py", "--session=x"])
+
+
+def test_console_scripts_under_classic_names() -> None:
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    for name in ("makeDDAlignMotionCor2_UCSF.py", "ctffind4.py", "runJob.py"):
+        module, function = scripts[name].split(":")
+        assert callable(getattr(importlib.import_module(module), function))
