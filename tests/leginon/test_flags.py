@@ -109,3 +109,29 @@ def test_console_scripts_under_classic_names() -> None:
     for name in ("makeDDAlignMotionCor2_UCSF.py", "ctffind4.py", "runJob.py"):
         module, function = scripts[name].split(":")
         assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_cluster_from_dask_cluster_config_or_emlive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emlive.appion.loop import cluster_settings
+    from emlive.config import Settings
+
+    monkeypatch.delenv("DASK_CLUSTER_CONFIG", raising=False)
+    assert cluster_settings(Settings(), nproc=3).cluster.n_workers == 3
+    (tmp_path / "dask.toml").write_text('[cluster]\nkind = "slurm"\nqueue = "gpu"\nn_workers = 8\n')
+    monkeypatch.setenv("DASK_CLUSTER_CONFIG", str(tmp_path / "dask.toml"))
+    cluster = cluster_settings(Settings(), nproc=None, gpu_ids=[0, 1]).cluster
+    assert (cluster.kind, cluster.queue, cluster.n_workers, cluster.gpu_ids) == ("slurm", "gpu", 8, [0, 1])
+    (tmp_path / "dask.toml").write_text("kind = [")
+    with pytest.raises(ValueError, match="DASK_CLUSTER_CONFIG=.*cannot be read as TOML"):
+        cluster_settings(Settings(), nproc=None)
+
+
+def test_run_lock_refuses_a_second_holder(tmp_path: Path) -> None:
+    from emlive.appion.loop import RunLocked, run_lock
+
+    with run_lock(tmp_path / "run", "ctffind4.py"):
+        with pytest.raises(RunLocked, match=r"in use by another ctffind4.py \(pid \d+"):
+            with run_lock(tmp_path / "run", "ctffind4.py"):
+                pass
+    with run_lock(tmp_path / "run", "ctffind4.py"):  # freed when the first ended
+        pass
