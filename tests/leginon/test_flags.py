@@ -135,3 +135,33 @@ def test_run_lock_refuses_a_second_holder(tmp_path: Path) -> None:
                 pass
     with run_lock(tmp_path / "run", "ctffind4.py"):  # freed when the first ended
         pass
+
+
+def _square(x: int) -> int:
+    if x == 3:
+        raise ValueError("three is bad")
+    return x * x
+
+
+def test_follow_limit_failures_and_no_wait() -> None:
+    import threading
+
+    from distributed import Client
+
+    from emlive.appion.loop import Task, follow
+
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
+        stored: dict[int, int] = {}
+
+        def pending(room: int, skip: set[int]) -> list[Task]:
+            return [Task(i, _square, (i,)) for i in range(1, 7) if i not in stored and i not in skip][:room]
+
+        outcome = follow(client, pending=pending, store=stored.__setitem__, wait_for_new=False, limit=None,
+                         stop=threading.Event(), max_in_flight=2, poll_interval_s=0.05)
+        assert stored == {1: 1, 2: 4, 4: 16, 5: 25, 6: 36}
+        assert outcome.done == 5 and list(outcome.failed) == [3] and "three is bad" in outcome.failed[3]
+
+        stored.clear()
+        outcome = follow(client, pending=pending, store=stored.__setitem__, wait_for_new=True, limit=2,
+                         stop=threading.Event(), max_in_flight=4, poll_interval_s=0.05)
+        assert sorted(stored) == [1, 2] and outcome.done == 2  # --limit 2 ends even while following
