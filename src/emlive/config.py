@@ -70,7 +70,9 @@ class SchedulerSettings(BaseModel):
     retry_backoff_s: float = Field(10.0, ge=0.0, description="Wait before retry n: this × 2^(n-1)")
 
     max_in_flight: PositiveInt | None = Field(
-        None, description="Exposures submitted at once; default: twice the worker threads"
+        None,
+        description="Exposures submitted at once. Default: follows how long exposures take — twice the "
+        "worker threads for long ones, up to eight per thread (queued in chunks) for short ones",
     )
     max_attempts: PositiveInt = Field(3, description="Tries per exposure for transient failures")
     export_interval_s: float = Field(5.0, ge=0.0, description="Least time between export rewrites")
