@@ -118,3 +118,21 @@ def test_without_beads_patch_tracking_gets_close():
     assert result.method == "patches" and result.n_points >= 10
     assert abs(result.tilt_axis_deg - truth.tilt_axis_deg) < 1.0
     assert _rms(translation_gauge_removed(result.shifts_px, truth, keep)) < 1.5
+
+
+def test_without_gold_bead_tracking_falls_back_to_patches():
+    """A specimen with no beads (a lamella, say): asked for beads, the alignment tracks patches."""
+    from emlive.synth.tomo import phantom, project
+
+    angles = np.arange(-45.0, 46.0, 5.0)
+    volume = phantom((32, 240, 360), pixel_size_a=10.0, seed=4, gold_per_um2=0.0)
+    rng = np.random.default_rng(5)
+    shifts = rng.normal(0, 4, (angles.size, 2))
+    shifts[np.argmin(np.abs(angles))] = 0.0
+    stack = project(volume, angles, tilt_axis_deg=10.0, shifts_px=shifts, image_shape=(160, 160))
+    result = align_tilt_series(stack, angles, tilt_axis_deg=10.0, refine_axis=False, bead_diameter_px=10.0)
+    assert result.method == "patches"
+    keep = np.arange(angles.size)
+    error = result.shifts_px - shifts
+    assert np.all(np.isfinite(error)) and keep.size == angles.size
+    assert _rms(error - error.mean(axis=0)) < 1.5

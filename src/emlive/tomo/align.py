@@ -328,6 +328,15 @@ def _track_beads(
     return positions
 
 
+MIN_BEADS = 6
+
+
+def _well_seen(tracked: np.ndarray, n_kept: int) -> np.ndarray:
+    """(n, k) observations of points seen in at least a quarter of the kept tilts (and 3)."""
+    seen = np.all(np.isfinite(tracked), axis=2)
+    return seen & (seen.sum(axis=0, keepdims=True) >= max(3, n_kept // 4))
+
+
 def _solve(design: np.ndarray, rhs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted least squares through the (small) normal equations."""
     weighted = design * weights[:, None]
@@ -474,7 +483,8 @@ def align_tilt_series(
     the first pass's axis and shifts as the prediction. With ``bead_diameter_px`` gold beads
     (dark blobs of that size, up to ``max_beads`` standing ``min_bead_contrast`` σ above the
     background on the 0° tilt) are tracked instead of patches: true points, so the model fits
-    them to a fraction of a pixel. Finally the shifts are refined by ``projection_matching``
+    them to a fraction of a pixel; with fewer than ``MIN_BEADS`` (6) beads followed through a
+    quarter of the tilts, patches are tracked after all (``method`` says which). Finally the shifts are refined by ``projection_matching``
     rounds against leave-one-out reprojections of a tomogram ``thickness_px`` thick (default
     0.3 × the image side), on images binned by 2; 0 skips it. With ``centre_z`` the specimen's
     height is then set so that its content (the variance of a quick tomogram, slice by slice)
@@ -499,6 +509,7 @@ def align_tilt_series(
     patch_band = _band_pass((patch, patch), low_cut=1.0 / patch, high_cut=0.2)
 
     axis = float(tilt_axis_deg)
+    use_beads = bool(bead_diameter_px)
     t_axis = _coarse(
         images, angles, zero, pairs, tilt_axis_deg=axis, band=full_band,
         max_shift_px=max_shift_fraction * min(ny, nx),
@@ -509,20 +520,22 @@ def align_tilt_series(
     for _ in range(max(1, passes)):
         rot = rotation_matrix(axis)
         t_axis = shifts @ rot  # R^T s per tilt
-        if bead_diameter_px:
+        seen = np.zeros((n, 0), dtype=bool)
+        if use_beads:
             tracked = _track_beads(
                 images, angles, zero, pairs, t_axis,
                 tilt_axis_deg=axis, diameter_px=bead_diameter_px, max_beads=max_beads, min_contrast=min_bead_contrast,
             )
-        else:
+            seen = _well_seen(tracked, keep.size)
+            # too few beads (a lamella, beads off the field): patches instead
+            use_beads = int(np.any(seen, axis=0).sum()) >= MIN_BEADS
+        if not use_beads:
             tracked = _track_patches(
                 images, angles, zero, pairs, t_axis,
                 tilt_axis_deg=axis, patch_px=patch, min_peak=min_peak, band=patch_band,
             )
+            seen = _well_seen(tracked, keep.size)
         observed = tracked @ rot.T  # image positions from the centre
-        seen = np.all(np.isfinite(observed), axis=2)
-        # keep patches seen in at least a quarter of the tilts
-        seen &= seen.sum(axis=0, keepdims=True) >= max(3, keep.size // 4)
         weights = seen.astype(np.float64)
 
         def cost(alpha: float, w: np.ndarray) -> float:
@@ -530,7 +543,7 @@ def align_tilt_series(
             but the shift, whatever its height, while a patch's content across the axis is
             at many heights and follows no single point."""
             _, _, r = fit_projection_model(observed, angles, tilt_axis_deg=alpha, reference=zero, weights=w)
-            if bead_diameter_px:  # points: the whole residual
+            if use_beads:  # points: the whole residual
                 return _rms(r, w > 0)
             along = r @ rotation_matrix(alpha)[:, 1]
             return float(np.sqrt(np.mean(along[w > 0] ** 2)))
@@ -583,7 +596,7 @@ def align_tilt_series(
         residual_px=_rms(np.nan_to_num(residuals), mask),
         residual_per_tilt_px=per_tilt,
         n_points=int(np.any(mask, axis=0).sum()),
-        method="beads" if bead_diameter_px else "patches",
+        method="beads" if use_beads else "patches",
     )
 
 
