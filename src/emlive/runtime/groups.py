@@ -513,8 +513,9 @@ class SessionGroups:
         if entry.grown:
             entry.grown = False
             entry.state = store.set_tilt_series_state(entry.pk, "collecting").state
-        log.info("%s: tilt series %s %s: %d of %d tilts used, residual %.2f px, tilt axis %.2f° → %s (%s)",
-                 self.session, entry.name, state, len(result.used_z_values), len(spec.tilts), result.residual_px,
+        log.info("%s: tilt series %s %s: %d of %d tilts used, residual %s px, tilt axis %.2f° → %s (%s)",
+                 self.session, entry.name, state, len(result.used_z_values), len(spec.tilts),
+                 "?" if result.residual_px is None else f"{result.residual_px:.2f}",
                  result.tilt_axis_deg, result.tomogram_path,
                  ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
         return True

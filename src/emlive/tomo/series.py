@@ -68,7 +68,12 @@ class SeriesParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    engine: Literal["native"] = Field("native", description="Alignment and reconstruction engine")
+    engine: Literal["native", "aretomo2", "aretomo3", "imod"] = Field(
+        "native",
+        description="Alignment engine: native (cross-correlation with cosine stretching, axis refinement), AreTomo2/3 "
+        "(GPU) or IMOD's batchruntomo (patch tracking), as [tools.aretomo2|aretomo3|imod] configure them; the "
+        "tomogram is reconstructed natively (weighted back-projection) from the engine's alignment",
+    )
     target_pixel_size_a: PositiveFloat = Field(10.0, description="Pixel size the stack is binned to, Å")
     thickness_a: PositiveFloat = Field(3000.0, description="Thickness of the reconstructed volume, Å")
     refine_axis: bool = Field(True, description="Refine the tilt-axis angle during alignment")
@@ -142,7 +147,8 @@ class SeriesResult(BaseModel):
     engine_version: str
     pixel_size_a: float = Field(description="Pixel size of the stack and tomogram, Å")
     tilt_axis_deg: float = Field(description="Tilt axis angle used (refined when refine_axis), °")
-    residual_px: float = Field(description="RMS alignment residual, px of the stack")
+    residual_px: float | None = Field(description="Alignment residual, px of the stack (RMS; IMOD's mean; None: "
+                                      "the engine reports none)")
     shifts_px: dict[int, tuple[float, float]] = Field(description="Per used tilt (z value): (x, y) shift, px")
     residual_per_tilt_px: dict[int, float]
     exclusions: dict[int, str] = Field(description="Tilts left out (z value) and why")
@@ -315,23 +321,37 @@ def run_series(spec: SeriesSpec, params: SeriesParams) -> SeriesResult:
         stack = dose_weight(stack, np.array([t.pre_exposure_e_a2 for t in used]), pixel_size_a=pixel_size_a,
                             voltage_kv=spec.voltage_kv)
         lap("dose_weight")
-    alignment = align_tilt_series(stack, angles, tilt_axis_deg=spec.tilt_axis_deg, refine_axis=params.refine_axis)
-    lap("align")
     thickness_px = max(8, int(round(params.thickness_a / pixel_size_a)))
-    volume = back_project(stack, angles, tilt_axis_deg=alignment.tilt_axis_deg, shifts_px=alignment.shifts_px,
-                          thickness_px=thickness_px)
+    if params.engine == "native":
+        alignment = align_tilt_series(stack, angles, tilt_axis_deg=spec.tilt_axis_deg, refine_axis=params.refine_axis)
+        shifts, axis_deg = np.asarray(alignment.shifts_px), float(alignment.tilt_axis_deg)
+        residual_px: float | None = float(alignment.residual_px)
+        per_tilt = np.asarray(alignment.residual_per_tilt_px, dtype=np.float64)
+    else:
+        shifts, axis_deg, residual_px, dropped = _external_alignment(
+            spec, params, stack, angles, used, pixel_size_a=pixel_size_a, thickness_px=thickness_px
+        )
+        per_tilt = np.full(len(used), np.nan)
+        keep = [i for i in range(len(used)) if i not in dropped]
+        for i, reason in dropped.items():
+            exclusions[used[i].z_value] = reason
+        if len(keep) < 3:
+            raise ValueError(f"tilt series {spec.name}: {params.engine} aligned only {len(keep)} views; "
+                             "a tomogram needs at least 3")
+        used, stack, angles = [used[i] for i in keep], stack[keep], angles[keep]
+        shifts, per_tilt = shifts[keep], per_tilt[keep]
+    lap("align")
+    volume = back_project(stack, angles, tilt_axis_deg=axis_deg, shifts_px=shifts, thickness_px=thickness_px)
     lap("reconstruct")
     views = np.stack([read[t.z_value] for t in every])
-    paths = _write_outputs(spec, stack, angles, alignment.shifts_px, alignment.tilt_axis_deg, volume, pixel_size_a,
-                           views)
+    paths = _write_outputs(spec, stack, angles, shifts, axis_deg, volume, pixel_size_a, views)
     lap("write")
     z_used = tuple(t.z_value for t in used)
     result = SeriesResult(
         key=key, engine=params.engine, engine_version=_engine_version(), pixel_size_a=pixel_size_a,
-        tilt_axis_deg=float(alignment.tilt_axis_deg), residual_px=float(alignment.residual_px),
-        shifts_px={z: (float(s[0]), float(s[1])) for z, s in zip(z_used, alignment.shifts_px, strict=True)},
-        residual_per_tilt_px={z: float(r) for z, r in zip(z_used, alignment.residual_per_tilt_px, strict=True)
-                              if math.isfinite(r)},
+        tilt_axis_deg=axis_deg, residual_px=residual_px,
+        shifts_px={z: (float(s[0]), float(s[1])) for z, s in zip(z_used, shifts, strict=True)},
+        residual_per_tilt_px={z: float(r) for z, r in zip(z_used, per_tilt, strict=True) if math.isfinite(r)},
         exclusions=exclusions, used_z_values=z_used, tomogram_shape_zyx=tuple(int(n) for n in volume.shape),
         stack_size_xy=(int(stack.shape[2]), int(stack.shape[1])),
         micrograph_size_xy=prepared[used[0].z_value].source_size_xy,
@@ -341,6 +361,50 @@ def run_series(spec: SeriesSpec, params: SeriesParams) -> SeriesResult:
     )
     atomic_write_text(spec.sidecar_path, result.model_dump_json(indent=1))
     return result
+
+
+def _external_alignment(
+    spec: SeriesSpec,
+    params: SeriesParams,
+    stack: np.ndarray,
+    angles: np.ndarray,
+    used: Sequence[SeriesTilt],
+    *,
+    pixel_size_a: float,
+    thickness_px: int,
+) -> tuple[np.ndarray, float, float | None, dict[int, str]]:
+    """Align the (dose-weighted, binned, angle-sorted) stack with AreTomo2/3 or IMOD: shifts
+    (n, 2), the axis (their mean over views), the residual, and the views they dropped (stack
+    index → reason). Their own files stay in ``<out>/<engine>/``."""
+    from emlive.tomo import imod
+
+    work = spec.out_dir / params.engine
+    work.mkdir(parents=True, exist_ok=True)
+    source = imod.write_stack(work / f"{spec.name}_input.st", stack, pixel_size_a=pixel_size_a)
+    try:
+        if params.engine == "imod":
+            from emlive.tomo.imod_tools import ImodParams, align_imod
+
+            found = align_imod(source, angles, work, ImodParams(
+                pixel_size_a=pixel_size_a, tilt_axis_deg=spec.tilt_axis_deg, refine_tilt_axis=params.refine_axis,
+                reconstruct=False, thickness_px=thickness_px,
+            ), stem=spec.name)
+        else:
+            from emlive.tomo.aretomo import AreTomoParams, align_aretomo
+
+            order = np.argsort(np.argsort([t.pre_exposure_e_a2 for t in used], kind="stable"), kind="stable")
+            found = align_aretomo(source, angles, work, AreTomoParams(
+                pixel_size_a=pixel_size_a, tilt_axis_deg=spec.tilt_axis_deg, refine_tilt_axis=params.refine_axis,
+                align_z_px=thickness_px, vol_z_px=0, voltage_kv=spec.voltage_kv, cs_mm=spec.cs_mm,
+            ), program=params.engine, stem=spec.name, acquisition_order=order)
+    finally:
+        source.unlink(missing_ok=True)
+    dropped = {int(i): f"dropped by {params.engine}: {reason}" for i, reason in found.dropped}
+    shifts = np.asarray(found.shifts_px, dtype=np.float64)
+    dropped |= {i: f"{params.engine} gave it no alignment" for i in range(len(used))
+                if i not in dropped and not np.all(np.isfinite(shifts[i]))}
+    axis = float(np.nanmean(np.asarray(found.tilt_axis_deg, dtype=np.float64)))
+    return shifts, axis, found.residual_px, dropped
 
 
 def _write_outputs(
