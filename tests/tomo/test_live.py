@@ -2,8 +2,8 @@
 collects (a movie per tilt and a growing mdoc), then a killed controller restarted.
 
 TS_01: 21 tilts of 512² px movies (4 frames) in dose-symmetric order, two dark tilts and one
-movie truncated by its transfer. TS_02: 9 tilts, one section of its mdoc malformed and one
-movie that never comes. The acceptance: TS_01 done with a tomogram, the dark tilts and the
+movie truncated by its transfer. TS_02: 9 tilts, one section of its mdoc malformed, one movie
+that never comes, and SerialEM's own stack of the series beside its mdoc (not a movie). The acceptance: TS_01 done with a tomogram, the dark tilts and the
 truncated one left out with their reasons; TS_02 partial with the missing movie's reason and
 the mdoc's problem stored; RELION 5's STAR files read with ``starfile``; after SIGKILL and a
 restart nothing is recomputed.
@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import starfile
 
+from emlive.io.mrc import write_mrc_atomic
 from emlive.synth.tomo_session import collect, plan_collection
 
 from ..conftest import emlive_command
@@ -84,6 +85,8 @@ def test_tilt_series_are_grouped_aligned_reconstructed_and_exported_live(tmp_pat
         _wait_for(lambda: out.joinpath("emlive.sqlite3").exists(), timeout_s=120, what="the controller to start")
         # TS_02: all its tilts but one, then a malformed line in the mdoc's 3rd section
         list(collect(tmp_path, ts2, never=(4,)))
+        # SerialEM's own stack of the series' sums beside its mdoc: not a movie
+        write_mrc_atomic(raw / "TS_02.mrc", np.ones((7, 64, 64), dtype=np.int8), pixel_size_a=2.5)
         mdoc2 = raw / "TS_02.mrc.mdoc"
         text = mdoc2.read_text().split("[ZValue = 2]")
         angle_line = next(line for line in text[1].splitlines() if line.startswith("TiltAngle"))
@@ -123,6 +126,8 @@ def test_tilt_series_are_grouped_aligned_reconstructed_and_exported_live(tmp_pat
     assert f"its movie {missing} never came" in error2 and Path(tomogram2).is_file()
     assert any("never came" in e["reason"] for e in json.loads(excluded2))
     assert "ZValue 2" in watch_log and "line" in watch_log
+    assert "TS_02.mrc is SerialEM's stack of tilt series TS_02" in " ".join(watch_log.split())
+    assert _rows(db, "SELECT count(*) FROM emlive_exposure WHERE path = 'TS_02.mrc'") == [(0,)]
 
     # RELION 5: tomograms.star and one STAR per series, beside the single-particle exports
     exports = out / "exports"

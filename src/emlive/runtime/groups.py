@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -147,6 +148,7 @@ class SessionGroups:
     by_movie: dict[str, tuple[int, int]] = field(default_factory=dict)  # movie name -> (series pk, z)
     tilt_params: dict[str, PipelineParams] = field(default_factory=dict)  # movie name -> its params
     prepares: dict[Future, str] = field(default_factory=dict)
+    stacks: dict[Path, str] = field(default_factory=dict)  # SerialEM's own stacks beside mdocs -> series name
     next_scan_s: float = 0.0
     next_look_s: float = 0.0  # when the series are next looked at for completeness
     last_scan_s: float = float("-inf")
@@ -251,6 +253,9 @@ class SessionGroups:
             problems=mdoc.problems, n_tilts_expected=self.settings.tilts_per_series,
         )
         self.mdocs[str(path)] = stat
+        self.stacks[path.with_name(path.name[: -len(MDOC_SUFFIX)])] = row.name
+        if mdoc.header.image_file:
+            self.stacks[path.parent / re.split(r"[\\/]", mdoc.header.image_file)[-1]] = row.name
         entry = self.series.get(row.pk) or _Series(row.pk, row.name, path, row.state, now_s)
         self.series[row.pk] = entry
         entry.mdoc, entry.pre_exposure, entry.state = mdoc, pre, row.state
@@ -299,6 +304,19 @@ class SessionGroups:
             store.link_tilts(series_pk, links)
             log.info("%s: %d movies found before their mdoc section were processed as single-particle exposures "
                      "and are now tilts of their series", self.session, len(links))
+
+    def without_stacks(self, found: list[Any]) -> list[Any]:
+        """The movies found, less SerialEM's own tilt-series stacks (``TS_01.mrc`` beside
+        ``TS_01.mrc.mdoc``, or the mdoc's ``ImageFile``), which are not movies."""
+        kept = []
+        for item in found:
+            name = self.stacks.get(self.raw_dir / item.rel_path)
+            if name is None:
+                kept.append(item)
+            else:
+                log.info("%s: %s is SerialEM's stack of tilt series %s, not a movie: left alone", self.session,
+                         item.rel_path, name)
+        return kept
 
     # --- per tilt ----------------------------------------------------------------------------
 

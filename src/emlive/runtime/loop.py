@@ -229,6 +229,7 @@ class _Run:
             found = _poll(live, now_s=now_s, final=not self.watch)
             if live.groups is not None:
                 _poll_groups(live, now_s, found)
+                found = live.groups.without_stacks(found)
             if found:
                 events += _admit(live, found, self.specs, self.live_of, self.params_of)
                 live.changed = True
