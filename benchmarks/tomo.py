@@ -50,12 +50,16 @@ def make_data(data: Path, *, n_tilts: int, size: int, n_frames: int, interval_s:
     wanted = {"tilts": n_tilts, "size": size, "frames": n_frames}
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         return staging
-    shutil.rmtree(data, ignore_errors=True)
-    staging.mkdir(parents=True)
+    if (data / "making.json").exists() and json.loads((data / "making.json").read_text()) != wanted:
+        shutil.rmtree(data, ignore_errors=True)
+    staging.mkdir(parents=True, exist_ok=True)
+    (data / "making.json").write_text(json.dumps(wanted))
     started = time.perf_counter()
     plan = _plan(n_tilts, size, n_frames, interval_s)
     save_truth(data, plan)
     for i, name in enumerate(plan.movie_names):
+        if (staging / name).exists():  # made by an earlier, interrupted run (written atomically)
+            continue
         write_movie(staging / name, movie_counts(plan, i, workers=2))
         print(f"  made {name} ({i + 1}/{len(plan.movie_names)}, {time.perf_counter() - started:.0f} s)", flush=True)
     marker.write_text(json.dumps(wanted))

@@ -124,15 +124,18 @@ def plan_collection(
     )
 
 
-def upsample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A band-limited image on a finer grid ``shape`` by zero-padding its spectrum (same field)."""
+def upsample(image: np.ndarray, shape: tuple[int, int], *, workers: int | None = None) -> np.ndarray:
+    """A band-limited image on a finer grid ``shape`` by zero-padding its spectrum (same field).
+    float32; the Nyquist row and column of the coarse spectrum are dropped (they have no
+    unambiguous place on the finer grid)."""
     ny, nx = image.shape
-    spectrum = scipy.fft.fftshift(scipy.fft.fft2(image))
-    padded = np.zeros(shape, dtype=np.complex128)
-    y0, x0 = (shape[0] - ny) // 2, (shape[1] - nx) // 2
-    padded[y0 : y0 + ny, x0 : x0 + nx] = spectrum
+    spectrum = scipy.fft.rfft2(np.asarray(image, dtype=np.float32), workers=workers)
+    padded = np.zeros((shape[0], shape[1] // 2 + 1), dtype=np.complex64)
+    half_y, half_x = (ny - 1) // 2, (nx - 1) // 2
+    padded[: half_y + 1, : half_x + 1] = spectrum[: half_y + 1, : half_x + 1]
+    padded[-half_y:, : half_x + 1] = spectrum[-half_y:, : half_x + 1]
     scale = shape[0] * shape[1] / (ny * nx)
-    return (scipy.fft.ifft2(scipy.fft.ifftshift(padded)).real * scale).astype(np.float32)
+    return scipy.fft.irfft2(padded * np.float32(scale), s=shape, workers=workers).astype(np.float32)
 
 
 def movie_counts(plan: TomoCollection, tilt: int, *, workers: int | None = None) -> np.ndarray:
@@ -143,7 +146,7 @@ def movie_counts(plan: TomoCollection, tilt: int, *, workers: int | None = None)
     defocus = float(np.asarray(truth.defocus_a)[tilt])  # type: ignore[attr-defined]
     specimen = specimen_image(rng, plan.movie_shape, optics=optics, defocus_u_a=defocus, defocus_v_a=defocus * 0.98,
                               azimuth_deg=30.0, contrast=0.08, texture=0.0)
-    projection = upsample(plan.projections[tilt], plan.movie_shape)
+    projection = upsample(plan.projections[tilt], plan.movie_shape, workers=workers)
     expected = np.clip(specimen * (1.0 + plan.contrast * projection), 0.05, None)
     dose = plan.dose_per_tilt_e_a2 * (plan.dark_dose_fraction if tilt in tuple(truth.dark) else 1.0)  # type: ignore[attr-defined]
     per_frame_e_px = dose / plan.n_frames * plan.pixel_size_a**2
