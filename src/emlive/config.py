@@ -238,6 +238,11 @@ class TomoSettings(BaseModel):
         description="Tilt movies take pixel size, voltage and dose (ExposureDose / NumSubFrames per frame) from the "
         "mdoc where it gives them; false: the session's values",
     )
+    tilt_motion_patches: tuple[PositiveInt, PositiveInt] | None = Field(
+        (1, 1),
+        description="Motion-correction patches (x, y) of tilt movies: (1, 1) global alignment only, as RELION 5's "
+        "tomography tutorial does (a tilt's few e/Å² leave local motion to noise); None: the session's [motion] patches",
+    )
     series: SeriesParams = Field(SeriesParams(), description="The tilt-series step's parameters")
 
 

@@ -66,7 +66,7 @@ def _states(db: Path) -> dict[str, str]:
 
 
 def _process(raw: Path, out: Path, config: Path, *extra: str) -> list[str]:
-    return emlive_command("process", raw, "-o", out, "--apix", "2.5", "--dose-per-frame", "0.75", "--kv", "300",
+    return emlive_command("process", raw, "-o", out, "--apix", "2.5", "--dose-per-frame", "1.0", "--kv", "300",
                           "--settle-s", "1", "--workers", "2", "--config", config, *extra)
 
 
@@ -128,6 +128,14 @@ def test_tilt_series_are_grouped_aligned_reconstructed_and_exported_live(tmp_pat
     assert "ZValue 2" in watch_log and "line" in watch_log
     assert "TS_02.mrc is SerialEM's stack of tilt series TS_02" in " ".join(watch_log.split())
     assert _rows(db, "SELECT count(*) FROM emlive_exposure WHERE path = 'TS_02.mrc'") == [(0,)]
+
+    # a tilt's movie: the mdoc's dose (3 e/Å² over 4 frames, not the command line's 1.0 a frame),
+    # the dose before it in acquisition order, global motion only, no picking
+    sidecar = json.loads((out / "motion" / "frames" / "TS_01_003_-6.0.motion.json").read_text())
+    acquisition = sidecar["params"]["acquisition"]
+    assert (acquisition["dose_per_frame_e_a2"], acquisition["pre_exposure_e_a2"]) == (0.75, 9.0)
+    assert sidecar["params"]["motion"]["patches"] == [1, 1]
+    assert not (out / "pick").exists()
 
     # RELION 5: tomograms.star and one STAR per series, beside the single-particle exports
     exports = out / "exports"

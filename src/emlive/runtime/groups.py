@@ -321,8 +321,9 @@ class SessionGroups:
     # --- per tilt ----------------------------------------------------------------------------
 
     def params_for(self, rel_path: str) -> PipelineParams | None:
-        """A tilt movie's pipeline (the session's without picking, with the mdoc's acquisition
-        values); None for a movie no mdoc names."""
+        """A tilt movie's pipeline (the session's without picking, motion with
+        ``[tomo] tilt_motion_patches``, the mdoc's acquisition values); None for a movie no mdoc
+        names."""
         movie = PurePosixPath(rel_path).name
         if movie not in self.by_movie:
             return None
@@ -341,6 +342,9 @@ class SessionGroups:
         for name, step_params in self.params.steps.items():
             if name != "pick" and all(need in kept for need in steps[name].needs):
                 kept[name] = step_params
+        patches = self.settings.tilt_motion_patches
+        if patches is not None and "motion" in kept and hasattr(kept["motion"], "patches"):
+            kept["motion"] = kept["motion"].model_copy(update={"patches": tuple(patches)})
         params = PipelineParams(acquisition=acquisition, steps=kept)
         self.tilt_params[movie] = params
         return params
