@@ -22,7 +22,7 @@ BASE = dict(n_named=41, n_missing=0, n_unfinished=0, expected=None, since_last_s
         ({"expected": 41}, "complete"),  # the expected count reached: no need to wait
         ({"expected": 42}, "wait"),
         ({"n_unfinished": 1, "expected": 41}, "wait"),  # a tilt still in motion/CTF
-        ({"n_unfinished": 1, "final": True}, "wait"),
+        ({"n_unfinished": 1, "final": True}, "partial"),  # one-shot and idle: it will not be processed
         ({"final": True}, "complete"),  # one-shot run: nothing more will come
         ({"n_missing": 1, "since_last_s": 299.0}, "wait"),  # a named movie may still come
         ({"n_missing": 1, "since_last_s": 300.0}, "partial"),  # ... given up

@@ -76,10 +76,12 @@ def series_due(
     ``n_named``: tilts the mdoc names; ``n_missing``: of them, those whose movie has not come;
     ``n_unfinished``: those whose movie came and is not processed or failed yet;
     ``since_last_s``: seconds since the series last gained a tilt or a movie; ``final``: a
-    one-shot run with nothing more to come.
+    one-shot run with nothing more to come or to be processed (a tilt still unfinished then
+    counts as missing).
     """
-    if n_named == 0 or n_unfinished > 0:
+    if n_named == 0 or (n_unfinished > 0 and not final):
         return "wait"
+    n_missing += n_unfinished  # (final: nothing more will be processed)
     if n_missing == 0:
         if final or (expected is not None and n_named >= expected) or since_last_s >= settle_s:
             return "complete"
@@ -133,6 +135,7 @@ class _Series:
     spec: SeriesSpec | None = None
     due: Due = "wait"
     grown: bool = False  # gained tilts while its group step ran
+    n_named: int = 0
     failed_key: str = ""  # the inputs of a run that failed (not tried again until they change)
 
 
@@ -174,7 +177,8 @@ class SessionGroups:
             if state == "processing":
                 state = store.set_tilt_series_state(row, "complete").state
             last = row.last_tilt_at.timestamp() if row.last_tilt_at else time.time()
-            self.series[row.pk] = _Series(row.pk, row.name, Path(row.mdoc_path), state, last)
+            self.series[row.pk] = _Series(row.pk, row.name, Path(row.mdoc_path), state, last,
+                                          n_named=row.tilts.count())
 
     def poll(self, now_s: float, *, movies: Sequence[str] = ()) -> None:
         """Read the mdocs that are new or changed since last read, and record their series.
@@ -258,7 +262,7 @@ class SessionGroups:
             self.stacks[path.parent / re.split(r"[\\/]", mdoc.header.image_file)[-1]] = row.name
         entry = self.series.get(row.pk) or _Series(row.pk, row.name, path, row.state, now_s)
         self.series[row.pk] = entry
-        entry.mdoc, entry.pre_exposure, entry.state = mdoc, pre, row.state
+        entry.mdoc, entry.pre_exposure, entry.state, entry.n_named = mdoc, pre, row.state, len(rows)
         if new:
             entry.last_change_s = now_s
             entry.grown = entry.future is not None
@@ -487,6 +491,8 @@ class SessionGroups:
                           "after the series' last new tilt)")
             elif exposure.state == "failed":
                 reason = f"its movie failed: {exposure.fail_reason}"
+            elif exposure.state != "processed":
+                reason = f"its movie {t.movie_name} was not processed (it is {exposure.state})"
             elif hasattr(exposure, "motion"):
                 micrograph, drift = Path(exposure.motion.micrograph_path), exposure.motion.total_drift_a
                 if hasattr(exposure, "ctf"):
@@ -521,7 +527,8 @@ class SessionGroups:
                 entry.state = store.set_tilt_series_state(entry.pk, "collecting").state
             return False
         result: SeriesResult = future.result()
-        missing = [t for t in spec.tilts if t.micrograph_path is None and t.reason and "never came" in t.reason]
+        missing = [t for t in spec.tilts
+                   if t.micrograph_path is None and t.reason and ("never came" in t.reason or "not processed" in t.reason)]
         state = "partial" if missing else "done"
         error = "; ".join(f"tilt {t.z_value}: {t.reason}" for t in missing)
         row = store.store_tilt_series_result(
@@ -550,8 +557,7 @@ class SessionGroups:
     def pending(self) -> bool:
         """A series still to be processed (one-shot runs wait for it)."""
         return self.busy or any(
-            s.state in ("collecting", "complete", "processing") and (s.mdoc is None or s.mdoc.tilts)
-            for s in self.series.values()
+            s.state in ("collecting", "complete", "processing") and s.n_named > 0 for s in self.series.values()
         )
 
     def cancel(self) -> None:

@@ -272,7 +272,7 @@ class _Run:
         """Each session's tilt series: store finished group steps, submit those that are due."""
         for live in self.lives.values():
             if live.groups is not None and live.groups.turn(
-                self.cluster.client, now_s, final=not self.watch and live.watcher.unsettled == 0,
+                self.cluster.client, now_s, final=not self.watch and live.watcher.unsettled == 0 and self.state.idle,
                 stopping=self.state.stopping or live.dropped,
             ):
                 live.exports_dirty = live.changed = True
