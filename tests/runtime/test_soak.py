@@ -1,0 +1,62 @@
+"""The soak campaign, short: 200 movies through ``emlive serve`` on PostgreSQL while the service
+is SIGKILLed, workers are killed, PostgreSQL restarts, the output folder fills up and turns
+read-only (benchmarks/soak.py; docs/reliability.md has the full run). Nothing may be lost,
+duplicated, stuck or left half-written."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ..conftest import skip_or_fail
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+SOAK = Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
+POSTGRES_URL = os.environ.get("EMLIVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def test_200_movies_through_8_faults_lose_and_duplicate_nothing():
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=5).close()
+    except psycopg.OperationalError as err:
+        skip_or_fail(f"PostgreSQL is not reachable at {POSTGRES_URL}: {err}")
+    if os.geteuid() != 0 or shutil.which("pg_ctlcluster") is None:
+        skip_or_fail("the soak needs root (a tmpfs output folder, read-only remounts) and pg_ctlcluster to restart PostgreSQL")
+    env = os.environ | {"EMLIVE_TEST_POSTGRES_URL": POSTGRES_URL, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        run = subprocess.run(
+            [sys.executable, str(SOAK), "--movies", "200", "--faults", "8", "--seed", "16", "--rate", "2",
+             "--workers", "2", "--bound-s", "240"],
+            capture_output=True, text=True, timeout=900, env=env,
+        )
+    finally:
+        _reconnect_after_the_restart()
+    last = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+    report = run.stdout[-6000:] + run.stderr[-3000:]
+    assert re.fullmatch(
+        r"lost 0, duplicated 0, stuck 0, faults 8, movies 200, recovery p50 [\d.]+ s max [\d.]+ s, extra work [\d.]+ %", last
+    ), report
+    assert run.returncode == 0, report  # and no half-written file left
+    for kind in ("service", "worker", "postgres", "disk-full", "read-only"):
+        assert re.search(rf"^\s*[\d.]+\s+{kind}\s", run.stdout, re.M), f"no {kind} fault struck:\n{report}"
+
+
+def _reconnect_after_the_restart() -> None:
+    """PostgreSQL was restarted: this process's Django connections (other tests') are dead."""
+    from django.conf import settings
+    from django.db import Error, connections
+
+    if settings.configured:
+        for connection in connections.all(initialized_only=True):
+            try:
+                connection.close()
+            except Error:  # already broken by the restart: closing it is all that was needed
+                pass
