@@ -216,7 +216,7 @@ def _wait_group_gone(pgid: int, timeout_s: float = 30.0) -> None:
 def plan_faults(rng: random.Random, n_faults: int, *, span_s: float, kinds: list[str]) -> list[Fault]:
     """``n_faults`` faults at random moments in ``span_s`` (at least 4 s apart): two thirds
     service kills, the rest cycling through the other ``kinds``."""
-    others = [k for k in ("worker", "postgres", "disk-full", "read-only", "slurm", "worker") if k in kinds]
+    others = [k for k in ("worker", "slurm", "postgres", "disk-full", "read-only", "worker", "slurm") if k in kinds]
     n_other = min(max(min(n_faults - 1, len(set(others))), n_faults // 3), n_faults) if others else 0
     chosen = ["service"] * (n_faults - n_other) + [others[i % len(others)] for i in range(n_other)]
     rng.shuffle(chosen)

@@ -94,6 +94,15 @@ def jobqueue_options(settings: ClusterSettings) -> dict[str, object]:
     return {key: value for key, value in options.items() if value is not None}
 
 
+def import_batch_system(settings: ClusterSettings) -> None:
+    """Import dask-jobqueue now when a batch system is configured. Its import sets a SIGINT
+    handler, which only the main thread may do: a service that opens the cluster in its
+    controller's thread (``emlive serve``) imports it first, in the main thread (its own signal
+    handlers, set afterwards, win)."""
+    if settings.kind not in ("local", "address"):
+        import dask_jobqueue  # noqa: F401
+
+
 def _jobqueue_class(kind: str) -> type:
     import dask_jobqueue
 

@@ -39,6 +39,7 @@ from emlive.db.setup import configure_django, redact_url, setup_database, sqlite
 from emlive.pipeline.exposure import PipelineParams
 from emlive.pipeline.params import pipeline_params as planned_params
 from emlive.runtime.loop import StopSignals
+from emlive.runtime.cluster import import_batch_system
 from emlive.web import notify
 
 if TYPE_CHECKING:  # Django models can be imported only once the database is set up
@@ -211,6 +212,7 @@ class Service:
         )
         server = _server(config)
         self._server = server
+        import_batch_system(settings.cluster)  # here, in the main thread: the controller's opens the cluster
         threads = [
             threading.Thread(target=self._controller, name="emlive-controller", daemon=True),
             threading.Thread(target=self._notifications, name="emlive-notify", daemon=True),
