@@ -99,7 +99,7 @@ class Soak:
         log = open(self.log_path, "ab")
         self.service = subprocess.Popen(
             [sys.executable, "-m", "emlive", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root,
         )
         log.close()
 
@@ -192,8 +192,10 @@ class Soak:
                 time.sleep(FAULT_HOLD_S)
                 subprocess.run(["mount", "-o", "remount,rw", str(self.processed)], check=True)
             case "slurm":
-                jobs = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "dask-worker"], capture_output=True, text=True)
-                if ids := jobs.stdout.split():
+                jobs = subprocess.run(["squeue", "-h", "-o", "%i %Z", "-t", "RUNNING"], capture_output=True, text=True)
+                ids = [job for job, folder in (line.split(None, 1) for line in jobs.stdout.splitlines())
+                       if Path(folder) == self.root]  # this service's (it runs in the soak's folder), no one else's
+                if ids:
                     job = random.Random(fault.at_s).choice(ids)
                     subprocess.run(["scancel", job], check=True)
                     fault.note = f"job {job}"
