@@ -246,6 +246,18 @@ class TomoSettings(BaseModel):
     series: SeriesParams = Field(SeriesParams(), description="The tilt-series step's parameters")
 
 
+class RemoteSettings(BaseModel):
+    """Movies or outputs at a URL (``s3://…``; docs/remote.md): where their local copies live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cache_dir: Path = Field(
+        Path("~/.cache/emlive/remote"),
+        description="Local working copies of remote output folders (results, database) and, under scratch/, the "
+        "movies being processed (one per worker thread at most, deleted once processed)",
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable; see the module docstring for where values come from."""
 
@@ -278,6 +290,7 @@ class Settings(BaseSettings):
     tools: ToolsSettings = ToolsSettings()
     leginon: LeginonSettings = LeginonSettings()
     tomo: TomoSettings = TomoSettings()
+    remote: RemoteSettings = RemoteSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -289,8 +289,8 @@ def ctf(
 
 @app.command()
 def process(
-    raw_dir: Annotated[Path, typer.Argument(help="Folder the microscope writes movies to")],
-    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder (results, database, exports)")],
+    raw_dir: Annotated[str, typer.Argument(help="Folder the microscope writes movies to, or a URL (s3://…)")],
+    out_dir: Annotated[str, typer.Option("-o", "--out", help="Output folder (results, database, exports), or a URL")],
     apix: Apix,
     dose_per_frame: Dose,
     kv: Kv = 300.0,
@@ -345,10 +345,18 @@ def process(
         picking = settings.steps.get("pick", {}) | {"diameter_a": particle_diameter}
         settings = settings.model_copy(update={"steps": settings.steps | {"pick": picking}})
     params = _pipeline(acq, settings, steps)
-    if not raw_dir.is_dir():
-        raise _fail(f"{raw_dir}: no such folder; give the folder the movies are written to")
+    from emlive.remote.session import plan_remote
+
+    try:  # movies or outputs at a URL: checked, and given local folders (docs/remote.md)
+        remote = plan_remote(raw_dir, out_dir, settings.remote.cache_dir)
+    except (ValueError, OSError) as err:
+        raise _fail(str(err)) from None
+    raw, out_folder = (remote.raw_dir, remote.out_dir) if remote is not None else (Path(raw_dir), Path(out_dir))
+    if not raw.is_dir():
+        raise _fail(f"{raw}: no such folder; give the folder the movies are written to")
     try:
-        session = run_with_progress(raw_dir, out_dir, params, settings, watch=watch, signals=_install_signal_handlers())
+        session = run_with_progress(raw, out_folder, params, settings, watch=watch, signals=_install_signal_handlers(),
+                                    remote=remote)
     except ValueError as err:  # a bad database URL, or a session recorded with other parameters
         raise _fail(str(err)) from None
     print_exposures(out, session)

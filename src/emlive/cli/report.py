@@ -18,6 +18,7 @@ from emlive.synth.session import SessionTruth
 
 if TYPE_CHECKING:  # Django models can be imported only once the database is set up
     from emlive.db.models import Exposure, Session
+    from emlive.remote.session import RemoteRun
 
 # The demo's own acceptance: what "matches the ground truth" means.
 MAX_SHIFT_RMSD_PX = 0.5
@@ -25,9 +26,11 @@ MAX_DEFOCUS_ERROR = 0.02
 
 
 def run_with_progress(
-    raw_dir: Path, out_dir: Path, params: PipelineParams, settings: Settings, *, watch: bool, signals: StopSignals
+    raw_dir: Path, out_dir: Path, params: PipelineParams, settings: Settings, *, watch: bool, signals: StopSignals,
+    remote: RemoteRun | None = None,
 ) -> Session:
-    """Open the session's database, run it with a progress bar, return the session."""
+    """Open the session's database, run it with a progress bar, return the session. ``remote``:
+    its movies or outputs are URLs (``raw_dir`` and ``out_dir`` are then its local folders)."""
     session = prepare_session(raw_dir, out_dir, params, settings)  # as emlive.run does
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -40,8 +43,15 @@ def run_with_progress(
             done = counts.get("processed", 0) + counts.get("failed", 0)
             detail = f"{counts.get('failed', 0)} failed" if counts.get("failed") else ""
             progress.update(task, total=sum(counts.values()), completed=done, detail=detail)
+            if remote is not None:
+                remote.mirror_exports()
 
-        run_session(session, params, settings, watch=watch, signals=signals, on_change=on_change)
+        if remote is None:
+            run_session(session, params, settings, watch=watch, signals=signals, on_change=on_change)
+        else:
+            run_session(session, params, settings, watch=watch, signals=signals, on_change=on_change,
+                        task=remote.task, watcher_of=remote.watcher_of if remote.raw is not None else None)
+            remote.mirror_exports(force=True)
     return session
 
 

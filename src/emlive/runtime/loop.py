@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distributed import Client, Future
 
@@ -94,13 +94,14 @@ def run_session(
     cluster: Cluster | None = None,
     on_change: Callable[[dict[str, int]], None] | None = None,
     task: Callable[[ExposureSpec, PipelineParams], ExposureResult] = process_exposure,
+    watcher_of: Callable[[Session], Any] | None = None,
 ) -> dict[str, int]:
     """Process one session's raw folder: once over what is there, or until stopped (``watch``).
 
     Returns the exposure counts by state. See :func:`run_sessions`.
     """
     counts = run_sessions(
-        [(session, params)], settings, watch=watch, signals=signals, cluster=cluster, task=task,
+        [(session, params)], settings, watch=watch, signals=signals, cluster=cluster, task=task, watcher_of=watcher_of,
         on_change=None if on_change is None else lambda _session, counts: on_change(counts),
     )
     return counts[session.pk]
@@ -152,6 +153,7 @@ class _Run:
     task_s: float | None = None  # a typical task's seconds, from how fast they end (moving average)
     ends_since_s: float | None = None  # since when (monotonic) ``ends`` tasks ended, every worker thread busy
     ends: int = 0
+    watcher_of: Callable[[Session], Any] | None = None  # what finds a session's movies (None: a folder watcher)
 
     # --- sessions taken up and let go ------------------------------------------------------
 
@@ -166,7 +168,7 @@ class _Run:
             log.error("%s cannot be processed: %s", session, err)
             self.refused.add(session.pk)
             return
-        watcher = new_watcher(
+        watcher = self.watcher_of(session) if self.watcher_of is not None else new_watcher(
             Path(session.raw_dir),
             settle_s=self.settings.watch.settle_s,
             incomplete_timeout_s=self.settings.watch.incomplete_timeout_s,
@@ -376,12 +378,14 @@ def run_sessions(
     task: Callable[[ExposureSpec, PipelineParams], ExposureResult] = process_exposure,
     follow: SessionSource | None = None,
     follow_interval_s: float = FOLLOW_INTERVAL_S,
+    watcher_of: Callable[[Session], Any] | None = None,
 ) -> dict[int, dict[str, int]]:
     """Process several sessions on one cluster, sharing its workers fairly between them.
 
     Returns each session's exposure counts by state, by session id. ``cluster`` defaults to the
-    configured one; ``task`` is what workers run per exposure (another function only to
-    measure the controller itself).
+    configured one; ``task`` is what workers run per exposure (another function to measure the
+    controller itself, or to stage remote movies: emlive.remote); ``watcher_of``: what finds a
+    session's movies instead of a watcher of its raw folder (an object-store listing).
 
     ``follow`` (a service; needs ``watch`` and no ``sessions``): the sessions processed are
     those ``follow()`` returns, asked again every ``follow_interval_s``. A session that appears
@@ -402,7 +406,7 @@ def run_sessions(
         with open_cluster(settings.cluster) as own:
             return run_sessions(
                 sessions, settings, watch=watch, signals=signals, cluster=own, on_change=on_change, task=task,
-                follow=follow, follow_interval_s=follow_interval_s,
+                follow=follow, follow_interval_s=follow_interval_s, watcher_of=watcher_of,
             )
     from django.db import close_old_connections, transaction
 
@@ -412,6 +416,7 @@ def run_sessions(
         settings=settings, cluster=cluster, watch=watch, follow=follow, task=task, on_change=on_change,
         state=_controller_state(settings, cluster), tasks=_Tasks(cluster.client), follow_interval_s=follow_interval_s,
         slots=None if settings.scheduler.max_in_flight else worker_count(settings.cluster) * cluster.threads_per_worker,
+        watcher_of=watcher_of,
     )
     upkeep = _Upkeep(settings, cluster)
     for session, params in sessions:

@@ -126,6 +126,10 @@ def _is_movie(name: str) -> bool:
     return name.lower().endswith(MOVIE_SUFFIXES) and not (name[:1] == "." and is_temporary_name(name))
 
 
+is_movie_name = _is_movie
+"""Whether a file name is a movie's (a movie suffix, and not a temporary name)."""
+
+
 @dataclass
 class _Folder:
     mtime_ns: int
