@@ -104,7 +104,7 @@ def test_watch_upload_kill_restart_same_as_local(s3: S3, tmp_path: Path) -> None
 
 def test_missing_bucket_is_a_clear_error(s3: S3, tmp_path: Path) -> None:
     done = run_emlive("process", "s3://no-such-bucket/session/raw", "-o", tmp_path / "out", *PROCESS)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "s3://no-such-bucket/session/raw" in done.stderr and "does not exist" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()  # nothing was started
 
@@ -112,12 +112,12 @@ def test_missing_bucket_is_a_clear_error(s3: S3, tmp_path: Path) -> None:
 def test_bad_credentials_are_a_clear_error(s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-emlive")
     done = run_emlive("process", RAW, "-o", OUT, *PROCESS)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert RAW in done.stderr and "access denied" in done.stderr and "AWS_SECRET_ACCESS_KEY" in done.stderr, done.stderr
     assert "wrong-secret-emlive" not in done.stdout + done.stderr
 
 
 def test_credentials_in_the_url_are_refused(s3: S3, tmp_path: Path) -> None:
     done = run_emlive("process", "s3://key:hunter2secret@bucket/session/raw", "-o", tmp_path / "out", *PROCESS)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "credentials in the URL are refused" in done.stderr and "hunter2secret" not in done.stdout + done.stderr
