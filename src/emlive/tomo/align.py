@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+import scipy.linalg
 import scipy.ndimage
 import scipy.optimize
 import scipy.sparse
@@ -173,12 +174,13 @@ def _track_patches(
     patch_px: int,
     min_peak: float,
     band: np.ndarray,
+    patch_spacing: float = 0.75,
 ) -> np.ndarray:
-    """Tracked axis-frame positions (n, k, 2) of a patch grid (NaN where not tracked)."""
+    """Tracked axis-frame positions (n, k, 2) of a patch grid, ``patch_spacing`` patches apart (NaN where not tracked)."""
     n, ny, nx = images.shape
     cos = np.cos(np.deg2rad(angles))
     rot = rotation_matrix(tilt_axis_deg)
-    spacing = 0.75 * patch_px
+    spacing = patch_spacing * patch_px
     reach = 0.5 * min(ny, nx) - 0.75 * patch_px
     grid = np.arange(-np.floor(reach / spacing), np.floor(reach / spacing) + 1) * spacing
     gu, gv = np.meshgrid(grid, grid)
@@ -338,11 +340,18 @@ def _well_seen(tracked: np.ndarray, n_kept: int) -> np.ndarray:
 
 
 def _solve(design: np.ndarray, rhs: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted least squares through the (small) normal equations."""
-    weighted = design * weights[:, None]
-    normal = weighted.T @ design
-    solution, *_ = np.linalg.lstsq(normal, weighted.T @ rhs, rcond=None)
-    return solution
+    """Weighted least squares through the (small) normal equations.
+
+    The design has a few non-zeros per row, so the normal matrix is made sparse; a ridge of
+    1e-13 of its largest diagonal element keeps it positive definite.
+    """
+    sparse = scipy.sparse.csr_matrix(design)
+    weighted = scipy.sparse.diags(weights) @ sparse
+    normal = (sparse.T @ weighted).toarray()
+    diagonal = np.diag(normal).copy()
+    normal[np.diag_indices_from(normal)] += 1e-13 * max(float(diagonal.max()), 1.0) + (diagonal == 0)
+    # Cholesky: also fast where a busy machine makes threaded LAPACK solvers crawl
+    return scipy.linalg.cho_solve(scipy.linalg.cho_factor(normal), weighted.T @ rhs)
 
 
 def fit_projection_model(
@@ -463,6 +472,7 @@ def align_tilt_series(
     refine_axis: bool = True,
     max_axis_change_deg: float = 6.0,
     patch_px: int | None = None,
+    patch_spacing: float = 0.75,
     max_shift_fraction: float = 0.25,
     min_peak: float = 0.15,
     passes: int = 2,
@@ -532,7 +542,7 @@ def align_tilt_series(
         if not use_beads:
             tracked = _track_patches(
                 images, angles, zero, pairs, t_axis,
-                tilt_axis_deg=axis, patch_px=patch, min_peak=min_peak, band=patch_band,
+                tilt_axis_deg=axis, patch_px=patch, min_peak=min_peak, band=patch_band, patch_spacing=patch_spacing,
             )
             seen = _well_seen(tracked, keep.size)
         observed = tracked @ rot.T  # image positions from the centre
