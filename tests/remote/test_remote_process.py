@@ -41,6 +41,11 @@ def _objects(s3: S3, prefix: str) -> dict[str, tuple[str, object]]:
     return {item["Key"]: (item["ETag"], item["LastModified"]) for item in listing}
 
 
+def _no_change_but_exports(s3: S3, before: dict[str, tuple[str, object]]) -> bool:
+    now = _objects(s3, "session/processed/")
+    return now.keys() == before.keys() and all(now[k] == v for k, v in before.items() if "/exports/" not in k)
+
+
 def _wait(predicate, what: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -96,10 +101,18 @@ def test_watch_upload_kill_restart_same_as_local(s3: S3, tmp_path: Path) -> None
     assert any(k.startswith("session/processed/exports/") for k in after)
     assert _results(_working_db(cache)) == expected
 
+    assert not [p for p in (cache / "scratch").rglob("*") if p.is_file()]  # the staged movies were deleted
+
+    # and a restart with the working copy kept: nothing computed, uploaded or downloaded again
+    third = run_emlive("process", RAW, "-o", OUT, *PROCESS)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert _no_change_but_exports(s3, after)  # (the exports are rewritten by each run)
+    assert _results(_working_db(cache)) == expected
+
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
     for db in [_working_db(cache), *(tmp_path / "old-cache").glob("*/bucket/session/processed/emlive.sqlite3")]:
         assert secret.encode() not in db.read_bytes()
-    assert secret not in log_path.read_text() + again.stdout + again.stderr
+    assert secret not in log_path.read_text() + again.stdout + again.stderr + third.stdout + third.stderr
 
 
 def test_missing_bucket_is_a_clear_error(s3: S3, tmp_path: Path) -> None:
