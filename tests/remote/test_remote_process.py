@@ -134,3 +134,23 @@ def test_credentials_in_the_url_are_refused(s3: S3, tmp_path: Path) -> None:
     done = run_emlive("process", "s3://key:hunter2secret@bucket/session/raw", "-o", tmp_path / "out", *PROCESS)
     assert done.returncode == 2
     assert "credentials in the URL are refused" in done.stderr and "hunter2secret" not in done.stdout + done.stderr
+
+
+def test_local_movies_remote_out_uploads_checkpoints_it_missed(s3: S3, tmp_path: Path) -> None:
+    """A run killed after an exposure's checkpoints were written and before they were uploaded:
+    the next run uploads them, without recomputing."""
+    write_session(tmp_path / "local", workers=1, **SMALL | {"n_movies": 1})
+    raw = tmp_path / "local" / "raw"
+    done = run_emlive("process", raw, "-o", OUT, *PROCESS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    client = s3.client()
+    sidecars = [k for k in _objects(s3, "session/processed/") if k.endswith((".motion.json", ".ctf.json"))]
+    assert len(sidecars) == 2
+    cache = Path(os.environ["EMLIVE_REMOTE__CACHE_DIR"])
+    local = {p: p.stat().st_mtime_ns for p in cache.glob("*/bucket/session/processed/*/*.json")}
+    for key in sidecars:
+        client.delete_object(Bucket="bucket", Key=key)
+    again = run_emlive("process", raw, "-o", OUT, *PROCESS)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert all(k in _objects(s3, "session/processed/") for k in sidecars)
+    assert {p: p.stat().st_mtime_ns for p in local} == local  # nothing recomputed

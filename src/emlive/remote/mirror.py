@@ -9,7 +9,8 @@ Sidecars name their files by absolute local paths, so each exposure's upload als
 file's modification time (a step's checkpoint is matched by its input's size and mtime). A
 machine without the working copy pulls the remote files back (:func:`pull`), sidecars last,
 with their paths rewritten to its own working copy and the files' mtimes restored, so the
-checkpoints are reused and nothing is recomputed.
+checkpoints are reused and nothing is recomputed; then the working copy's checkpoints the
+remote lacks are uploaded (:func:`push_checkpoints`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from emlive.io.atomic import atomic_path, atomic_write_bytes
 from emlive.pipeline.exposure import ExposureResult, ExposureSpec
@@ -136,3 +137,39 @@ def _present(path: Path, size: int, stamp: dict[str, object] | None) -> bool:
         return False
     return st.st_size == size or (stamp is not None and path.suffix == ".json")
 
+
+def push_checkpoints(remote: Remote, out_dir: Path) -> int:
+    """Upload the checkpoints of the working copy the remote lacks (a run killed after an
+    exposure's sidecars were written and before they were uploaded): per exposure, the files its
+    sidecars name, then its stamps, then the sidecars. Returns how many files were uploaded."""
+    remote.fs.invalidate_cache(remote.root)
+    try:
+        listed = {remote.rel(path) for path in remote.fs.find(remote.root)}
+    except FileNotFoundError:
+        listed = set()
+    exposures: dict[str, list[Path]] = {}
+    for path in sorted(out_dir.rglob("*.json")):
+        rel = path.relative_to(out_dir)
+        step = rel.parts[0]
+        if len(rel.parts) < 2 or not rel.name.endswith(f".{step}.json") or rel.as_posix() in listed:
+            continue
+        name = PurePosixPath(*rel.parts[1:]).as_posix()[: -len(f".{step}.json")]
+        exposures.setdefault(name, []).append(path)
+    uploaded = 0
+    root = f"{out_dir}/"
+    for name, sidecars in exposures.items():
+        outputs: list[Path] = []
+        for sidecar in sidecars:
+            try:
+                result = json.loads(sidecar.read_text())["result"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a step sidecar
+            outputs += [Path(v) for v in result.values() if isinstance(v, str) and v.startswith(root) and Path(v).is_file()]
+        files = outputs + sidecars
+        uploaded += _put(remote, out_dir, [(path, False) for path in outputs])
+        stamps = {"root": str(out_dir), "mtime_ns": {_rel(p, out_dir): p.stat().st_mtime_ns for p in files}}
+        remote.fs.pipe_file(remote.path(f"{STAMPS}/{name}.json"), json.dumps(stamps, indent=1).encode())
+        uploaded += _put(remote, out_dir, [(path, True) for path in sidecars])
+    if uploaded:
+        log.info("%s: %d files of checkpoints done before were uploaded", remote.url, uploaded)
+    return uploaded

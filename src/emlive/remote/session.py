@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from emlive.remote.listing import ListingWatcher
 from emlive.remote.location import Remote, check_access, is_url, open_remote
-from emlive.remote.mirror import pull, push_tree
+from emlive.remote.mirror import pull, push_checkpoints, push_tree
 from emlive.remote.staging import StagedTask
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ def plan_remote(raw_text: str, out_text: str, cache_dir: Path) -> RemoteRun | No
     out_dir.mkdir(parents=True, exist_ok=True)
     if out is not None:
         pull(out, out_dir)
+        push_checkpoints(out, out_dir)
     task = StagedTask(
         raw_url=None if raw is None else raw.url, raw_dir=raw_dir.resolve(),
         out_url=None if out is None else out.url, out_dir=out_dir.resolve(),
