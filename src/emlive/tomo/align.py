@@ -1,4 +1,5 @@
-"""Tilt-series alignment: coarse cross-correlation, patch tracking, and a fitted projection model.
+"""Tilt-series alignment: coarse cross-correlation, bead or patch tracking, a fitted projection
+model, and projection matching.
 
 Geometry and sign conventions are those of :mod:`emlive.tomo.geometry` (shifts are where each
 tilt's content moved, ``(x, y)`` px; the tilt axis angle from ``+y``, counter-clockwise).
@@ -7,13 +8,24 @@ tilt's content moved, ``(x, y)`` px; the tilt axis angle from ``+y``, counter-cl
    cross-correlated with its neighbour nearer 0°, after both are rotated so the nominal tilt axis
    is vertical and the higher tilt is stretched across the axis by ``cos θ_near / cos θ_far``
    (cosine stretching), band-pass filtered and windowed; the shifts add up from the 0° tilt.
-2. *Patch tracking* (as ``tiltxcorr -patch``): a grid of patches on the 0° tilt is followed
-   outwards tilt by tilt with the same stretched cross-correlation, locally.
+2. *Tracking*: gold beads (dark blobs found on the 0° tilt, each re-found near where the
+   neighbouring tilt predicts it) or, without beads, a grid of patches followed outwards tilt by
+   tilt with the same stretched cross-correlation, locally (as ``tiltxcorr -patch``).
 3. *Projection model* (as ``tiltalign``): the tracked positions are fitted by points
    ``(X, Y, Z)`` projected as ``R(α) (X cos θ + Z sin θ, Y) + s_i``; for a given axis angle
-   ``α`` the model is linear in the points and the shifts (one least-squares solve), and ``α``
-   is refined by minimising the RMS residual (a bounded scalar search around the nominal
-   angle). Badly tracked positions (residual over 3 robust σ) are dropped and the fit repeated.
+   ``α`` the model is linear in the points and the shifts (two small least-squares solves),
+   and ``α`` is refined by a grid and a bounded scalar search around the nominal angle,
+   minimising the RMS residual (beads) or its part along the axis (patches: nothing moves
+   along the tilt axis whatever its height, while a patch's content across the axis lies at
+   many heights). Badly tracked positions (over 3 robust σ) are dropped and the fit repeated.
+4. *Projection matching*: each tilt is cross-correlated with the reprojection of the tomogram
+   of all other tilts, and its shift corrected; these are absolute measurements, so the
+   tracking's step errors do not add up.
+
+On the synthetic series of :mod:`emlive.synth.tomo` (41 tilts, 10 Å/px, nominal axis 3° off)
+beads give the axis within 0.3° and the shifts within 0.2–0.75 px RMS at 256² (0.02° and
+0.13 px at 400²); patches give the axis within ~0.8° (0.3° at 400²): give
+``bead_diameter_px`` when there is gold. 41 tilts of 400² align in ~2–5 s on one core.
 
 The translation of the whole specimen is not observable from projections. The returned
 shifts fix it the way a reconstruction wants it: zero for the tilt nearest 0°, and the
@@ -494,8 +506,8 @@ def align_tilt_series(
     (dark blobs of that size, up to ``max_beads`` standing ``min_bead_contrast`` σ above the
     background on the 0° tilt) are tracked instead of patches: true points, so the model fits
     them to a fraction of a pixel; with fewer than ``MIN_BEADS`` (6) beads followed through a
-    quarter of the tilts, patches are tracked after all (``method`` says which). Finally the shifts are refined by ``projection_matching``
-    rounds against leave-one-out reprojections of a tomogram ``thickness_px`` thick (default
+    quarter of the tilts, patches are tracked after all (``method`` says which). Finally the
+    shifts are refined by ``projection_matching`` rounds against leave-one-out reprojections of a tomogram ``thickness_px`` thick (default
     0.3 × the image side), on images binned by 2; 0 skips it. With ``centre_z`` the specimen's
     height is then set so that its content (the variance of a quick tomogram, slice by slice)
     is centred in z, as IMOD's tomopitch would place it. Conventions of
