@@ -27,8 +27,10 @@ exercised. At the end (every movie done, or ``--bound-s`` after the last fault) 
 - stuck: not finished within ``--bound-s`` after the faults stopped and the last movie arrived;
 - recovery time after each fault: from its end (service restarted, disk freed …) until the next
   exposure is stored;
-- extra work: step checkpoints written beyond one per step and exposure (work lost inside
-  killed tasks is not seen);
+- extra work: exposures processed again, as a share of the movies: those in flight when the
+  service was killed (redone from their last step checkpoint), plus any step computed again
+  after its checkpoint existed (counted in thirds of an exposure). A task Dask reruns after a
+  worker kill is not seen;
 - files left half-written: temporaries in ``processed/``, MRC files whose header and size
   disagree, sidecars that do not parse.
 
@@ -184,11 +186,12 @@ class Soak:
                         os.posix_fallocate(fh.fileno(), 0, size)
                     except OSError:
                         pass
-                fault.note = f"{size / 1e6:.0f} MB ballast"
+                fault.note = f"{size / 1e6:.0f} MB ballast; a write {_write_fails(self.processed)}"
                 time.sleep(FAULT_HOLD_S)
                 ballast.unlink()
             case "read-only":
                 subprocess.run(["mount", "-o", "remount,ro", str(self.processed)], check=True)
+                fault.note = f"a write {_write_fails(self.processed)}"
                 time.sleep(FAULT_HOLD_S)
                 subprocess.run(["mount", "-o", "remount,rw", str(self.processed)], check=True)
             case "slurm":
@@ -202,6 +205,21 @@ class Soak:
                 else:
                     fault.note = "no worker job running"
         fault.ended_s = time.time()
+
+
+def _write_fails(folder: Path) -> str:
+    """What writing 1 MB into ``folder`` does now (the proof that a disk fault bites)."""
+    probe = folder / "soak-probe.bin"
+    try:
+        probe.write_bytes(bytes(1 << 20))
+    except OSError as err:
+        return f"fails: {os.strerror(err.errno) if err.errno else err}"
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:  # read-only: it was not created either
+            pass
+    return "succeeds (the fault did not bite)"
 
 
 def _wait_group_gone(pgid: int, timeout_s: float = 30.0) -> None:
@@ -480,7 +498,9 @@ def report(
         fault.recovery_s = later[0] - fault.ended_s if later else None
     recoveries = [f.recovery_s for f in faults if f.recovery_s is not None]
     final_sidecars = len(checkpoints.versions)
-    extra = 100.0 * checkpoints.rewritten / final_sidecars if final_sidecars else 0.0
+    log = soak.log_path.read_text(errors="replace")
+    redone = sum(int(m) for m in re.findall(r"(\d+) exposures left in flight by an earlier", log))
+    extra = 100.0 * (redone + checkpoints.rewritten / len(STEPS)) / n_movies
     half_written = _left_half_written(soak.processed)
     print(f"\n{'at s':>7}  {'fault':9s} {'recovery s':>10}  note")
     for fault in faults:
@@ -490,8 +510,6 @@ def report(
     print("\nfaults by kind: " + ", ".join(f"{k} {sum(f.kind == k for f in faults)}" for k in kinds))
     for line in not_exercised:
         print(f"not exercised: {line}")
-    log = soak.log_path.read_text(errors="replace")
-    redone = sum(int(m) for m in re.findall(r"(\d+) exposures left in flight by an earlier", log))
     print(f"exposures in flight at a service kill, redone from their last checkpoint: {redone}")
     print(f"service restarts {soak.restarts} (killed), {soak.crashes} exits by itself; "
           f"finished {finished_s:.0f} s after the faults stopped")
