@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> dict:
     for name in plan.movie_names:  # the staged copies are moved in and back, so hard-link them
         os.link(staging / name, session / name)
     config = session / "emlive.toml"
-    config.write_text(f"[tomo]\ntilts_per_series = {args.tilts}\n")
+    n_collected = args.first or args.tilts
+    config.write_text(f"[tomo]\ntilts_per_series = {n_collected}\n")
     command = [sys.executable, "-m", "emlive", "process", str(raw), "-o", str(out), "--apix", str(APIX),
                "--dose-per-frame", str(DOSE_PER_TILT / args.frames), "--kv", "300", "--watch", "--settle-s", "1",
                "--workers", str(args.workers), "--config", str(config)]
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         sections = plan.mdoc_tilts()
         arrivals: dict[str, float] = {}
         start = time.monotonic()
-        for step, tilt in enumerate(plan.acquisition):
+        for step, tilt in enumerate(plan.acquisition[:n_collected]):
             time.sleep(max(0.0, start + step * args.interval_s - time.monotonic()))
             name = plan.movie_names[tilt]
             os.replace(session / name, raw / "frames" / name)
@@ -216,6 +217,7 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=600.0, help="Longest wait for the tomogram after the last tilt")
     parser.add_argument("--data", default="/tmp/emlive-tomo-bench")
     parser.add_argument("--keep", action="store_true", help="Keep the session's output folder")
+    parser.add_argument("--first", type=int, default=None, help="Collect only the first N tilts (a dry run)")
     args = parser.parse_args()
     run(args)
     if not args.keep:

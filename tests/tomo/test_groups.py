@@ -82,3 +82,16 @@ def test_an_eer_tilt_takes_its_total_dose_not_a_dose_per_raw_frame():
     mdoc = read_mdoc(MDOC.replace("ExposureDose = 0", "ExposureDose = 3.0"))
     values = tilt_acquisition_values(mdoc, mdoc.tilts[1], pre_exposure_e_a2=3.2, movie_suffix=".eer")
     assert values["eer_total_dose_e_a2"] == 3.0 and "dose_per_frame_e_a2" not in values
+
+
+def test_tilts_go_to_the_workers_in_chunks_of_their_own_params():
+    """A chunk of exposures shares one params object: a tilt (its own acquisition values) never
+    rides with single-particle exposures or with another tilt."""
+    from emlive.runtime.controller import Submit
+    from emlive.runtime.loop import _chunks_by_params
+
+    session, tilt_a, tilt_b = object(), object(), object()
+    own = {2: tilt_a, 5: tilt_b}
+    batch = [Submit(i, 1) for i in range(1, 8)]
+    chunks = _chunks_by_params(batch, 2, lambda s: own.get(s.exposure_id, session))
+    assert [[s.exposure_id for s in c] for c in chunks] == [[1, 3], [4, 6], [7], [2], [5]]
