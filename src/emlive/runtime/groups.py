@@ -135,6 +135,8 @@ class _Series:
     spec: SeriesSpec | None = None
     due: Due = "wait"
     grown: bool = False  # gained tilts while its group step ran
+    quality: dict[int, dict[str, Any]] = field(default_factory=dict)  # z -> mean counts, drift, CTF failed
+    judged: dict[int, str | None] = field(default_factory=dict)  # z -> the live exclusion stored
     n_named: int = 0
     failed_key: str = ""  # the inputs of a run that failed (not tried again until they change)
 
@@ -150,7 +152,7 @@ class SessionGroups:
     series: dict[int, _Series] = field(default_factory=dict)
     by_movie: dict[str, tuple[int, int]] = field(default_factory=dict)  # movie name -> (series pk, z)
     tilt_params: dict[str, PipelineParams] = field(default_factory=dict)  # movie name -> its params
-    prepares: dict[Future, str] = field(default_factory=dict)
+    prepares: dict[Future, tuple[int, int, str]] = field(default_factory=dict)  # -> (series, z, movie)
     stacks: dict[Path, str] = field(default_factory=dict)  # SerialEM's own stacks beside mdocs -> series name
     next_scan_s: float = 0.0
     next_look_s: float = 0.0  # when the series are next looked at for completeness
@@ -394,13 +396,18 @@ class SessionGroups:
             motion = getattr(result, "results", {}).get("motion") if tilt is not None else None
             if tilt is None or motion is None:
                 continue
+            ctf = result.results.get("ctf")
+            self.series[tilt.series_id].quality[tilt.z_value] = {
+                "mean": None, "drift": getattr(motion, "total_drift_a", None),
+                "ctf_failed": ctf is not None and getattr(ctf, "fit_ok", True) is False,
+            }
             target = self.tomo_dir / self.series[tilt.series_id].name / "tilts" / f"{Path(tilt.movie_name).stem}.mrc"
             future = client.submit(
                 prepare_tilt, Path(motion.micrograph_path), target,
                 target_pixel_size_a=self.settings.series.target_pixel_size_a,
                 key=f"tomo-prepare-{self.session.pk}-{exposure_id}-{time.monotonic_ns()}", pure=False,
             )
-            self.prepares[future] = tilt.movie_name
+            self.prepares[future] = (tilt.series_id, tilt.z_value, tilt.movie_name)
         if tilts:
             self.counted(list(tilts))
 
@@ -422,11 +429,17 @@ class SessionGroups:
     def turn(self, client: Client, now_s: float, *, final: bool, stopping: bool) -> bool:
         """Collect finished group tasks and store them; submit the series that are due. Returns
         whether a series' result was stored (the session's exports are then rewritten)."""
+        judged: set[int] = set()
         for future in [f for f in self.prepares if f.done()]:
-            movie = self.prepares.pop(future)
+            series_pk, z_value, movie = self.prepares.pop(future)
             if future.status == "error":
                 log.warning("%s: binning %s for its tilt series failed (the series step tries again): %s",
                             self.session, movie, future.exception())
+            elif future.status == "finished" and (entry := self.series.get(series_pk)) is not None:
+                entry.quality.setdefault(z_value, {"drift": None, "ctf_failed": False})["mean"] = future.result().mean_counts
+                judged.add(series_pk)
+        for series_pk in judged:
+            self._judge(self.series[series_pk])
         stored = False
         for entry in self.series.values():
             if entry.future is not None and entry.future.done():
@@ -438,6 +451,28 @@ class SessionGroups:
             if entry.future is None and entry.state in ("collecting", "complete"):
                 self._consider(client, entry, now_s, final=final)
         return stored
+
+    def _judge(self, entry: _Series) -> None:
+        """Live exclusions while the series is collected (emlive.tomo.quality over the tilts
+        binned so far: dark or blank, failed CTF, excessive drift), stored as they change; the
+        group step's own judgement replaces them."""
+        from emlive.db import store
+        from emlive.tomo.quality import exclusions
+
+        known = sorted(z for z, q in entry.quality.items() if q.get("mean") is not None)
+        if not known:
+            return
+        series = self.settings.series
+        reasons = exclusions(
+            [entry.quality[z]["mean"] for z in known],
+            ctf_failed=[series.exclude_failed_ctf and bool(entry.quality[z]["ctf_failed"]) for z in known],
+            drift_a=[float("nan") if entry.quality[z]["drift"] is None else entry.quality[z]["drift"] for z in known],
+            max_drift_a=series.max_drift_a, dark_fraction=series.dark_fraction,
+        )
+        changed = {z: r for z, r in zip(known, reasons, strict=True) if entry.judged.get(z) != r}
+        if changed:
+            store.exclude_tilts(entry.pk, changed)
+            entry.judged.update(changed)
 
     def _consider(self, client: Client, entry: _Series, now_s: float, *, final: bool) -> None:
         from emlive.db import queries, store
