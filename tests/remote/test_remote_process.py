@@ -154,3 +154,8 @@ def test_local_movies_remote_out_uploads_checkpoints_it_missed(s3: S3, tmp_path:
     assert again.returncode == 0, again.stdout + again.stderr
     assert all(k in _objects(s3, "session/processed/") for k in sidecars)
     assert {p: p.stat().st_mtime_ns for p in local} == local  # nothing recomputed
+
+    dataset = run_emlive("dataset", OUT, "-o", "s3://bucket/session/dataset")  # the session named by its OUT URL
+    assert dataset.returncode == 0, dataset.stdout + dataset.stderr
+    assert "1 micrographs" in dataset.stdout, dataset.stdout
+    assert "session/dataset/manifest.csv" in _objects(s3, "session/dataset/")

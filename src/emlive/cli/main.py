@@ -424,8 +424,10 @@ def dataset(
         from emlive.scripting import find_session
 
         settings = _settings(config, **_overrides(settle_s=None, workers=None, database_url=database_url))
-        try:
-            summary = write_dataset(find_session(source, settings=settings), dest)
+        from emlive.remote.session import local_output
+
+        try:  # a session processed into a URL: its local working copy (docs/remote.md)
+            summary = write_dataset(find_session(local_output(source, settings.remote.cache_dir), settings=settings), dest)
         except (DatasetError, ValueError, OSError) as err:
             raise _fail(str(err)) from None
         out.print(f"{dest}: {summary.micrographs} micrographs, {summary.files} files "

@@ -83,3 +83,18 @@ def plan_remote(raw_text: str, out_text: str, cache_dir: Path) -> RemoteRun | No
         scratch_dir=cache_dir.expanduser().absolute() / "scratch",
     )
     return RemoteRun(raw_dir, out_dir, raw, out, task)
+
+
+def local_output(text: str, cache_dir: Path) -> str:
+    """The folder a session given as OUT was processed into: ``text`` itself when local; for a
+    URL its working copy under ``cache_dir`` (the database is there unless ``--database-url``),
+    with what the remote has and it lacks pulled first. Raises
+    :class:`~emlive.remote.location.RemoteError` when the URL cannot be used."""
+    if not is_url(text):
+        return text
+    out = open_remote(text)
+    check_access(out)
+    local = out.local_copy(cache_dir)
+    local.mkdir(parents=True, exist_ok=True)
+    pull(out, local)
+    return str(local)
