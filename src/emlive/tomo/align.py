@@ -459,8 +459,9 @@ def fit_projection_model(
         y_points = solution_v[:k]
     else:  # Y from the positions, given the shifts
         q_all = positions_px @ rot
-        with np.errstate(invalid="ignore"):
-            y_points = np.nanmean(np.where(w_all > 0, q_all[:, :, 1] - sigma[:, 1:2], np.nan), axis=0)
+        usable = (w_all > 0) & np.isfinite(sigma[:, 1:2])
+        y_sum = np.where(usable, q_all[:, :, 1] - np.nan_to_num(sigma[:, 1:2]), 0.0).sum(axis=0)
+        y_points = np.where(usable.any(axis=0), y_sum / np.maximum(usable.sum(axis=0), 1), np.nan)
     points = np.stack([solution_u[:k], y_points, solution_u[k : 2 * k]], axis=1)
     shifts = sigma @ rot.T
     model = np.stack([design_u[:m] @ solution_u, design_v @ solution_v], axis=1)
