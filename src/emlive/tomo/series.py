@@ -58,6 +58,7 @@ __all__ = [
     "SeriesTilt",
     "completed_series",
     "prepare_tilt",
+    "reconstruct",
     "run_series",
     "series_key",
 ]
@@ -281,7 +282,6 @@ def run_series(spec: SeriesSpec, params: SeriesParams) -> SeriesResult:
     if (done := completed_series(spec, params)) is not None:
         return done
     from emlive.tomo.align import align_tilt_series
-    from emlive.tomo.reconstruct import back_project
     from emlive.tomo.weighting import dose_weight
 
     started_at, timings = datetime.now(UTC), {}
@@ -341,7 +341,8 @@ def run_series(spec: SeriesSpec, params: SeriesParams) -> SeriesResult:
         used, stack, angles = [used[i] for i in keep], stack[keep], angles[keep]
         shifts, per_tilt = shifts[keep], per_tilt[keep]
     lap("align")
-    volume = back_project(stack, angles, tilt_axis_deg=axis_deg, shifts_px=shifts, thickness_px=thickness_px)
+    volume = reconstruct(stack, angles, tilt_axis_deg=axis_deg, shifts_px=shifts, thickness_px=thickness_px,
+                         workers=_dask_workers())
     lap("reconstruct")
     views = np.stack([read[t.z_value] for t in every])
     paths = _write_outputs(spec, stack, angles, shifts, axis_deg, volume, pixel_size_a, views)
@@ -361,6 +362,81 @@ def run_series(spec: SeriesSpec, params: SeriesParams) -> SeriesResult:
     )
     atomic_write_text(spec.sidecar_path, result.model_dump_json(indent=1))
     return result
+
+
+def slab_bounds(ny: int, n_slabs: int) -> list[tuple[int, int]]:
+    """``n_slabs`` row ranges ``[start, stop)`` covering ``ny`` rows, as even as can be."""
+    edges = np.linspace(0, ny, max(1, min(n_slabs, ny)) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def back_project_slab(
+    stack: np.ndarray,
+    tilt_angles_deg: np.ndarray,
+    *,
+    tilt_axis_deg: float,
+    shifts_px: np.ndarray,
+    thickness_px: int,
+    rows: tuple[int, int],
+) -> np.ndarray:
+    """Rows ``[start, stop)`` (along the tilt axis, the volume's y) of the weighted
+    back-projection of the whole stack, exactly: every row is reconstructed on its own, and a
+    slab centred ``c`` rows from the volume's centre is the volume of views shifted by
+    ``R(α) (0, c)`` (:mod:`emlive.tomo.geometry`), interpolated at the same image positions."""
+    from emlive.tomo.geometry import rotation_matrix
+    from emlive.tomo.reconstruct import back_project
+
+    ny, nx = stack.shape[1:]
+    start, stop = rows
+    centre = (start + stop - 1) / 2.0 - (ny - 1) / 2.0
+    offset = rotation_matrix(tilt_axis_deg) @ np.array([0.0, centre])
+    return back_project(stack, tilt_angles_deg, tilt_axis_deg=tilt_axis_deg,
+                        shifts_px=np.asarray(shifts_px, dtype=np.float64) + offset, thickness_px=thickness_px,
+                        shape_yx=(stop - start, nx))
+
+
+def reconstruct(
+    stack: np.ndarray,
+    tilt_angles_deg: np.ndarray,
+    *,
+    tilt_axis_deg: float,
+    shifts_px: np.ndarray,
+    thickness_px: int,
+    workers: int = 1,
+    slabs: int | None = None,
+) -> np.ndarray:
+    """The tomogram (z, y, x) by weighted back-projection, in ``slabs`` slabs along the tilt axis
+    (default: one per Dask worker thread when run on a Dask worker, ``workers``), computed as
+    Dask tasks on the cluster's workers when there are several, so the workers idle once the
+    last tilt is in share the reconstruction; the same volume as in one piece."""
+    n_slabs = slabs if slabs is not None else workers
+    bounds = slab_bounds(stack.shape[1], n_slabs)
+    options = {"tilt_axis_deg": tilt_axis_deg, "shifts_px": shifts_px, "thickness_px": thickness_px}
+    if len(bounds) == 1:
+        return back_project_slab(stack, tilt_angles_deg, rows=bounds[0], **options)
+    if workers > 1:
+        from distributed import worker_client
+
+        with worker_client() as client:  # this task steps aside while its slabs run
+            [data] = client.scatter([stack], broadcast=False)
+            futures = [client.submit(back_project_slab, data, tilt_angles_deg, rows=rows, pure=False, **options)
+                       for rows in bounds]
+            parts = client.gather(futures)
+    else:
+        parts = [back_project_slab(stack, tilt_angles_deg, rows=rows, **options) for rows in bounds]
+    return np.concatenate(parts, axis=1)
+
+
+def _dask_workers() -> int:
+    """Worker threads of the Dask cluster this task runs on, at most 8 (1 when not on a Dask
+    worker)."""
+    try:
+        from distributed import get_client, get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return 1
+    return max(1, min(sum(get_client().nthreads().values()), 8))
 
 
 def _external_alignment(
