@@ -59,7 +59,7 @@ def _working_db(cache: Path) -> Path:
     return db
 
 
-def test_watch_upload_kill_restart_same_as_local(s3: S3, tmp_path: Path) -> None:
+def test_watch_upload_kill_restart_same_as_local(s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     local = tmp_path / "local"
     write_session(local, workers=1, **SMALL)
     movies = sorted(p for p in (local / "raw").iterdir() if p.is_file())
@@ -87,9 +87,11 @@ def test_watch_upload_kill_restart_same_as_local(s3: S3, tmp_path: Path) -> None
     sidecars = [k for k in before if k.endswith((".motion.json", ".ctf.json", ".thumbnail.json"))]
     assert len(sidecars) == 6, sorted(before)
 
-    # a machine without the working copy: the cache is gone; the third movie comes meanwhile
-    cache = Path(os.environ["EMLIVE_REMOTE__CACHE_DIR"])
-    os.rename(cache, tmp_path / "old-cache")
+    # a machine without the working copy (another cache folder: the sidecars' paths are rewritten
+    # to it); the third movie comes meanwhile
+    old_cache = Path(os.environ["EMLIVE_REMOTE__CACHE_DIR"])
+    cache = tmp_path / "other-machine-cache"
+    monkeypatch.setenv("EMLIVE_REMOTE__CACHE_DIR", str(cache))
     client.upload_file(str(movies[2]), "bucket", f"session/raw/{movies[2].name}")
     again = run_emlive("process", RAW, "-o", OUT, *PROCESS)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -110,7 +112,7 @@ def test_watch_upload_kill_restart_same_as_local(s3: S3, tmp_path: Path) -> None
     assert _results(_working_db(cache)) == expected
 
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
-    for db in [_working_db(cache), *(tmp_path / "old-cache").glob("*/bucket/session/processed/emlive.sqlite3")]:
+    for db in [_working_db(cache), _working_db(old_cache)]:
         assert secret.encode() not in db.read_bytes()
     assert secret not in log_path.read_text() + again.stdout + again.stderr + third.stdout + third.stderr
 

@@ -52,7 +52,8 @@ def push_exposure(remote: Remote, out_dir: Path, spec: ExposureSpec, result: Exp
     stamp_path = remote.path(f"{STAMPS}/{spec.name}.json")
     if uploaded or not remote.fs.exists(stamp_path):
         remote.fs.pipe_file(stamp_path, json.dumps(stamps, indent=1).encode())
-    return uploaded + _put(remote, out_dir, sidecars, force=bool(uploaded))
+    # a reused sidecar pulled by another machine differs only in its paths: kept as it is
+    return uploaded + _put(remote, out_dir, sidecars, force=bool(uploaded), exists_only=True)
 
 
 def push_tree(remote: Remote, out_dir: Path, folder: Path) -> int:
@@ -62,22 +63,24 @@ def push_tree(remote: Remote, out_dir: Path, folder: Path) -> int:
 
 
 def _put(remote: Remote, out_dir: Path, files: Iterable[tuple[Path, bool]], *, force: bool = False,
-         newer: bool = False) -> int:
+         newer: bool = False, exists_only: bool = False) -> int:
     uploaded = 0
     for path, changed in files:
         target = remote.path(_rel(path, out_dir))
-        if not (changed or force) and _same(remote, target, path, newer=newer):
+        if not (changed or force) and _same(remote, target, path, newer=newer, exists_only=exists_only):
             continue
         remote.fs.put_file(str(path), target)
         uploaded += 1
     return uploaded
 
 
-def _same(remote: Remote, target: str, path: Path, *, newer: bool) -> bool:
+def _same(remote: Remote, target: str, path: Path, *, newer: bool, exists_only: bool = False) -> bool:
     try:
         info = remote.fs.info(target)
     except FileNotFoundError:
         return False
+    if exists_only:
+        return True
     st = path.stat()
     if int(info.get("size") or -1) != st.st_size:
         return False
