@@ -185,6 +185,10 @@ def _report(args, plan, out: Path, db: Path, arrivals: dict[str, float], last_s:
         "arrival_to_stored_s": {"median": statistics.median(stored) if stored else None,
                                 "max": max(stored) if stored else None},
         "stored_before_next_tilt": f"{kept_up}/{len(per_tilt)}",
+        "stored_within_two_intervals": f"{sum(1 for x in stored if x <= 2 * args.interval_s)}/{len(per_tilt)}",
+        # keeping up: the arrival → stored time does not grow over the series (no backlog builds)
+        "arrival_to_stored_first5_last5_s": None if len(stored) < 10 else [
+            round(statistics.median(stored[:5]), 1), round(statistics.median(stored[-5:]), 1)],
         "motion_s_per_tilt": _stats(durations["motion"]), "ctf_s_per_tilt": _stats(durations["ctf"]),
         "series_stages_s": group.get("timings_s"), "series_used_tilts": len(group.get("used_z_values", [])),
         "series_exclusions": group.get("exclusions"), "residual_px": group.get("residual_px"),
