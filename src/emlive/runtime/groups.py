@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 MDOC_SUFFIX = ".mdoc"
 _SCAN_S = 5.0  # how often raw/ is walked for new mdocs when nothing asks sooner
 _FORCED_SCAN_S = 1.0  # the least time between two walks asked for by new movies
+_CHEAP_WALK_S = 0.02  # a session without mdocs walks early for new movies only while a walk costs less
 _LOOK_S = 0.5  # how often series are looked at for completeness (a few queries each)
 _STACK_SUFFIXES = (".mrc", ".st", ".tif", ".tiff", ".mrcs")
 
@@ -157,6 +158,7 @@ class SessionGroups:
     next_scan_s: float = 0.0
     next_look_s: float = 0.0  # when the series are next looked at for completeness
     last_scan_s: float = float("-inf")
+    walk_s: float = 0.0  # how long the last walk for mdocs took
     told_none: bool = False
 
     @property
@@ -187,8 +189,14 @@ class SessionGroups:
         ``movies``: new movies the watcher found; one no mdoc names makes the walk for new
         mdocs come sooner (its mdoc may have just been written)."""
         unknown = any(PurePosixPath(m).name not in self.by_movie for m in movies)
-        due = now_s >= self.next_scan_s or (unknown and now_s - self.last_scan_s >= _FORCED_SCAN_S)
-        paths = self._walk() if due else [Path(p) for p in self.mdocs]
+        early = unknown and (self.mdocs or self.walk_s < _CHEAP_WALK_S)  # (a large single-particle folder: 5 s)
+        due = now_s >= self.next_scan_s or (early and now_s - self.last_scan_s >= _FORCED_SCAN_S)
+        if due:
+            started_s = time.perf_counter()
+            paths = self._walk()
+            self.walk_s = time.perf_counter() - started_s
+        else:
+            paths = [Path(p) for p in self.mdocs]
         if due:
             self.last_scan_s, self.next_scan_s = now_s, now_s + _SCAN_S
         for path in paths:
