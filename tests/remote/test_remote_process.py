@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -117,7 +118,13 @@ def test_watch_upload_kill_restart_same_as_local(s3: S3, tmp_path: Path, monkeyp
     assert secret not in log_path.read_text() + again.stdout + again.stderr + third.stdout + third.stderr
 
 
-def test_missing_bucket_is_a_clear_error(s3: S3, tmp_path: Path) -> None:
+@pytest.mark.parametrize("endpoint_variable", ["AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL"])
+def test_missing_bucket_is_a_clear_error(
+    s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint_variable: str
+) -> None:
+    """(The endpoint from either variable: the server answers that the bucket is missing.)"""
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv(endpoint_variable, s3.endpoint)
     done = run_emlive("process", "s3://no-such-bucket/session/raw", "-o", tmp_path / "out", *PROCESS)
     assert done.returncode == 2
     assert "s3://no-such-bucket/session/raw" in done.stderr and "does not exist" in done.stderr, done.stderr
@@ -161,3 +168,12 @@ def test_local_movies_remote_out_uploads_checkpoints_it_missed(s3: S3, tmp_path:
     assert dataset.returncode == 0, dataset.stdout + dataset.stderr
     assert "1 micrographs" in dataset.stdout, dataset.stdout
     assert "session/dataset/manifest.csv" in _objects(s3, "session/dataset/")
+
+
+def test_an_unreachable_endpoint_is_a_clear_error(s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{sock.getsockname()[1]}")
+    done = run_emlive("process", RAW, "-o", tmp_path / "out", *PROCESS)
+    assert done.returncode == 2
+    assert RAW in done.stderr and "cannot be reached" in done.stderr and "AWS_ENDPOINT_URL" in done.stderr, done.stderr

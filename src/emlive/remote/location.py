@@ -84,7 +84,7 @@ def check_access(remote: Remote) -> None:
     except PermissionError as err:
         raise RemoteError(f"{remote.url}: access denied ({_reason(err)}); check the credentials "
                           "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws) and the endpoint") from None
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 - botocore's connection errors are not OSErrors
         raise RemoteError(f"{remote.url}: cannot be reached ({_reason(err)}); check the endpoint "
                           "(AWS_ENDPOINT_URL, FSSPEC_S3_ENDPOINT_URL) and the network") from None
 
