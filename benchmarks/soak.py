@@ -178,14 +178,8 @@ class Soak:
                 assert self.pg_cluster is not None
                 subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *self.pg_cluster, "restart"], check=True, capture_output=True)
             case "disk-full":
-                ballast = self.processed.parent / "processed" / "ballast.bin"
-                free = os.statvfs(self.processed)
-                size = free.f_bavail * free.f_frsize
-                with open(ballast, "wb") as fh:
-                    try:
-                        os.posix_fallocate(fh.fileno(), 0, size)
-                    except OSError:
-                        pass
+                ballast = self.processed / "ballast.bin"
+                size = _fill(ballast)
                 fault.note = f"{size / 1e6:.0f} MB ballast; a write {_write_fails(self.processed)}"
                 time.sleep(FAULT_HOLD_S)
                 ballast.unlink()
@@ -205,6 +199,29 @@ class Soak:
                 else:
                     fault.note = "no worker job running"
         fault.ended_s = time.time()
+
+
+def _fill(ballast: Path) -> int:
+    """Fill the file system of ``ballast`` to the last byte with it (others write meanwhile, so
+    what is free moves: allocate most of it, then write until the file system says it is full).
+    Returns the ballast's bytes."""
+    with open(ballast, "wb", buffering=0) as fh:
+        free = os.statvfs(ballast.parent)
+        size = free.f_bavail * free.f_frsize
+        while size > 1 << 20:
+            try:
+                os.posix_fallocate(fh.fileno(), 0, size)
+                break
+            except OSError:
+                size = size * 9 // 10
+        fh.seek(0, os.SEEK_END)
+        chunk = bytes(1 << 16)
+        try:
+            while True:
+                fh.write(chunk)
+        except OSError:  # full: what was wanted
+            pass
+        return fh.tell()
 
 
 def _write_fails(folder: Path) -> str:

@@ -48,6 +48,7 @@ def test_200_movies_through_8_faults_lose_and_duplicate_nothing():
     assert run.returncode == 0, report  # and no half-written file left
     for kind in ("service", "worker", "postgres", "disk-full", "read-only"):
         assert re.search(rf"^\s*[\d.]+\s+{kind}\s", run.stdout, re.M), f"no {kind} fault struck:\n{report}"
+    assert "did not bite" not in run.stdout, report  # the disk faults made writes fail
 
 
 def _reconnect_after_the_restart() -> None:
