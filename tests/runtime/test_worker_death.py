@@ -152,3 +152,32 @@ def test_a_local_worker_its_nanny_failed_to_restart_is_started_anew_and_nothing_
     assert not controlling.is_alive(), "the controller still waits for a worker that was never started again"
     assert outcome["counts"][session.pk]["processed"] == 4, outcome["counts"]
     assert any("were lost" in r.getMessage() for r in caplog.records)
+
+
+def test_a_worker_dying_while_it_is_given_the_plugin_does_not_stop_the_controller(caplog):
+    """Seen in the soak: a worker SIGKILLed as the service started made ``register_plugin``
+    raise CommClosedError, and the service stopped. The plugin is asked for again."""
+    from distributed.comm.core import CommClosedError
+
+    from emlive.runtime.cluster import ToolsPlugin, register_worker_plugin
+    from emlive.tools import ToolsSettings
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local:
+        with Client(local) as client:
+            register = client.register_plugin
+            calls: list[str] = []
+
+            def dying_once(plugin, *args, **kwargs):
+                calls.append(plugin.name)
+                if len(calls) == 1:
+                    raise CommClosedError("in <TCP (closed) ConnectionPool.register_worker_plugin>: Stream is closed")
+                return register(plugin, *args, **kwargs)
+
+            client.register_plugin = dying_once
+            register_worker_plugin(client, ToolsPlugin(ToolsSettings(), []), wait_s=0.0)
+            assert calls == ["emlive-tools", "emlive-tools"]
+            assert "emlive-tools" in client.run(lambda dask_worker: list(dask_worker.plugins))[next(iter(local.scheduler_info["workers"]))]
+            client.register_plugin = lambda plugin, *a, **k: (_ for _ in ()).throw(CommClosedError("gone"))
+            with pytest.raises(CommClosedError):  # a cluster that keeps failing is still an error
+                register_worker_plugin(client, ToolsPlugin(ToolsSettings(), []), attempts=2, wait_s=0.0)
+    assert sum("asking again" in r.getMessage() for r in caplog.records) == 2

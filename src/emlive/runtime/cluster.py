@@ -248,6 +248,27 @@ def _dead_worker_restarter(cluster: SpecCluster, *, grace_s: float) -> Callable[
     return restart_dead
 
 
+def register_worker_plugin(client: Client, plugin: WorkerPlugin, *, attempts: int = 5, wait_s: float = 1.0) -> None:
+    """Give ``plugin`` to every worker, those up now and those to come.
+
+    The scheduler keeps the plugin and tells each worker; a worker that dies while it is told
+    (SIGKILLed, out of memory, its job cancelled) makes the call raise, although the plugin is
+    kept for the workers that start later (the dead one's replacement too). It is asked again,
+    rather than a service stopping because a worker died as it started.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            client.register_plugin(plugin)
+            return
+        except OSError as err:  # distributed's CommClosedError is one
+            if attempt == attempts:
+                raise
+            logging.getLogger(__name__).warning(
+                "a worker went away while it was given the %s plugin (%s); asking again", plugin.name, err
+            )
+            time.sleep(wait_s)
+
+
 class ToolsPlugin(WorkerPlugin):
     """Gives every worker process the ``[tools]`` settings and, on a local GPU worker, its GPU,
     and loads the installed steps (their engines' imports are paid once, when the worker

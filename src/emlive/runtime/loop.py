@@ -34,7 +34,7 @@ from emlive.pipeline.exposure import (
     process_exposure,
 )
 from emlive.pipeline.registry import registry
-from emlive.runtime.cluster import Cluster, open_cluster, worker_count
+from emlive.runtime.cluster import Cluster, open_cluster, register_worker_plugin, worker_count
 from emlive.runtime.groups import SessionGroups, new_groups
 from emlive.runtime.controller import (
     Action,
@@ -411,7 +411,7 @@ def run_sessions(
     from django.db import close_old_connections, transaction
 
     signals = signals or never_stop()
-    cluster.client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
+    register_worker_plugin(cluster.client, ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
     run = _Run(
         settings=settings, cluster=cluster, watch=watch, follow=follow, task=task, on_change=on_change,
         state=_controller_state(settings, cluster), tasks=_Tasks(cluster.client), follow_interval_s=follow_interval_s,
