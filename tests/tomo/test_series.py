@@ -58,7 +58,8 @@ def test_the_series_is_aligned_and_reconstructed_with_dark_tilts_left_out(series
     error = found - truth
     error -= design @ np.linalg.lstsq(design, error, rcond=None)[0]
     assert np.sqrt((error**2).sum(axis=1).mean()) < 1.0
-    assert abs(result.tilt_axis_deg - 85.0) < 3.0
+    assert result.alignment_method in ("beads", "patches")  # (this small series has too few beads: patches)
+    assert abs(result.tilt_axis_deg - 85.0) < 3.0, (result.alignment_method, result.tilt_axis_deg)
     # IMOD files: the stack by tilt angle, its angles, transforms that give back the alignment
     angles = parse_tlt(result.rawtlt_path.read_text())
     assert np.all(np.diff(angles) > 0) and len(angles) == 19

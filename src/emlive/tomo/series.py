@@ -78,6 +78,11 @@ class SeriesParams(BaseModel):
     target_pixel_size_a: PositiveFloat = Field(10.0, description="Pixel size the stack is binned to, Å")
     thickness_a: PositiveFloat = Field(3000.0, description="Thickness of the reconstructed volume, Å")
     refine_axis: bool = Field(True, description="Refine the tilt-axis angle during alignment")
+    fiducial_diameter_a: PositiveFloat | None = Field(
+        100.0,
+        description="Gold fiducials' diameter, Å (native engine): they are tracked where at least 6 are followed "
+        "(the model then fits true points: the axis to a few 0.1°), else patches are (lamellae); None: patches only",
+    )
     dose_weight: bool = Field(True, description="Weight each tilt by its accumulated dose")
     dark_fraction: float = Field(
         0.25, gt=0.0, lt=1.0, description="A tilt whose mean counts are below this fraction of the series' median is dark"
@@ -146,6 +151,7 @@ class SeriesResult(BaseModel):
     key: str
     engine: str
     engine_version: str
+    alignment_method: str = Field("", description="What the alignment followed: beads or patches (native), or the engine")
     pixel_size_a: float = Field(description="Pixel size of the stack and tomogram, Å")
     tilt_axis_deg: float = Field(description="Tilt axis angle used (refined when refine_axis), °")
     residual_px: float | None = Field(description="Alignment residual, px of the stack (RMS; IMOD's mean; None: "
@@ -323,11 +329,16 @@ def run_series(spec: SeriesSpec, params: SeriesParams) -> SeriesResult:
         lap("dose_weight")
     thickness_px = max(8, int(round(params.thickness_a / pixel_size_a)))
     if params.engine == "native":
-        alignment = align_tilt_series(stack, angles, tilt_axis_deg=spec.tilt_axis_deg, refine_axis=params.refine_axis)
+        alignment = align_tilt_series(
+            stack, angles, tilt_axis_deg=spec.tilt_axis_deg, refine_axis=params.refine_axis,
+            bead_diameter_px=None if params.fiducial_diameter_a is None else params.fiducial_diameter_a / pixel_size_a,
+        )
+        method = alignment.method
         shifts, axis_deg = np.asarray(alignment.shifts_px), float(alignment.tilt_axis_deg)
         residual_px: float | None = float(alignment.residual_px)
         per_tilt = np.asarray(alignment.residual_per_tilt_px, dtype=np.float64)
     else:
+        method = params.engine
         shifts, axis_deg, residual_px, dropped = _external_alignment(
             spec, params, stack, angles, used, pixel_size_a=pixel_size_a, thickness_px=thickness_px
         )
@@ -349,7 +360,8 @@ def run_series(spec: SeriesSpec, params: SeriesParams) -> SeriesResult:
     lap("write")
     z_used = tuple(t.z_value for t in used)
     result = SeriesResult(
-        key=key, engine=params.engine, engine_version=_engine_version(), pixel_size_a=pixel_size_a,
+        key=key, engine=params.engine, engine_version=_engine_version(), alignment_method=method,
+        pixel_size_a=pixel_size_a,
         tilt_axis_deg=axis_deg, residual_px=residual_px,
         shifts_px={z: (float(s[0]), float(s[1])) for z, s in zip(z_used, shifts, strict=True)},
         residual_per_tilt_px={z: float(r) for z, r in zip(z_used, per_tilt, strict=True) if math.isfinite(r)},
