@@ -37,6 +37,7 @@ wrote them. Strings are fixed-width bytes (``S``), so the files load without pic
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -252,8 +253,15 @@ def write_cs_atomic(path: Path, table: np.ndarray) -> None:
 
 
 def _shape_px(path: Path) -> tuple[int, int]:
-    """(ny, nx) of an MRC micrograph, from its header."""
-    header, _ = read_mrc_header(path, path.stat().st_size)
+    """(ny, nx) of an MRC micrograph, from its header (read again only when the file changed:
+    a live session's exports are rewritten every few seconds, each time with every micrograph)."""
+    stat = path.stat()
+    return _header_shape_px(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2**16)
+def _header_shape_px(path: Path, size_bytes: int, _mtime_ns: int) -> tuple[int, int]:
+    header, _ = read_mrc_header(path, size_bytes)
     return int(header.ny), int(header.nx)
 
 
@@ -269,7 +277,7 @@ def write_cryosparc_exports(
 
     micrographs: list[CryosparcMicrograph] = []
     picks: list[pd.DataFrame] = []
-    picked = False
+    picked, none_picked = False, _no_picks()
     for row in rows:
         motion, ctf = row.results.get("motion"), row.results.get("ctf")
         if motion is None or ctf is None:
@@ -301,7 +309,7 @@ def write_cryosparc_exports(
             picked = True
             picks.append(read_picks(coordinates))
         else:
-            picks.append(_no_picks())
+            picks.append(none_picked)
     folder = exports_dir / CRYOSPARC_DIR
     written = [folder / EXPOSURES_CS]
     write_cs_atomic(written[0], exposure_table(micrographs, optics))
