@@ -90,15 +90,17 @@ def test_bad_input_and_bad_parameters_are_clear_errors(tmp_path):
     assert proc.returncode == 2 and "finer" in proc.stderr
 
 
-def test_process_refuses_a_missing_folder_and_a_session_recorded_with_other_parameters(tmp_path):
+def test_process_refuses_a_missing_folder_and_says_when_acquisition_values_changed(tmp_path):
     proc = run_emlive("process", tmp_path / "nowhere", "-o", tmp_path / "out", "--apix", 1, "--dose-per-frame", 1)
     assert proc.returncode == 2 and "nowhere: no such folder" in proc.stderr
     raw = tmp_path / "raw"
     raw.mkdir()
     first = run_emlive("process", raw, "-o", tmp_path / "out", "--apix", 1, "--dose-per-frame", 1, "--workers", 1)
     assert first.returncode == 0, first.stderr
-    other = run_emlive("process", raw, "-o", tmp_path / "out", "--apix", 1.5, "--dose-per-frame", 1)
-    assert other.returncode == 2 and "pixel_size_a" in other.stderr
+    # the same output folder, other values: taken (results recomputed where they change), and said
+    other = run_emlive("process", raw, "-o", tmp_path / "out", "--apix", 1.5, "--dose-per-frame", 1, "--workers", 1)
+    assert other.returncode == 0, other.stderr
+    assert "acquisition values changed: pixel size 1.0 → 1.5 Å" in other.stderr
 
 
 def test_process_takes_the_motion_options_of_motioncorr(tmp_path):

@@ -24,7 +24,7 @@ from emlive.acquisition import Optics
 from emlive.appion import flags
 from emlive.appion.command import EXIT_FAILED_IMAGES, configure_logging, run_main
 from emlive.appion.databases import Connections, connect
-from emlive.appion.loop import Task, cluster_settings, follow, run_lock, stop_on_signals
+from emlive.appion.loop import Task, cluster_settings, follow_on_cluster, run_lock
 from emlive.config import Settings, load_settings
 from emlive.ctf.types import CtfParams, CtfResult
 from emlive.pipeline.params import step_params
@@ -84,7 +84,6 @@ def run(args: Namespace) -> int:
 
 
 def _loop(args: Namespace, settings: Settings, base: CtfParams, rundir: Path, db: Connections) -> int:
-    from emlive.runtime.cluster import ToolsPlugin, open_cluster, worker_count
 
     first = leginon.image_ids(db.leginon, db.session, args.preset)[:1]
     cs_mm = leginon.read_image(db.leginon, db.session, first[0]).cs_mm if first else leginon.DEFAULT_CS_MM
@@ -152,13 +151,7 @@ def _loop(args: Namespace, settings: Settings, base: CtfParams, rundir: Path, db
         log.info("%s: defocus %.0f / %.0f Å, fit to %.1f Å", image.filename, result.defocus_u_a, result.defocus_v_a,
                  result.fit_resolution_a)
 
-    stop = stop_on_signals()
-    with open_cluster(settings.cluster) as cluster:
-        cluster.client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
-        outcome = follow(
-            cluster.client, pending=pending, store=store, wait_for_new=args.wait, limit=args.limit, stop=stop,
-            max_in_flight=2 * worker_count(settings.cluster) * cluster.threads_per_worker,
-        )
+    outcome = follow_on_cluster(settings, pending=pending, store=store, wait_for_new=args.wait, limit=args.limit)
     if job is not None:
         sink.finish_job(db.appion, job)
     failed = len(outcome.failed) + len(unusable)

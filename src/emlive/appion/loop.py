@@ -151,3 +151,24 @@ def follow(
                 error = future.exception()
                 log.error("image %d failed: %s: %s", image_id, type(error).__name__, error)
                 outcome.failed[image_id] = f"{type(error).__name__}: {error}"
+
+
+def follow_on_cluster(
+    settings: Settings,
+    *,
+    pending: Callable[[int, set[int]], list[Task]],
+    store: Callable[[int, Any], None],
+    wait_for_new: bool,
+    limit: int | None,
+) -> Outcome:
+    """:func:`follow` on the configured cluster (opened and closed here), its workers given the
+    ``[tools]`` settings, stopping on SIGTERM/SIGINT; two tasks in flight per worker thread."""
+    from emlive.runtime.cluster import ToolsPlugin, open_cluster, register_worker_plugin, worker_count
+
+    stop = stop_on_signals()
+    with open_cluster(settings.cluster) as cluster:
+        register_worker_plugin(cluster.client, ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
+        return follow(
+            cluster.client, pending=pending, store=store, wait_for_new=wait_for_new, limit=limit, stop=stop,
+            max_in_flight=2 * worker_count(settings.cluster) * cluster.threads_per_worker,
+        )

@@ -24,7 +24,7 @@ from emlive.acquisition import Acquisition
 from emlive.appion import flags
 from emlive.appion.command import EXIT_FAILED_IMAGES, configure_logging, run_main
 from emlive.appion.databases import Connections, connect
-from emlive.appion.loop import Task, cluster_settings, follow, run_lock, stop_on_signals
+from emlive.appion.loop import Task, cluster_settings, follow_on_cluster, run_lock
 from emlive.config import Settings, load_settings
 from emlive.pipeline.exposure import ExposureResult, ExposureSpec, PipelineParams, process_exposure
 from emlive.pipeline.params import step_params
@@ -91,7 +91,6 @@ def run(args: Namespace) -> int:
 
 def _loop(args: Namespace, settings: Settings, motion: BaseModel, rundir: Path, db: Connections) -> int:
     from emlive.pipeline.registry import registry
-    from emlive.runtime.cluster import ToolsPlugin, open_cluster, worker_count
 
     run = job = None
     done: set[int] = set()
@@ -147,13 +146,7 @@ def _loop(args: Namespace, settings: Settings, motion: BaseModel, rundir: Path, 
         log.info("%s: aligned (%d frames)", image.filename, result.results["motion"].n_frames)
 
     registry().step("motion").engine(str(getattr(motion, "engine")))  # an unknown engine fails here, before the cluster starts
-    stop = stop_on_signals()
-    with open_cluster(settings.cluster) as cluster:
-        cluster.client.register_plugin(ToolsPlugin(settings.tools, settings.cluster.gpu_ids))
-        outcome = follow(
-            cluster.client, pending=pending, store=store, wait_for_new=args.wait, limit=args.limit, stop=stop,
-            max_in_flight=2 * worker_count(settings.cluster) * cluster.threads_per_worker,
-        )
+    outcome = follow_on_cluster(settings, pending=pending, store=store, wait_for_new=args.wait, limit=args.limit)
     if job is not None:
         sink.finish_job(db.appion, job)
     failed = len(outcome.failed) + len(unusable)
