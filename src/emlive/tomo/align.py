@@ -175,6 +175,18 @@ def _coarse(
     return t
 
 
+
+def _predicted_from_neighbour(
+    q_near: np.ndarray, t_axis: np.ndarray, i: int, i_near: int, cos: np.ndarray
+) -> np.ndarray:
+    """Where points seen at ``q_near`` (axis frame (u, v), px) on tilt ``i_near`` should be on
+    its neighbour ``i``: across the axis stretched by the cosines' ratio, both about the tilts'
+    coarse shifts ``t_axis``; along the axis unchanged."""
+    predicted = np.empty_like(q_near, dtype=np.float64)
+    predicted[:, 0] = (q_near[:, 0] - t_axis[i_near, 0]) * (cos[i] / cos[i_near]) + t_axis[i, 0]
+    predicted[:, 1] = q_near[:, 1] - t_axis[i_near, 1] + t_axis[i, 1]
+    return predicted
+
 def _track_patches(
     images: np.ndarray,
     angles: np.ndarray,
@@ -231,9 +243,7 @@ def _track_patches(
         active = np.flatnonzero(np.all(np.isfinite(q_near), axis=1))
         if active.size == 0:
             continue
-        predicted = np.empty((active.size, 2))
-        predicted[:, 0] = (q_near[active, 0] - t_axis[i_near, 0]) * stretch + t_axis[i, 0]
-        predicted[:, 1] = q_near[active, 1] - t_axis[i_near, 1] + t_axis[i, 1]
+        predicted = _predicted_from_neighbour(q_near[active], t_axis, i, i_near, cos)
         ok = fits(predicted) & fits(q_near[active])
         active, predicted = active[ok], predicted[ok]
         if active.size == 0:
@@ -328,14 +338,11 @@ def _track_beads(
     positions[zero] = (start - centre) @ rot  # axis frame (u, v)
     radius = max(0.6 * diameter_px, 3.0)
     for i, i_near in pairs:
-        stretch = cos[i] / cos[i_near]
         q_near = positions[i_near]
         active = np.flatnonzero(np.all(np.isfinite(q_near), axis=1))
         if active.size == 0:
             continue
-        predicted = np.empty((active.size, 2))
-        predicted[:, 0] = (q_near[active, 0] - t_axis[i_near, 0]) * stretch + t_axis[i, 0]
-        predicted[:, 1] = q_near[active, 1] - t_axis[i_near, 1] + t_axis[i, 1]
+        predicted = _predicted_from_neighbour(q_near[active], t_axis, i, i_near, cos)
         found, height = _refine_peaks(response[i], predicted @ rot.T + centre, radius)
         good = np.isfinite(height) & (height > min_contrast * response[i].std())
         positions[i, active[good]] = (found[good] - centre) @ rot
